@@ -1,0 +1,204 @@
+//! Wiring: load the control file, build the first routing table, bind the
+//! listeners, spawn the serving tasks, and drain on request.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin::Admin;
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::route::Registry;
+use crate::server;
+
+/// `--listen-*` flags: replace the file's `[listen]` addresses so replicas
+/// can share one control file.
+#[derive(Debug, Clone, Default)]
+pub struct ListenOverrides {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Why turnout could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Config(config::ConfigError),
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    Unsupported(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Bind { what, addr, error } => {
+                write!(f, "cannot listen for {what} on {addr}: {error}")
+            }
+            StartError::Unsupported(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// How often histogram samples are folded into their buckets, bounding the
+/// memory the exporter holds between scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// A started turnout: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub config_path: PathBuf,
+    pub proxy: Arc<Proxy>,
+    pub registry: Arc<Registry>,
+    admin: Arc<Admin>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    admin_stop: watch::Sender<bool>,
+    admin_task: tokio::task::JoinHandle<()>,
+}
+
+/// Loads `config_path` and starts serving it.
+pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Running, StartError> {
+    let mut config = config::load(config_path).map_err(StartError::Config)?;
+    apply_overrides(&mut config, &overrides);
+    if let Some(addr) = config.listen.https {
+        return Err(StartError::Unsupported(format!(
+            "listen.https ({addr}) is set, but this build does not terminate TLS yet; remove it to serve plain HTTP"
+        )));
+    }
+    let drain = config.defaults.drain_timeout;
+    let listen = config.listen.clone();
+
+    let http = bind("HTTP", listen.http).await?;
+    let admin_listener = bind("the admin API", listen.admin).await?;
+    let http_addr = local_addr(&http, listen.http);
+    let admin_addr = local_addr(&admin_listener, listen.admin);
+
+    let metrics = Metrics::new();
+    let registry = Arc::new(Registry::new(Arc::clone(&metrics)));
+    let table = registry.build(Arc::new(config), 1);
+    metrics.reloads_ok.increment(1);
+    let proxy = Arc::new(Proxy::new(table, Arc::clone(&metrics)));
+    let admin = Arc::new(Admin {
+        proxy: Arc::clone(&proxy),
+        ready: false.into(),
+    });
+
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(server::serve_proxy(
+        http,
+        Arc::clone(&proxy),
+        stopped.clone(),
+        drain,
+    ));
+    let admin_handler = {
+        let admin = Arc::clone(&admin);
+        move |req, _info| {
+            let admin = Arc::clone(&admin);
+            async move { admin.handle(req).await }
+        }
+    };
+    // The admin API keeps answering while the data plane drains, so
+    // `/readyz` can say so; it stops last.
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let admin_task = tokio::spawn(server::serve(
+        admin_listener,
+        admin_handler,
+        admin_stopped,
+        Duration::ZERO,
+    ));
+    tasks.spawn(upkeep(Arc::clone(&metrics), stopped));
+
+    admin.ready.store(true, Ordering::Relaxed);
+    tracing::info!(%http_addr, %admin_addr, config = %config_path.display(), "turnout serving");
+    Ok(Running {
+        http_addr,
+        admin_addr,
+        config_path: config_path.to_owned(),
+        proxy,
+        registry,
+        admin,
+        stop,
+        tasks,
+        admin_stop,
+        admin_task,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish (up to the drain
+    /// timeout), and returns when they have.
+    pub async fn shutdown(mut self) {
+        self.admin.ready.store(false, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        let _ = self.admin_stop.send(true);
+        let _ = self.admin_task.await;
+        tracing::info!("turnout stopped");
+    }
+}
+
+fn apply_overrides(config: &mut Config, o: &ListenOverrides) {
+    if let Some(a) = o.http {
+        config.listen.http = a;
+    }
+    if let Some(a) = o.https {
+        config.listen.https = Some(a);
+    }
+    if let Some(a) = o.admin {
+        config.listen.admin = a;
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| StartError::Bind { what, addr, error })
+}
+
+fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(configured)
+}
+
+async fn upkeep(metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => metrics.run_upkeep(),
+            _ = server::stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop turnout");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}

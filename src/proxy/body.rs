@@ -1,0 +1,168 @@
+//! The response body the proxy streams back, and the bookkeeping that ends
+//! with it.
+//!
+//! A request is not finished when the upstream's headers arrive but when the
+//! last byte of the body has gone out (or the client went away), so the
+//! `Exchange` — tenant slot, endpoint in-flight count, metrics, access log —
+//! rides inside the body and settles on drop. The body also enforces what is
+//! left of `request_timeout` while it streams.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use crate::config::Color;
+use crate::metrics::UpstreamError;
+use crate::route::endpoint::InflightGuard;
+use crate::route::{Admission, Tenant};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What to log per request when the tenant has `access_log = true`.
+pub struct AccessLog {
+    pub method: http::Method,
+    pub path: String,
+    pub client: std::net::IpAddr,
+}
+
+/// One request's claim on tenant and endpoint, settled when it drops.
+pub struct Exchange {
+    pub tenant: Arc<Tenant>,
+    pub pool: Color,
+    pub started: Instant,
+    pub status: u16,
+    pub bytes_out: u64,
+    pub endpoint: Option<InflightGuard>,
+    pub access_log: Option<AccessLog>,
+    pub _admission: Admission,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        self.tenant
+            .metrics()
+            .pool(self.pool)
+            .record(self.status, elapsed);
+        if let Some(log) = &self.access_log {
+            let endpoint = self
+                .endpoint
+                .as_ref()
+                .map_or("-", |g| g.endpoint().address.as_ref());
+            tracing::info!(
+                target: "turnout::access",
+                time = %humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+                tenant = self.tenant.name(),
+                pool = self.pool.as_str(),
+                endpoint,
+                method = %log.method,
+                path = %log.path,
+                status = self.status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes_out = self.bytes_out,
+                client = %log.client,
+                "request"
+            );
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Every response the proxy sends: an upstream's streamed body or a
+    /// proxy-made one.
+    pub struct ProxyBody {
+        #[pin]
+        inner: Either<Incoming, Full<Bytes>>,
+        #[pin]
+        deadline: Option<Sleep>,
+        exchange: Option<Exchange>,
+    }
+}
+
+impl ProxyBody {
+    pub fn full(bytes: Bytes) -> ProxyBody {
+        ProxyBody {
+            inner: Either::Right(Full::new(bytes)),
+            deadline: None,
+            exchange: None,
+        }
+    }
+
+    /// Streams an upstream body, failing it if `deadline` passes first.
+    pub fn upstream(body: Incoming, deadline: tokio::time::Instant) -> ProxyBody {
+        ProxyBody {
+            inner: Either::Left(body),
+            deadline: Some(tokio::time::sleep_until(deadline)),
+            exchange: None,
+        }
+    }
+
+    /// Attaches the bookkeeping that settles when the body is done.
+    pub fn with_exchange(mut self, exchange: Exchange) -> ProxyBody {
+        self.exchange = Some(exchange);
+        self
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
+                    ex.bytes_out += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(ex) = this.exchange.as_ref() {
+                    ex.tenant
+                        .metrics()
+                        .pool(ex.pool)
+                        .upstream_error(UpstreamError::Protocol);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                // Settle now rather than when hyper gets round to dropping us.
+                this.exchange.take();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline.as_pin_mut()
+                    && deadline.poll(cx).is_ready()
+                {
+                    if let Some(ex) = this.exchange.as_ref() {
+                        ex.tenant
+                            .metrics()
+                            .pool(ex.pool)
+                            .upstream_error(UpstreamError::Timeout);
+                    }
+                    return Poll::Ready(Some(Err("upstream body exceeded request_timeout".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

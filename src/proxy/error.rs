@@ -1,0 +1,75 @@
+//! Everything the proxy answers itself, and the one place it becomes a
+//! status, a body and a metric.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+
+use super::body::ProxyBody;
+use crate::metrics::UpstreamError;
+
+/// Why the proxy answered a request itself.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// No `Host` / `:authority`, or an unusable one.
+    NoHost,
+    /// No tenant owns the host.
+    UnknownHost(String),
+    /// The tenant is at `max_inflight`.
+    Overloaded,
+    /// A preview request without the preview token.
+    PreviewForbidden,
+    /// Neither pool (or, for preview, the candidate) has a healthy endpoint.
+    NoHealthyEndpoint,
+    /// The upstream could not be reached, or broke the exchange.
+    Upstream(UpstreamError),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoHost => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
+            ProxyError::Overloaded | ProxyError::NoHealthyEndpoint => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::PreviewForbidden => StatusCode::FORBIDDEN,
+            ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn message(&self) -> Bytes {
+        let text: &'static str = match self {
+            ProxyError::NoHost => "missing or invalid Host header\n",
+            ProxyError::UnknownHost(host) => {
+                return Bytes::from(format!("no tenant serves host {host}\n"));
+            }
+            ProxyError::Overloaded => "tenant is at its in-flight request limit, retry shortly\n",
+            ProxyError::PreviewForbidden => "preview requires a valid X-Turnout-Preview token\n",
+            ProxyError::NoHealthyEndpoint => "no healthy upstream endpoint\n",
+            ProxyError::Upstream(UpstreamError::Connect) => "upstream connection failed\n",
+            ProxyError::Upstream(UpstreamError::Timeout) => {
+                "upstream did not answer within request_timeout\n"
+            }
+            ProxyError::Upstream(UpstreamError::Protocol) => "upstream broke the HTTP exchange\n",
+        };
+        Bytes::from_static(text.as_bytes())
+    }
+
+    /// The short plain-text response for this error.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut resp = Response::new(ProxyBody::full(self.message()));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self, ProxyError::Overloaded) {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

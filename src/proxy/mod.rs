@@ -1,0 +1,190 @@
+//! The request path, in the order of SPEC section 4:
+//! host → tenant → admission → pool → endpoint → forward → record.
+//!
+//! `Proxy::handle` reads top to bottom as those steps. It loads the routing
+//! table once, keeps only its tenant's `Arc`, and never takes a lock.
+
+pub mod body;
+pub mod error;
+pub mod forward;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderName, HeaderValue, SET_COOKIE};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::config::{Color, StickyKey};
+use crate::metrics::{Metrics, Rejected, Unrouted};
+use crate::route::pool::PoolChoice;
+use crate::route::{Endpoint, RoutingTable, Tenant, endpoint, host, pool};
+use body::{AccessLog, Exchange, ProxyBody};
+use error::ProxyError;
+
+pub static X_TURNOUT_POOL: HeaderName = HeaderName::from_static("x-turnout-pool");
+
+/// What a connection knows about its client, computed once per connection.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The client IP, ready for `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let ip = peer.ip().to_string();
+        ConnInfo {
+            peer,
+            client_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+/// The data plane: the current routing table and the metrics it feeds.
+pub struct Proxy {
+    pub table: ArcSwap<RoutingTable>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    pub fn new(table: RoutingTable, metrics: Arc<Metrics>) -> Proxy {
+        Proxy {
+            table: ArcSwap::from_pointee(table),
+            metrics,
+        }
+    }
+
+    /// Serves one request. Never fails: every problem becomes a response.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let (tenant, preview, host) = match self.tenant_for(&req) {
+            Ok(found) => found,
+            Err((reason, err)) => {
+                self.metrics.unrouted(reason);
+                return err.into_response();
+            }
+        };
+        let Some(admission) = tenant.admit() else {
+            tenant.metrics().rejected(Rejected::MaxInflight);
+            return ProxyError::Overloaded.into_response();
+        };
+        let (pool, preview, new_cookie) = match pool::choose(&tenant, preview, req.headers()) {
+            PoolChoice::Pool { pool, preview } => (pool, preview, None),
+            PoolChoice::NewCookie { pool, key } => (pool, false, Some(key)),
+            PoolChoice::PreviewForbidden => {
+                tenant.metrics().rejected(Rejected::PreviewToken);
+                return ProxyError::PreviewForbidden.into_response();
+            }
+        };
+        let (pool, endpoint) = pick_endpoint(&tenant, pool, preview);
+        let access_log = tenant.config.settings.access_log.then(|| AccessLog {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            client: conn.peer.ip(),
+        });
+        let mut exchange = Exchange {
+            tenant: Arc::clone(&tenant),
+            pool,
+            started,
+            status: 0,
+            bytes_out: 0,
+            endpoint: None,
+            access_log,
+            _admission: admission,
+        };
+        let Some(endpoint) = endpoint else {
+            return settle(ProxyError::NoHealthyEndpoint.into_response(), exchange);
+        };
+
+        let (mut parts, body) = req.into_parts();
+        forward::prepare(&mut parts, conn, host);
+        let deadline =
+            tokio::time::Instant::from_std(started + tenant.config.settings.request_timeout);
+        let answer = match forward::send(&tenant, pool, endpoint, parts, body, deadline).await {
+            Ok(answer) => answer,
+            Err(kind) => return settle(ProxyError::Upstream(kind).into_response(), exchange),
+        };
+
+        let (mut head, body) = answer.response.into_parts();
+        forward::remove_hop_by_hop(&mut head.headers);
+        head.headers
+            .insert(X_TURNOUT_POOL.clone(), pool_header(pool));
+        if let (Some(key), Some(StickyKey::Cookie(name))) = (new_cookie, &tenant.config.sticky) {
+            let cookie = format!("{name}={key}; Path=/; HttpOnly; SameSite=Lax");
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                head.headers.append(SET_COOKIE, v);
+            }
+        }
+        exchange.endpoint = Some(answer.endpoint);
+        settle(
+            Response::from_parts(head, ProxyBody::upstream(body, deadline)),
+            exchange,
+        )
+    }
+
+    /// Host → tenant, with the host value to forward as `X-Forwarded-Host`.
+    #[allow(clippy::type_complexity)]
+    fn tenant_for(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<(Arc<Tenant>, bool, HeaderValue), (Unrouted, ProxyError)> {
+        let no_host = || (Unrouted::NoHost, ProxyError::NoHost);
+        let raw = match req.headers().get(http::header::HOST) {
+            Some(v) => v.clone(),
+            None => req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .ok_or_else(no_host)?,
+        };
+        let raw_str = raw.to_str().map_err(|_| no_host())?;
+        let mut buf = String::new();
+        let host = host::normalize(raw_str, &mut buf).ok_or_else(no_host)?;
+        let table = self.table.load();
+        match table.route(host) {
+            Some((tenant, preview)) => Ok((Arc::clone(tenant), preview, raw)),
+            None => Err((
+                Unrouted::UnknownHost,
+                ProxyError::UnknownHost(host.to_owned()),
+            )),
+        }
+    }
+}
+
+/// The endpoint for a request: from its pool, or — when that pool has no
+/// healthy endpoint and the request is not a preview — from the other pool.
+fn pick_endpoint(tenant: &Tenant, pool: Color, preview: bool) -> (Color, Option<Arc<Endpoint>>) {
+    if let Some(ep) = endpoint::choose(tenant.endpoints(pool), None) {
+        return (pool, Some(ep));
+    }
+    if preview {
+        return (pool, None);
+    }
+    let other = pool.other();
+    match endpoint::choose(tenant.endpoints(other), None) {
+        Some(ep) => {
+            tenant.metrics().failover(pool);
+            (other, Some(ep))
+        }
+        None => (pool, None),
+    }
+}
+
+fn pool_header(pool: Color) -> HeaderValue {
+    HeaderValue::from_static(pool.as_str())
+}
+
+/// Ties the exchange to the response so it settles when the body ends.
+fn settle(mut resp: Response<ProxyBody>, mut exchange: Exchange) -> Response<ProxyBody> {
+    exchange.status = resp.status().as_u16();
+    let body = std::mem::replace(resp.body_mut(), ProxyBody::full(bytes::Bytes::new()));
+    *resp.body_mut() = body.with_exchange(exchange);
+    resp
+}

@@ -1,0 +1,144 @@
+//! Endpoint state and choice: power of two choices on in-flight counts.
+//!
+//! An `Endpoint` outlives routing tables: it is keyed by address in the
+//! registry, so its health and in-flight count carry across reloads and are
+//! shared by every tenant that lists the same address.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use http::uri::Authority;
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub address: Box<str>,
+    /// The address as a URI authority, parsed once for building upstream URIs.
+    pub authority: Authority,
+    healthy: AtomicBool,
+    inflight: AtomicU32,
+}
+
+impl Endpoint {
+    pub fn new(address: &str) -> Option<Endpoint> {
+        Some(Endpoint {
+            address: address.into(),
+            authority: address.parse().ok()?,
+            healthy: AtomicBool::new(true),
+            inflight: AtomicU32::new(0),
+        })
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Returns the previous state, so callers can log flips.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed)
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(Arc::clone(self))
+    }
+}
+
+/// Holds one in-flight slot of an endpoint.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Endpoint>);
+
+impl InflightGuard {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks the less loaded of two healthy endpoints drawn at random, skipping
+/// `exclude` (an endpoint that just failed). Does not allocate.
+pub fn choose(endpoints: &[Arc<Endpoint>], exclude: Option<&Endpoint>) -> Option<Arc<Endpoint>> {
+    let usable =
+        |e: &Arc<Endpoint>| e.is_healthy() && !exclude.is_some_and(|x| std::ptr::eq(x, &**e));
+    let n = endpoints.len();
+    // From a random start, the first usable endpoint going round the ring.
+    let draw = || {
+        let start = fastrand::usize(..n);
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| usable(&endpoints[i]))
+    };
+    match n {
+        0 => None,
+        1 => usable(&endpoints[0]).then(|| Arc::clone(&endpoints[0])),
+        _ => {
+            let a = draw()?;
+            let b = draw().unwrap_or(a);
+            let pick = if endpoints[b].inflight() < endpoints[a].inflight() {
+                b
+            } else {
+                a
+            };
+            Some(Arc::clone(&endpoints[pick]))
+        }
+    }
+}
+
+/// Whether any endpoint of the pool can take traffic.
+pub fn any_healthy(endpoints: &[Arc<Endpoint>]) -> bool {
+    endpoints.iter().any(|e| e.is_healthy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize) -> Vec<Arc<Endpoint>> {
+        (0..n)
+            .map(|i| Arc::new(Endpoint::new(&format!("10.0.0.{i}:80")).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn skips_unhealthy_and_excluded() {
+        let eps = pool(3);
+        eps[0].set_healthy(false);
+        for _ in 0..200 {
+            let e = choose(&eps, Some(&eps[1])).unwrap();
+            assert_eq!(e.address.as_ref(), "10.0.0.2:80");
+        }
+        eps[2].set_healthy(false);
+        assert!(choose(&eps, Some(&eps[1])).is_none());
+        assert!(choose(&[], None).is_none());
+    }
+
+    #[test]
+    fn prefers_the_less_loaded() {
+        let eps = pool(2);
+        let _busy: Vec<_> = (0..5).map(|_| eps[0].start()).collect();
+        // With two endpoints, both are drawn unless the same one comes twice;
+        // the idle one must win far more often than not.
+        let idle = (0..1000)
+            .filter(|_| choose(&eps, None).unwrap().address.as_ref() == "10.0.0.1:80")
+            .count();
+        assert!(idle > 600, "{idle}");
+    }
+
+    #[test]
+    fn guard_counts_in_flight() {
+        let eps = pool(1);
+        let g = eps[0].start();
+        assert_eq!(eps[0].inflight(), 1);
+        drop(g);
+        assert_eq!(eps[0].inflight(), 0);
+    }
+}

@@ -1,0 +1,121 @@
+//! Host → tenant: exact names first, then wildcards by longest suffix.
+//!
+//! Both maps are hash maps, so a lookup costs one probe for the exact name
+//! plus one per label of the host — flat however many tenants there are.
+
+use std::collections::HashMap;
+
+use crate::config::HostPattern;
+
+/// Where a host leads: a tenant (by index in the table) and whether the host
+/// is one of its preview hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRoute {
+    pub tenant: u32,
+    pub preview: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct HostIndex {
+    exact: HashMap<Box<str>, HostRoute>,
+    /// Keyed by suffix including the leading dot: `*.a.com` → `.a.com`.
+    wildcard: HashMap<Box<str>, HostRoute>,
+}
+
+impl HostIndex {
+    pub fn insert(&mut self, pattern: &HostPattern, route: HostRoute) {
+        match pattern {
+            HostPattern::Exact(h) => self.exact.insert(h.as_str().into(), route),
+            HostPattern::Wildcard(s) => self.wildcard.insert(s.as_str().into(), route),
+        };
+    }
+
+    /// Looks up an already normalised (lower-case, no port) host.
+    pub fn lookup(&self, host: &str) -> Option<HostRoute> {
+        if let Some(route) = self.exact.get(host) {
+            return Some(*route);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        // Longest suffix first: walk the dots from the left.
+        host.match_indices('.')
+            .find_map(|(i, _)| self.wildcard.get(&host[i..]).copied())
+    }
+}
+
+/// The host of a request as routing sees it: port and trailing dot removed,
+/// lower-cased. Writes into `buf` only when the host has upper-case letters,
+/// so the common case does not allocate or copy.
+pub fn normalize<'a>(raw: &'a str, buf: &'a mut String) -> Option<&'a str> {
+    let host = strip_port(raw);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        buf.clear();
+        buf.push_str(host);
+        buf.make_ascii_lowercase();
+        return Some(buf.as_str());
+    }
+    Some(host)
+}
+
+fn strip_port(raw: &str) -> &str {
+    if raw.starts_with('[') {
+        // IPv6 literal: `[::1]:8080`.
+        return match raw.find(']') {
+            Some(end) => &raw[..=end],
+            None => raw,
+        };
+    }
+    match raw.rfind(':') {
+        Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+        _ => raw,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index() -> HostIndex {
+        let mut idx = HostIndex::default();
+        let r = |tenant, preview| HostRoute { tenant, preview };
+        idx.insert(&HostPattern::Exact("a.com".into()), r(0, false));
+        idx.insert(&HostPattern::Wildcard(".a.com".into()), r(1, false));
+        idx.insert(&HostPattern::Wildcard(".eu.a.com".into()), r(2, false));
+        idx.insert(&HostPattern::Exact("x.eu.a.com".into()), r(3, true));
+        idx
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_longest_suffix_wins() {
+        let idx = index();
+        assert_eq!(idx.lookup("a.com").map(|r| r.tenant), Some(0));
+        assert_eq!(idx.lookup("www.a.com").map(|r| r.tenant), Some(1));
+        assert_eq!(idx.lookup("shop.eu.a.com").map(|r| r.tenant), Some(2));
+        assert_eq!(idx.lookup("deep.shop.eu.a.com").map(|r| r.tenant), Some(2));
+        assert_eq!(
+            idx.lookup("x.eu.a.com"),
+            Some(HostRoute {
+                tenant: 3,
+                preview: true
+            })
+        );
+        assert_eq!(idx.lookup("b.com"), None);
+        assert_eq!(idx.lookup("xa.com"), None);
+    }
+
+    #[test]
+    fn normalizes_case_port_and_dot() {
+        let mut buf = String::new();
+        assert_eq!(normalize("Shop.A.com.:8080", &mut buf), Some("shop.a.com"));
+        assert_eq!(normalize("a.com", &mut buf), Some("a.com"));
+        assert_eq!(normalize("127.0.0.1:80", &mut buf), Some("127.0.0.1"));
+        assert_eq!(normalize("[::1]:80", &mut buf), Some("[::1]"));
+        assert_eq!(normalize(":80", &mut buf), None);
+        assert_eq!(normalize("", &mut buf), None);
+    }
+}

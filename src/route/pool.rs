@@ -1,0 +1,112 @@
+//! Which pool serves a request: preview, sticky key, or weighted draw.
+
+use http::HeaderMap;
+use http::header::COOKIE;
+
+use super::{Tenant, sticky};
+use crate::config::{Color, StickyKey};
+
+/// The header a preview request carries its token in.
+pub const PREVIEW_TOKEN_HEADER: &str = "x-turnout-preview";
+
+/// The outcome of pool choice.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PoolChoice {
+    /// Serve from this pool; `preview` requests must not fail over.
+    Pool { pool: Color, preview: bool },
+    /// A cookie-sticky request without its cookie: serve from `pool` and set
+    /// the cookie to `key` so the user stays there.
+    NewCookie { pool: Color, key: String },
+    /// A preview request without the right token.
+    PreviewForbidden,
+}
+
+/// Chooses the pool for a request to `tenant`.
+pub fn choose(tenant: &Tenant, preview: bool, headers: &HeaderMap) -> PoolChoice {
+    if preview {
+        if let Some(token) = &tenant.config.preview_token {
+            let given = headers.get(PREVIEW_TOKEN_HEADER).map(|v| v.as_bytes());
+            if !given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
+                return PoolChoice::PreviewForbidden;
+            }
+        }
+        return PoolChoice::Pool {
+            pool: tenant.candidate(),
+            preview: true,
+        };
+    }
+    match &tenant.config.sticky {
+        Some(StickyKey::Header(name)) => {
+            if let Some(key) = headers.get(name) {
+                let pool = tenant.pool_for_key(key.as_bytes());
+                return PoolChoice::Pool {
+                    pool,
+                    preview: false,
+                };
+            }
+        }
+        Some(StickyKey::Cookie(name)) => {
+            return match cookie(headers, name) {
+                Some(key) => PoolChoice::Pool {
+                    pool: tenant.pool_for_key(key),
+                    preview: false,
+                },
+                None => {
+                    let key = sticky::fresh_key();
+                    PoolChoice::NewCookie {
+                        pool: tenant.pool_for_key(key.as_bytes()),
+                        key,
+                    }
+                }
+            };
+        }
+        None => {}
+    }
+    PoolChoice::Pool {
+        pool: tenant.draw(),
+        preview: false,
+    }
+}
+
+/// The value of cookie `name` among the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers.get_all(COOKIE).iter().find_map(|value| {
+        value.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (&pair[..eq] == name.as_bytes() && eq + 1 < pair.len()).then(|| &pair[eq + 1..])
+        })
+    })
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn finds_cookie_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("a=1; turnout_id=abc ; b=2"),
+        );
+        assert_eq!(cookie(&h, "turnout_id"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&h, "b"), Some(&b"2"[..]));
+        assert_eq!(cookie(&h, "turnout"), None);
+        h.append(COOKIE, HeaderValue::from_static("c=3"));
+        assert_eq!(cookie(&h, "c"), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn compares_tokens() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,172 @@
+//! Per-tenant admission, and metrics that match the traffic sent.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test]
+async fn over_max_inflight_is_503_with_retry_after() {
+    let (slow, other) = (spawn_upstream("slow").await, spawn_upstream("other").await);
+    let config = [
+        tenant(
+            "busy",
+            r#"["busy.test"]"#,
+            &slow,
+            &slow,
+            (1, 0),
+            "max_inflight = 2\nrequest_timeout = \"20s\"",
+        ),
+        tenant("calm", r#"["calm.test"]"#, &other, &other, (1, 0), ""),
+    ]
+    .concat();
+    let proxy = std::sync::Arc::new(spawn_proxy(&config).await);
+    // Two requests that hang hold both slots.
+    let hanging: Vec<_> = (0..2)
+        .map(|_| {
+            let p = std::sync::Arc::clone(&proxy);
+            tokio::spawn(async move { p.get("busy.test", "/hang").await })
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "both slots taken", || async {
+        proxy
+            .running
+            .proxy
+            .table
+            .load()
+            .tenant("busy")
+            .unwrap()
+            .state
+            .inflight()
+            == 2
+    })
+    .await;
+    let r = proxy.get("busy.test", "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(
+        proxy
+            .metric(r#"turnout_rejected_total{tenant="busy",reason="max_inflight"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"turnout_inflight_requests{tenant="busy"}"#)
+            .await,
+        2.0
+    );
+    // Another tenant is not affected.
+    assert_eq!(proxy.get("calm.test", "/").await.status, 200);
+    for h in hanging {
+        h.abort();
+    }
+    // When the clients go away, the slots come back.
+    wait_until(Duration::from_secs(10), "slots freed", || async {
+        proxy
+            .running
+            .proxy
+            .table
+            .load()
+            .tenant("busy")
+            .unwrap()
+            .state
+            .inflight()
+            == 0
+    })
+    .await;
+    assert_eq!(proxy.get("busy.test", "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn metrics_count_the_traffic_sent() {
+    let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let proxy = spawn_proxy(&tenant(
+        "shop",
+        r#"["shop.test"]"#,
+        &blue,
+        &green,
+        (70, 30),
+        "",
+    ))
+    .await;
+    let (mut b, mut g) = (0, 0);
+    for _ in 0..100 {
+        match proxy.get("shop.test", "/").await.pool() {
+            Some("blue") => b += 1,
+            Some("green") => g += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    for _ in 0..7 {
+        assert_eq!(proxy.get("shop.test", "/status/404").await.status, 404);
+    }
+    let text = proxy.admin_get("/metrics").await.text();
+    let m = |s: &str| metric_value(&text, s);
+    let blue_4xx = m(r#"turnout_requests_total{tenant="shop",pool="blue",code="4xx"}"#);
+    let green_4xx = m(r#"turnout_requests_total{tenant="shop",pool="green",code="4xx"}"#);
+    assert_eq!(
+        m(r#"turnout_requests_total{tenant="shop",pool="blue",code="2xx"}"#),
+        f64::from(b)
+    );
+    assert_eq!(
+        m(r#"turnout_requests_total{tenant="shop",pool="green",code="2xx"}"#),
+        f64::from(g)
+    );
+    assert_eq!(blue_4xx + green_4xx, 7.0);
+    let count_blue = m(r#"turnout_request_duration_seconds_count{tenant="shop",pool="blue"}"#);
+    let count_green = m(r#"turnout_request_duration_seconds_count{tenant="shop",pool="green"}"#);
+    assert_eq!(count_blue + count_green, 107.0);
+    assert!(text.contains(
+        r#"turnout_request_duration_seconds_bucket{tenant="shop",pool="blue",le="0.005"}"#
+    ));
+    assert_eq!(m(r#"turnout_pool_share{tenant="shop",pool="blue"}"#), 70.0);
+    assert_eq!(m(r#"turnout_pool_share{tenant="shop",pool="green"}"#), 30.0);
+    let healthy = format!(
+        r#"turnout_endpoint_healthy{{tenant="shop",pool="green",endpoint="{}"}}"#,
+        green.addr
+    );
+    assert_eq!(m(&healthy), 1.0);
+    assert_eq!(m("turnout_config_generation"), 1.0);
+    assert_eq!(m(r#"turnout_inflight_requests{tenant="shop"}"#), 0.0);
+}
+
+#[tokio::test]
+async fn admin_probes_and_tenant_views() {
+    let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let proxy = spawn_proxy(&tenant(
+        "shop",
+        r#"["shop.test", "*.shop.test"]"#,
+        &blue,
+        &green,
+        (90, 10),
+        "",
+    ))
+    .await;
+    assert_eq!(proxy.admin_get("/healthz").await.status, 200);
+    assert_eq!(proxy.admin_get("/readyz").await.status, 200);
+    let all: serde_json::Value =
+        serde_json::from_slice(&proxy.admin_get("/v1/tenants").await.body).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    let r = proxy.admin_get("/v1/tenants/shop").await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["name"], "shop");
+    assert_eq!(v["hosts"], serde_json::json!(["shop.test", "*.shop.test"]));
+    assert_eq!(v["stable"], "blue");
+    assert_eq!(v["candidate"], "green");
+    assert_eq!(v["weights"], serde_json::json!({"blue": 90, "green": 10}));
+    assert_eq!(v["status"], "split");
+    assert_eq!(v["generation"], 1);
+    assert_eq!(
+        v["pools"]["green"]["endpoints"][0]["address"],
+        green.addr.to_string()
+    );
+    assert_eq!(v["pools"]["green"]["endpoints"][0]["healthy"], true);
+    let missing = proxy.admin_get("/v1/tenants/nope").await;
+    assert_eq!(missing.status, 404);
+    let err: serde_json::Value = serde_json::from_slice(&missing.body).unwrap();
+    assert!(err["error"].as_str().unwrap().contains("nope"));
+}

@@ -1,0 +1,355 @@
+//! Test kit: real upstream servers, a real proxy on ephemeral ports, a
+//! client, and waiting on conditions with a deadline.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use turnout::app::{self, ListenOverrides, Running};
+
+/// An in-process upstream. Its behaviour is chosen by the request path:
+/// - `/headers`: answers the request headers as JSON (name → values)
+/// - `/echo`: streams the request body back
+/// - `/big/N`: N bytes of a fixed pattern, in 64 KiB chunks
+/// - `/hang`: never answers
+/// - `/status/NNN`: answers that status
+/// - anything else: the upstream's name
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    pub hits: Arc<AtomicUsize>,
+}
+
+pub async fn spawn_upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    upstream_answer(name, req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, name, hits }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn upstream_answer(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let full = |b: Bytes| Full::new(b).boxed();
+    let resp = if path == "/headers" {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in req.headers() {
+            map.entry(k.to_string())
+                .or_default()
+                .push(v.to_str().unwrap_or("?").to_owned());
+        }
+        Response::new(full(Bytes::from(serde_json::to_vec(&map).unwrap())))
+    } else if path == "/echo" {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Response::new(full(body))
+    } else if let Some(n) = path.strip_prefix("/big/") {
+        let total: usize = n.parse().unwrap_or(0);
+        let chunks = (0..total).step_by(64 * 1024).map(move |start| {
+            let end = (start + 64 * 1024).min(total);
+            Ok::<_, Infallible>(Frame::data(Bytes::from(pattern(start, end))))
+        });
+        Response::new(StreamBody::new(futures_stream(chunks)).boxed())
+    } else if path == "/hang" {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Response::new(full(Bytes::new()))
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(Bytes::from(name)));
+        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r
+    } else {
+        Response::new(full(Bytes::from(name)))
+    };
+    let mut resp = resp;
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
+    Ok(resp)
+}
+
+/// The byte at position i of a `/big/N` body.
+pub fn pattern(start: usize, end: usize) -> Vec<u8> {
+    (start..end).map(|i| (i % 251) as u8).collect()
+}
+
+fn futures_stream<I: Iterator + Send + 'static>(
+    iter: I,
+) -> impl futures_core::Stream<Item = I::Item> + Send {
+    tokio_stream::iter(iter)
+}
+
+/// A turnout serving a control file written to a temp dir.
+pub struct TestProxy {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Starts turnout on ephemeral ports with `tenants` (TOML) as its tenants.
+pub async fn spawn_proxy(tenants: &str) -> TestProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("turnout.toml");
+    let text = format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{tenants}");
+    std::fs::write(&path, text).unwrap();
+    let running = app::start(&path, ListenOverrides::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    TestProxy {
+        running,
+        dir,
+        path,
+        client: client(),
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A response read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn pool(&self) -> Option<&str> {
+        self.headers
+            .get("x-turnout-pool")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    pub fn upstream(&self) -> Option<&str> {
+        self.headers.get("x-upstream").and_then(|v| v.to_str().ok())
+    }
+}
+
+impl TestProxy {
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.http_addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr)
+    }
+
+    /// GET `path` with `Host: host`.
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        self.send(
+            Request::get(self.http_url(path))
+                .header("host", host)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .expect("request to the proxy failed");
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .expect("response body failed")
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        self.send(
+            Request::get(self.admin_url(path))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// The value of one metric series in the Prometheus text, 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.admin_get("/metrics").await.text();
+        metric_value(&text, series)
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap_or(f64::NAN))
+}
+
+/// Polls `cond` until it holds or `within` passes.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A tenant table with one endpoint per pool.
+pub fn tenant(
+    name: &str,
+    hosts: &str,
+    blue: &Upstream,
+    green: &Upstream,
+    weights: (u32, u32),
+    extra: &str,
+) -> String {
+    format!(
+        "[tenants.{name}]\nhosts = {hosts}\nstable = \"blue\"\nweights = {{ blue = {}, green = {} }}\npools.blue = [\"{}\"]\npools.green = [\"{}\"]\n{extra}\n",
+        weights.0, weights.1, blue.addr, green.addr
+    )
+}
+
+/// Writes `request` on a fresh connection and reads until the server closes
+/// it or stops sending for a moment.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if response_complete(&out) {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `bytes` hold a whole response with a Content-Length body.
+fn response_complete(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let len = text[..head_end].lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+    });
+    len.is_some_and(|n| bytes.len() >= head_end + 4 + n)
+}
+
+/// The turnout binary, run as a child process.
+pub struct BinaryProxy {
+    pub child: tokio::process::Child,
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+/// Runs `target/.../turnout` on a control file with `tenants`, with extra
+/// environment variables; learns its ports from its JSON start-up log line.
+pub async fn spawn_binary(tenants: &str, env: &[(&str, &str)]) -> BinaryProxy {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("turnout.toml");
+    std::fs::write(
+        &path,
+        format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{tenants}"),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnout"));
+    cmd.args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .env("TURNOUT_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "turnout serving" {
+                return Some(v);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("turnout did not report that it is serving");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = |k: &str| started[k].as_str().unwrap().parse().unwrap();
+    BinaryProxy {
+        child,
+        http_addr: addr("http_addr"),
+        admin_addr: addr("admin_addr"),
+        dir,
+    }
+}
