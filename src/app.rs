@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::admin::Admin;
 use crate::config::{self, Config};
+use crate::control::{self, Control};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::route::Registry;
@@ -36,7 +37,8 @@ pub enum StartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    Unsupported(String),
+    /// The configuration is valid but cannot be served as asked.
+    Refused(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -46,7 +48,7 @@ impl std::fmt::Display for StartError {
             StartError::Bind { what, addr, error } => {
                 write!(f, "cannot listen for {what} on {addr}: {error}")
             }
-            StartError::Unsupported(msg) => f.write_str(msg),
+            StartError::Refused(msg) => f.write_str(msg),
         }
     }
 }
@@ -64,6 +66,9 @@ pub struct Running {
     pub config_path: PathBuf,
     pub proxy: Arc<Proxy>,
     pub registry: Arc<Registry>,
+    pub control: Control,
+    /// Kept alive: dropping it stops watching the control file.
+    _watcher: Option<control::watch::Watcher>,
     admin: Arc<Admin>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -73,10 +78,13 @@ pub struct Running {
 
 /// Loads `config_path` and starts serving it.
 pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Running, StartError> {
-    let mut config = config::load(config_path).map_err(StartError::Config)?;
-    apply_overrides(&mut config, &overrides);
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| StartError::Config(config::ConfigError::unreadable(config_path, &e)))?;
+    let mut config = config::parse(&text, config_path, &|var| std::env::var(var).ok())
+        .map_err(StartError::Config)?;
+    overrides.apply(&mut config).map_err(StartError::Refused)?;
     if let Some(addr) = config.listen.https {
-        return Err(StartError::Unsupported(format!(
+        return Err(StartError::Refused(format!(
             "listen.https ({addr}) is set, but this build does not terminate TLS yet; remove it to serve plain HTTP"
         )));
     }
@@ -93,8 +101,17 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
     let table = registry.build(Arc::new(config), 1);
     metrics.reloads_ok.increment(1);
     let proxy = Arc::new(Proxy::new(table, Arc::clone(&metrics)));
+    let control = control::spawn(
+        config_path.to_owned(),
+        overrides,
+        text,
+        Arc::clone(&registry),
+        Arc::clone(&proxy),
+    );
+    let watcher = control::watch::spawn(config_path, control.clone());
     let admin = Arc::new(Admin {
         proxy: Arc::clone(&proxy),
+        control: control.clone(),
         ready: false.into(),
     });
 
@@ -122,7 +139,8 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         admin_stopped,
         Duration::ZERO,
     ));
-    tasks.spawn(upkeep(Arc::clone(&metrics), stopped));
+    tasks.spawn(upkeep(Arc::clone(&metrics), stopped.clone()));
+    tasks.spawn(control::watch::reload_on_sighup(control.clone(), stopped));
 
     admin.ready.store(true, Ordering::Relaxed);
     tracing::info!(%http_addr, %admin_addr, config = %config_path.display(), "turnout serving");
@@ -132,6 +150,8 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         config_path: config_path.to_owned(),
         proxy,
         registry,
+        control,
+        _watcher: watcher,
         admin,
         stop,
         tasks,
@@ -153,15 +173,23 @@ impl Running {
     }
 }
 
-fn apply_overrides(config: &mut Config, o: &ListenOverrides) {
-    if let Some(a) = o.http {
-        config.listen.http = a;
-    }
-    if let Some(a) = o.https {
-        config.listen.https = Some(a);
-    }
-    if let Some(a) = o.admin {
-        config.listen.admin = a;
+impl ListenOverrides {
+    /// Replaces the file's addresses with the overriding ones, and checks
+    /// the result still keeps an unprotected admin API on loopback.
+    pub fn apply(&self, config: &mut Config) -> Result<(), String> {
+        if let Some(a) = self.http {
+            config.listen.http = a;
+        }
+        if let Some(a) = self.https {
+            config.listen.https = Some(a);
+        }
+        if let Some(a) = self.admin {
+            config.listen.admin = a;
+        }
+        match config.admin_exposure_problem() {
+            Some(problem) => Err(format!("listen.admin: {problem}")),
+            None => Ok(()),
+        }
     }
 }
 

@@ -9,15 +9,20 @@
 //! back; when its last byte has gone, the exchange settles its metrics
 //! (`proxy::body`).
 //!
-//! **The life of a change**: the control file is parsed and validated in full
-//! (`config`), compiled into an immutable `route::RoutingTable` by the
-//! `route::Registry` (which carries endpoint and tenant state across
-//! tables), and swapped in whole through an `ArcSwap`. Requests see the old
-//! table or the new one, never a mix.
+//! **The life of a change**: every source — a file edit seen by the watcher,
+//! SIGHUP, an admin call — sends a `control::Change` to the one control task.
+//! It validates the new state in full (`config`), writes admin changes back
+//! to the file (`config::write`), merges file edits with the running state
+//! (`control::merge`), compiles the result into an immutable
+//! `route::RoutingTable` through the `route::Registry` (which carries endpoint
+//! and tenant state across tables), swaps it in whole through an `ArcSwap`,
+//! and records an event. Requests see the old table or the new one, never a
+//! mix.
 
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod metrics;
 pub mod proxy;

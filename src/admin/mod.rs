@@ -1,7 +1,9 @@
 //! The admin listener: probes, Prometheus metrics and the `/v1` JSON API.
 //!
 //! Small enough to route by hand: a match on method and path segments reads
-//! more plainly here than a router framework would.
+//! more plainly here than a router framework would. Reads come from the
+//! routing table and the control plane's shared status; every write is a
+//! `control::Change` sent to the control task, the same path file edits take.
 
 pub mod api;
 pub mod auth;
@@ -10,19 +12,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, IF_MATCH};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::config::Color;
+use crate::control::{Change, ChangeError, Control, Origin, Outcome, Source};
 use crate::proxy::Proxy;
 use auth::{AuthError, Caller};
 
-/// What the admin API reads.
+/// The largest admin request body accepted (SPEC section 11).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What the admin API reads and writes through.
 pub struct Admin {
     pub proxy: Arc<Proxy>,
+    pub control: Control,
     /// True once every listener is bound; false again while draining.
     pub ready: AtomicBool,
 }
@@ -41,23 +49,73 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, what)
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        let status = match &e {
+            ChangeError::UnknownTenant(_) => StatusCode::NOT_FOUND,
+            ChangeError::GenerationMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            ChangeError::Conflict(_) => StatusCode::CONFLICT,
+            ChangeError::File(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ChangeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
 }
 
 type ApiResponse = Response<Full<Bytes>>;
 
+/// `PUT /v1/tenants/{name}/weights`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightsBody {
+    blue: u32,
+    green: u32,
+    reason: Option<String>,
+}
+
+/// The optional body of the POST calls.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ChangeView {
+    generation: u64,
+    changed: bool,
+    persisted: bool,
+}
+
+impl From<Outcome> for ChangeView {
+    fn from(o: Outcome) -> Self {
+        ChangeView {
+            generation: o.generation,
+            changed: o.changed,
+            persisted: o.persisted,
+        }
+    }
+}
+
 impl Admin {
     pub async fn handle(&self, req: Request<Incoming>) -> ApiResponse {
-        match self.route(&req) {
+        match self.route(req).await {
             Ok(resp) => resp,
             Err(e) => json(e.status, &serde_json::json!({ "error": e.message })),
         }
     }
 
-    fn route(&self, req: &Request<Incoming>) -> Result<ApiResponse, ApiError> {
-        let path = req.uri().path();
+    async fn route(&self, req: Request<Incoming>) -> Result<ApiResponse, ApiError> {
+        let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let method = req.method();
-        match (method, segments.as_slice()) {
+        let method = req.method().clone();
+        match (&method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
             (&Method::GET, ["readyz"]) => Ok(if self.ready.load(Ordering::Relaxed) {
                 text(StatusCode::OK, "ready\n")
@@ -65,34 +123,34 @@ impl Admin {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }),
             (&Method::GET, ["metrics"]) => Ok(self.metrics()),
-            (_, ["v1", ..]) => {
-                let caller = self.caller(req)?;
-                self.v1(method, &segments[1..], &caller)
+            (_, ["v1", rest @ ..]) => {
+                let caller = self.caller(req.headers())?;
+                self.v1(&method, rest, &caller, req).await
             }
-            _ => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no such endpoint: {method} {path}"),
-            )),
+            _ => Err(ApiError::not_found(format!(
+                "no such endpoint: {method} {path}"
+            ))),
         }
     }
 
-    fn caller(&self, req: &Request<Incoming>) -> Result<Caller, ApiError> {
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let table = self.proxy.table.load();
-        let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+        let header = headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
         auth::authenticate(&table.config.tokens, header).map_err(|AuthError::Unauthenticated| {
             ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token")
         })
     }
 
-    fn v1(
+    async fn v1(
         &self,
         method: &Method,
         segments: &[&str],
         caller: &Caller,
+        req: Request<Incoming>,
     ) -> Result<ApiResponse, ApiError> {
-        let table = self.proxy.table.load();
         match (method, segments) {
             (&Method::GET, ["tenants"]) => {
+                let table = self.proxy.table.load();
                 let views: Vec<_> = table
                     .tenants()
                     .iter()
@@ -102,23 +160,126 @@ impl Admin {
                 Ok(json(StatusCode::OK, &views))
             }
             (&Method::GET, ["tenants", name]) => {
-                let tenant = table.tenant(name).ok_or_else(|| {
-                    ApiError::new(StatusCode::NOT_FOUND, format!("no tenant named {name}"))
-                })?;
-                if !caller.may_touch(name) {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        format!("token may not access tenant {name}"),
-                    ));
-                }
+                scope(caller, name)?;
+                let table = self.proxy.table.load();
+                let tenant = table
+                    .tenant(name)
+                    .ok_or_else(|| ApiError::not_found(format!("no tenant named {name}")))?;
                 Ok(json(StatusCode::OK, &api::tenant_view(&table, tenant)))
             }
-            (_, ["tenants"] | ["tenants", _]) => Err(ApiError::new(
+            (&Method::PUT, ["tenants", name, "weights"]) => {
+                scope(caller, name)?;
+                let if_match = if_match(req.headers())?;
+                let force = query_flag(req.uri().query(), "force");
+                let body: WeightsBody = read_json(req).await?.ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "a body {\"blue\": B, \"green\": G} is required",
+                    )
+                })?;
+                if body.blue == 0 && body.green == 0 {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "weights must not both be 0",
+                    ));
+                }
+                if body.blue > 1_000_000 || body.green > 1_000_000 {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "a weight must be at most 1000000",
+                    ));
+                }
+                let change = Change::SetWeights {
+                    tenant: (*name).to_owned(),
+                    weights: crate::config::Weights {
+                        blue: body.blue,
+                        green: body.green,
+                    },
+                    if_match,
+                    force,
+                };
+                self.change(change, caller, body.reason).await
+            }
+            (&Method::POST, ["tenants", name, "rollback"]) => {
+                scope(caller, name)?;
+                let if_match = if_match(req.headers())?;
+                let body: ReasonBody = read_json(req).await?.unwrap_or_default();
+                let change = Change::Rollback {
+                    tenant: (*name).to_owned(),
+                    if_match,
+                };
+                self.change(change, caller, body.reason).await
+            }
+            (&Method::GET, ["events"]) => {
+                let query = req.uri().query();
+                let tenant = query_value(query, "tenant").filter(|t| !t.is_empty());
+                if let Some(t) = tenant {
+                    scope(caller, t)?;
+                }
+                let limit = match query_value(query, "limit") {
+                    None | Some("") => 100,
+                    Some(l) => l.parse::<usize>().map_err(|_| {
+                        ApiError::new(StatusCode::BAD_REQUEST, "limit must be a whole number")
+                    })?,
+                };
+                let mut events = self.control.shared.events().recent(tenant, usize::MAX);
+                // A scoped token sees only its tenants' events.
+                events.retain(|e| e.tenant.as_deref().is_none_or(|t| caller.may_touch(t)));
+                let skip = events.len().saturating_sub(limit);
+                Ok(json(StatusCode::OK, &events[skip..]))
+            }
+            (&Method::GET, ["config"]) => {
+                let status = self.control.shared.status().clone();
+                let view = serde_json::json!({
+                    "path": status.path.display().to_string(),
+                    "generation": status.generation,
+                    "last_reload": status.last_reload.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                    "last_error": status.last_error,
+                    "persisted": status.persisted,
+                });
+                Ok(json(StatusCode::OK, &view))
+            }
+            (&Method::POST, ["config", "reload"]) => {
+                let origin = Origin {
+                    source: Source::File,
+                    actor: caller.actor.clone(),
+                    reason: None,
+                };
+                let outcome = self
+                    .control
+                    .submit(Change::Reload { forced: true }, origin)
+                    .await?;
+                Ok(json(StatusCode::OK, &ChangeView::from(outcome)))
+            }
+            (
+                _,
+                ["tenants"]
+                | ["tenants", _]
+                | ["tenants", _, "weights" | "rollback"]
+                | ["events"]
+                | ["config"]
+                | ["config", "reload"],
+            ) => Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed",
+                format!("{method} is not allowed here"),
             )),
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+            _ => Err(ApiError::not_found("no such endpoint")),
         }
+    }
+
+    async fn change(
+        &self,
+        change: Change,
+        caller: &Caller,
+        reason: Option<String>,
+    ) -> Result<ApiResponse, ApiError> {
+        let origin = Origin {
+            source: Source::Admin,
+            actor: caller.actor.clone(),
+            reason,
+        };
+        let outcome = self.control.submit(change, origin).await?;
+        Ok(json(StatusCode::OK, &ChangeView::from(outcome)))
     }
 
     /// Refreshes the gauges that are cheaper to read at scrape time than to
@@ -150,6 +311,83 @@ impl Admin {
     }
 }
 
+fn scope(caller: &Caller, tenant: &str) -> Result<(), ApiError> {
+    if caller.may_touch(tenant) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("this token may not act on tenant {tenant}"),
+        ))
+    }
+}
+
+/// `If-Match: "<generation>"` (quotes optional).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(IF_MATCH) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "If-Match must be a generation number, such as \"12\"",
+            )
+        })
+}
+
+fn query_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        pair.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .or((pair == key).then_some(""))
+    })
+}
+
+fn query_flag(query: Option<&str>, key: &str) -> bool {
+    matches!(query_value(query, key), Some("" | "true" | "1"))
+}
+
+/// Reads a JSON body of at most `MAX_BODY_BYTES`; `None` for an empty body.
+async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<Option<T>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
 fn text(status: StatusCode, body: &'static str) -> ApiResponse {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
@@ -168,4 +406,31 @@ fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> ApiResponse {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_query_values() {
+        assert_eq!(query_value(Some("tenant=a&limit=5"), "limit"), Some("5"));
+        assert_eq!(query_value(Some("force"), "force"), Some(""));
+        assert_eq!(query_value(Some("forced=1"), "force"), None);
+        assert!(query_flag(Some("force=true"), "force"));
+        assert!(!query_flag(Some("force=false"), "force"));
+        assert!(!query_flag(None, "force"));
+    }
+
+    #[test]
+    fn parses_if_match() {
+        let mut h = HeaderMap::new();
+        assert_eq!(if_match(&h).unwrap(), None);
+        h.insert(IF_MATCH, HeaderValue::from_static("\"12\""));
+        assert_eq!(if_match(&h).unwrap(), Some(12));
+        h.insert(IF_MATCH, HeaderValue::from_static("7"));
+        assert_eq!(if_match(&h).unwrap(), Some(7));
+        h.insert(IF_MATCH, HeaderValue::from_static("\"x\""));
+        assert_eq!(if_match(&h).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
 }

@@ -9,6 +9,7 @@ pub mod locate;
 pub mod model;
 pub mod raw;
 pub mod validate;
+pub mod write;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -35,7 +36,13 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn whole_file(file: &Path, message: String) -> Self {
+    /// The file could not be read at all.
+    pub fn unreadable(file: &Path, error: &std::io::Error) -> Self {
+        Self::general(file, format!("cannot read: {error}"))
+    }
+
+    /// A problem of the file as a whole, with no place in it.
+    pub fn general(file: &Path, message: String) -> Self {
         ConfigError {
             file: file.to_owned(),
             problems: vec![Problem {
@@ -69,8 +76,7 @@ impl std::error::Error for ConfigError {}
 /// Reads and validates the control file at `path`, taking secrets from the
 /// process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::whole_file(path, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
     parse(&text, path, &|var| std::env::var(var).ok())
 }
 

@@ -221,6 +221,29 @@ impl TenantConfig {
     pub fn pool(&self, color: Color) -> &[String] {
         &self.pools[color.index()]
     }
+
+    /// A pool that would get traffic but has no endpoints: the stable pool,
+    /// or one with weight above 0. The rule every change must pass.
+    pub fn empty_pool_in_use(&self) -> Option<(Color, String)> {
+        Color::ALL.into_iter().find_map(|color| {
+            if !self.pool(color).is_empty() {
+                return None;
+            }
+            if color == self.stable {
+                Some((
+                    color,
+                    format!("pool {color} is the stable pool but has no endpoints"),
+                ))
+            } else if self.weights.of(color) > 0 {
+                Some((
+                    color,
+                    format!("pool {color} has weight above 0 but has no endpoints"),
+                ))
+            } else {
+                None
+            }
+        })
+    }
 }
 
 /// A bearer token of the admin API and the tenants it may touch.
@@ -257,5 +280,20 @@ impl Config {
             .binary_search_by(|t| t.name.as_str().cmp(name))
             .ok()
             .map(|i| &self.tenants[i])
+    }
+
+    /// The admin API must not be reachable off loopback without a token.
+    pub fn admin_exposure_problem(&self) -> Option<String> {
+        let admin = self.listen.admin;
+        (!admin.ip().is_loopback() && self.tokens.is_empty()).then(|| {
+            format!("{admin} is not loopback: configure at least one [admin.tokens] entry")
+        })
+    }
+
+    pub fn tenant_mut(&mut self, name: &str) -> Option<&mut TenantConfig> {
+        self.tenants
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &mut self.tenants[i])
     }
 }

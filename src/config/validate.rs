@@ -88,16 +88,6 @@ pub fn validate(raw: RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<C
         env,
     );
 
-    if let Some(admin) = admin
-        && !admin.ip().is_loopback()
-        && tokens.is_empty()
-    {
-        p.add(
-            listen_path.key("admin"),
-            format!("{admin} is not loopback: configure at least one [admin.tokens] entry"),
-        );
-    }
-
     let notify_webhook = raw.notify.and_then(|n| {
         if n.webhook.starts_with("http://") || n.webhook.starts_with("https://") {
             Some(n.webhook)
@@ -110,16 +100,20 @@ pub fn validate(raw: RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<C
         }
     });
 
-    match (http, admin) {
-        (Some(http), Some(admin)) if p.0.is_empty() => Ok(Config {
-            listen: Listen { http, https, admin },
-            defaults,
-            tenants,
-            tokens,
-            notify_webhook,
-        }),
-        _ => Err(p),
+    let (Some(http), Some(admin)) = (http, admin) else {
+        return Err(p);
+    };
+    let config = Config {
+        listen: Listen { http, https, admin },
+        defaults,
+        tenants,
+        tokens,
+        notify_webhook,
+    };
+    if let Some(problem) = config.admin_exposure_problem() {
+        p.add(listen_path.key("admin"), problem);
     }
+    if p.0.is_empty() { Ok(config) } else { Err(p) }
 }
 
 fn addr(
@@ -403,9 +397,9 @@ fn tenant(
     let sticky = rt.sticky.and_then(|s| sticky(p, &path.key("sticky"), s));
 
     let pp = path.key("pools");
-    let mut pools = [rt.pools.blue, rt.pools.green];
+    let pools = [rt.pools.blue, rt.pools.green];
     for color in Color::ALL {
-        let list = &mut pools[color.index()];
+        let list = &pools[color.index()];
         let cp = pp.key(color.as_str());
         for (i, ep) in list.iter().enumerate() {
             if !valid_endpoint(ep) {
@@ -414,16 +408,7 @@ fn tenant(
                 p.add(cp.index(i), format!("`{ep}` is listed twice"));
             }
         }
-        if list.is_empty() && (color == stable || weights.of(color) > 0) {
-            let why = if color == stable {
-                "is the stable pool"
-            } else {
-                "has weight above 0"
-            };
-            p.add(cp, format!("pool {color} {why} but has no endpoints"));
-        }
     }
-
     let tls = rt.tls.map(|t| {
         let files = TlsFiles {
             cert: base_dir.join(&t.cert),
@@ -453,7 +438,7 @@ fn tenant(
     };
     let settings = settings(p, path, defaults, &layer);
 
-    (p.0.len() == before).then_some(TenantConfig {
+    let tenant = TenantConfig {
         name,
         hosts,
         preview_hosts,
@@ -465,7 +450,11 @@ fn tenant(
         tls,
         rollout,
         settings,
-    })
+    };
+    if let Some((color, message)) = tenant.empty_pool_in_use() {
+        p.add(pp.key(color.as_str()), message);
+    }
+    (p.0.len() == before).then_some(tenant)
 }
 
 fn valid_endpoint(ep: &str) -> bool {

@@ -1,6 +1,6 @@
 //! Test kit: real upstream servers, a real proxy on ephemeral ports, a
 //! client, and waiting on conditions with a deadline.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -351,5 +351,67 @@ pub async fn spawn_binary(tenants: &str, env: &[(&str, &str)]) -> BinaryProxy {
         http_addr: addr("http_addr"),
         admin_addr: addr("admin_addr"),
         dir,
+    }
+}
+
+impl TestProxy {
+    /// A call on the admin API with an optional bearer token and JSON body.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(self.admin_url(path));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = body.map(|b| Bytes::from(b.to_owned())).unwrap_or_default();
+        self.send(req.body(Full::new(body)).unwrap()).await
+    }
+
+    /// The tenant's weights as the admin API reports them.
+    pub async fn weights(&self, tenant: &str) -> (u64, u64) {
+        tenant_weights(&self.client, self.running.admin_addr, tenant).await
+    }
+}
+
+/// A tenant's weights from any turnout's admin API (no token).
+pub async fn tenant_weights(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    admin: SocketAddr,
+    tenant: &str,
+) -> (u64, u64) {
+    let req = Request::get(format!("http://{admin}/v1/tenants/{tenant}"))
+        .body(Full::default())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    (
+        v["weights"]["blue"].as_u64().unwrap(),
+        v["weights"]["green"].as_u64().unwrap(),
+    )
+}
+
+/// Replaces `from` with `to` in the control file, in place.
+pub fn edit_file(path: &std::path::Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "`{from}` not in the file:\n{text}");
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+impl TestProxy {
+    /// The tenant's weights, asked with a bearer token.
+    pub async fn weights_with(&self, token: &str, tenant: &str) -> (u64, u64) {
+        let r = self
+            .admin("GET", &format!("/v1/tenants/{tenant}"), Some(token), None)
+            .await;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        (
+            v["weights"]["blue"].as_u64().unwrap(),
+            v["weights"]["green"].as_u64().unwrap(),
+        )
     }
 }
