@@ -8,13 +8,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::Admin;
 use crate::config::{self, Config};
 use crate::control::{self, Control};
+use crate::health;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::proxy::Proxy;
 use crate::route::Registry;
 use crate::server;
@@ -74,6 +77,7 @@ pub struct Running {
     tasks: JoinSet<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
+    signals: Signals,
 }
 
 /// Loads `config_path` and starts serving it.
@@ -97,17 +101,21 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
     let admin_addr = local_addr(&admin_listener, listen.admin);
 
     let metrics = Metrics::new();
-    let registry = Arc::new(Registry::new(Arc::clone(&metrics)));
+    let (breach_tx, breaches) = tokio::sync::mpsc::unbounded_channel();
+    let registry = Arc::new(Registry::new(Arc::clone(&metrics), breach_tx));
     let table = registry.build(Arc::new(config), 1);
     metrics.reloads_ok.increment(1);
     let proxy = Arc::new(Proxy::new(table, Arc::clone(&metrics)));
-    let control = control::spawn(
-        config_path.to_owned(),
+    let control = control::spawn(control::Parts {
+        path: config_path.to_owned(),
         overrides,
         text,
-        Arc::clone(&registry),
-        Arc::clone(&proxy),
-    );
+        registry: Arc::clone(&registry),
+        proxy: Arc::clone(&proxy),
+        health: Arc::new(health::Checker::default()),
+        notifier: Notifier::spawn(Arc::clone(&metrics)),
+        breaches,
+    });
     let watcher = control::watch::spawn(config_path, control.clone());
     let admin = Arc::new(Admin {
         proxy: Arc::clone(&proxy),
@@ -140,7 +148,16 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         Duration::ZERO,
     ));
     tasks.spawn(upkeep(Arc::clone(&metrics), stopped.clone()));
-    tasks.spawn(control::watch::reload_on_sighup(control.clone(), stopped));
+    let hup = register(SignalKind::hangup(), "SIGHUP")?;
+    tasks.spawn(control::watch::reload_on_sighup(
+        control.clone(),
+        hup,
+        stopped,
+    ));
+    let signals = Signals {
+        term: register(SignalKind::terminate(), "SIGTERM")?,
+        int: register(SignalKind::interrupt(), "SIGINT")?,
+    };
 
     admin.ready.store(true, Ordering::Relaxed);
     tracing::info!(%http_addr, %admin_addr, config = %config_path.display(), "turnout serving");
@@ -157,10 +174,19 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         tasks,
         admin_stop,
         admin_task,
+        signals,
     })
 }
 
 impl Running {
+    /// Resolves on the first SIGTERM or SIGINT.
+    pub async fn shutdown_signal(&mut self) {
+        tokio::select! {
+            _ = self.signals.term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = self.signals.int.recv() => tracing::info!("SIGINT: draining"),
+        }
+    }
+
     /// Stops accepting, lets requests in flight finish (up to the drain
     /// timeout), and returns when they have.
     pub async fn shutdown(mut self) {
@@ -214,19 +240,13 @@ async fn upkeep(metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop turnout");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-    }
+/// The signals turnout acts on, registered before it reports ready so that
+/// none can arrive to find the default action (which would kill it).
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+fn register(kind: SignalKind, name: &'static str) -> Result<Signal, StartError> {
+    signal(kind).map_err(|e| StartError::Refused(format!("cannot listen for {name}: {e}")))
 }

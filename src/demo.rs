@@ -81,7 +81,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let path: PathBuf = dir.join("turnout.toml");
     std::fs::write(&path, control_file(blue, green))?;
 
-    let running = app::start(&path, ListenOverrides::default()).await?;
+    let mut running = app::start(&path, ListenOverrides::default()).await?;
     println!(
         r#"
 turnout demo is serving.
@@ -113,7 +113,7 @@ Press Ctrl-C to stop.
         http = running.http_addr,
         admin = running.admin_addr,
     );
-    app::shutdown_signal().await;
+    running.shutdown_signal().await;
     running.shutdown().await;
     let _ = stop_upstreams.send(true);
     let _ = std::fs::remove_dir_all(&dir);

@@ -113,8 +113,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         https: args.listen_https,
         admin: args.listen_admin,
     };
-    let running = app::start(&args.config, overrides).await?;
-    app::shutdown_signal().await;
+    let mut running = app::start(&args.config, overrides).await?;
+    running.shutdown_signal().await;
     running.shutdown().await;
     Ok(())
 }

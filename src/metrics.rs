@@ -27,6 +27,9 @@ pub const REJECTED_TOTAL: &str = "turnout_rejected_total";
 pub const UNROUTED_TOTAL: &str = "turnout_unrouted_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "turnout_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "turnout_config_generation";
+pub const SLO_ERROR_RATE: &str = "turnout_slo_error_rate";
+pub const REVERTS_TOTAL: &str = "turnout_reverts_total";
+pub const NOTIFY_FAILURES_TOTAL: &str = "turnout_notify_failures_total";
 
 /// Histogram buckets for request durations, in seconds: fine below 100 ms
 /// where healthy services live, coarse up to the default request timeout.
@@ -65,6 +68,7 @@ pub struct Metrics {
     pub reloads_ok: Counter,
     pub reloads_error: Counter,
     pub generation: Gauge,
+    pub notify_failures: Counter,
 }
 
 impl Metrics {
@@ -86,6 +90,7 @@ impl Metrics {
         let reloads_ok = counter(CONFIG_RELOADS_TOTAL, &[("result", "ok")]);
         let reloads_error = counter(CONFIG_RELOADS_TOTAL, &[("result", "error")]);
         let generation = recorder.register_gauge(&key(CONFIG_GENERATION, &[]), &META);
+        let notify_failures = counter(NOTIFY_FAILURES_TOTAL, &[]);
         Arc::new(Metrics {
             recorder,
             handle,
@@ -93,6 +98,7 @@ impl Metrics {
             reloads_ok,
             reloads_error,
             generation,
+            notify_failures,
         })
     }
 
@@ -122,6 +128,9 @@ impl Metrics {
             inflight: self
                 .recorder
                 .register_gauge(&with(INFLIGHT_REQUESTS, None), &META),
+            reverts: self
+                .recorder
+                .register_counter(&with(REVERTS_TOTAL, None), &META),
             rejected: ["max_inflight", "preview_token"].map(|r| {
                 self.recorder
                     .register_counter(&with(REJECTED_TOTAL, Some(("reason", r))), &META)
@@ -156,6 +165,9 @@ impl Metrics {
                     .register_counter(&with(UPSTREAM_ERRORS_TOTAL, Some(("kind", kind))), &META)
             }),
             share: self.recorder.register_gauge(&with(POOL_SHARE, None), &META),
+            slo_error_rate: self
+                .recorder
+                .register_gauge(&with(SLO_ERROR_RATE, None), &META),
         }
     }
 
@@ -173,6 +185,7 @@ impl Metrics {
 /// Handles for one tenant, registered when its routing entry is built.
 pub struct TenantMetrics {
     pub inflight: Gauge,
+    pub reverts: Counter,
     rejected: [Counter; 2],
     failovers: [Counter; 2],
     pub pools: [PoolMetrics; 2],
@@ -198,6 +211,8 @@ pub struct PoolMetrics {
     duration: Histogram,
     upstream_errors: [Counter; 3],
     pub share: Gauge,
+    /// Set from the SLO window when metrics are scraped.
+    pub slo_error_rate: Gauge,
 }
 
 impl PoolMetrics {
@@ -238,11 +253,23 @@ fn describe(r: &PrometheusRecorder) {
         ),
         (UNROUTED_TOTAL, "Requests that matched no tenant."),
         (CONFIG_RELOADS_TOTAL, "Control file reloads by result."),
+        (
+            REVERTS_TOTAL,
+            "Automatic reverts of the candidate for breaking its SLO.",
+        ),
+        (
+            NOTIFY_FAILURES_TOTAL,
+            "Webhook notifications that could not be delivered.",
+        ),
     ];
     for (name, help) in counters {
         r.describe_counter(name.into(), None, help.into());
     }
     let gauges = [
+        (
+            SLO_ERROR_RATE,
+            "Error rate of the pool over its SLO window.",
+        ),
         (
             POOL_SHARE,
             "Share of the tenant's traffic the pool is given, in percent.",

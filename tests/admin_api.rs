@@ -264,8 +264,8 @@ async fn events_record_source_actor_and_reason() {
 async fn merge_rule_with_an_unwritable_file() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (50, 50), "")).await;
-    // Make the write-through fail: a directory where its temp file must go.
-    std::fs::create_dir(proxy.dir.path().join(".turnout.toml.tmp")).unwrap();
+    // Make the write-through fail: a directory where its lock file must go.
+    std::fs::create_dir(proxy.dir.path().join(".turnout.toml.lock")).unwrap();
     let r = proxy
         .admin("POST", "/v1/tenants/shop/rollback", None, None)
         .await;
@@ -346,7 +346,7 @@ async fn replicas_sharing_one_file_converge() {
         .await;
     assert_eq!(r.status, 200);
     wait_until(
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         "the second replica to converge",
         || async { tenant_weights(&c, second.admin_addr, "shop").await == (70, 30) },
     )
@@ -360,7 +360,7 @@ async fn replicas_sharing_one_file_converge() {
     .unwrap();
     assert_eq!(c.request(req).await.unwrap().status(), 200);
     wait_until(
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         "the first replica to converge",
         || async { first.weights("shop").await == (100, 0) },
     )

@@ -19,7 +19,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_set() {
     let request = b"GET /headers HTTP/1.1\r\nHost: shop.test:8080\r\n\
         Connection: keep-alive, x-secret-hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
         Proxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: x-t\r\nUpgrade: h2c\r\n\
-        X-Forwarded-For: 203.0.113.7\r\nX-Kept: yes\r\n\r\n";
+        X-Forwarded-For: 203.0.113.7\r\nX-Kept: yes\r\nX-Forwarded-For: 198.51.100.2\r\n\r\n";
     let reply = raw_exchange(proxy.running.http_addr, request).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(
@@ -48,7 +48,10 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_set() {
             .get("connection")
             .is_some_and(|v| v.iter().any(|c| c.contains("x-secret-hop")))
     );
-    assert_eq!(seen["x-forwarded-for"], ["203.0.113.7, 127.0.0.1"]);
+    assert_eq!(
+        seen["x-forwarded-for"],
+        ["203.0.113.7, 198.51.100.2, 127.0.0.1"]
+    );
     assert_eq!(seen["x-forwarded-proto"], ["http"]);
     assert_eq!(seen["x-forwarded-host"], ["shop.test:8080"]);
     assert_eq!(seen["host"], ["shop.test:8080"]);
@@ -82,12 +85,7 @@ async fn large_bodies_stream_intact_both_ways() {
 
 #[tokio::test]
 async fn dead_upstream_is_502_and_hanging_one_is_504() {
-    // A port that refuses: bind, learn it, close it.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refusing_port();
     let hang = spawn_upstream("hang").await;
     let config = format!(
         "[tenants.dead]\nhosts = [\"dead.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
@@ -136,11 +134,7 @@ async fn dead_upstream_is_502_and_hanging_one_is_504() {
 
 #[tokio::test]
 async fn connect_failure_is_retried_on_another_endpoint() {
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refusing_port();
     let live = spawn_upstream("live").await;
     let config = format!(
         "[tenants.shop]\nhosts = [\"shop.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\

@@ -1,5 +1,8 @@
 //! The JSON views of the admin API (SPEC section 8).
 
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
 use serde::Serialize;
 
 use crate::config::{Color, Weights};
@@ -13,16 +16,24 @@ pub struct TenantView<'a> {
     pub stable: Color,
     pub candidate: Color,
     pub weights: Weights,
+    /// `steady, split, ramping, baking, reverted`.
     pub status: &'static str,
-    pub pools: PoolsView,
+    pub pools: PerPool<PoolView>,
+    /// The SLO window of each pool.
+    pub slo: PerPool<WindowView>,
+    /// The candidate's verdict: `ok, inconclusive, breach`.
+    pub verdict: &'static str,
+    /// Why, when in breach.
+    pub breach: Option<String>,
+    pub rollout: Option<RolloutView>,
     pub inflight: u32,
     pub generation: u64,
 }
 
 #[derive(Serialize)]
-pub struct PoolsView {
-    pub blue: PoolView,
-    pub green: PoolView,
+pub struct PerPool<T> {
+    pub blue: T,
+    pub green: T,
 }
 
 #[derive(Serialize)]
@@ -39,14 +50,40 @@ pub struct EndpointView {
     pub inflight: u32,
 }
 
+#[derive(Serialize)]
+pub struct WindowView {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct RolloutView {
+    /// 1-based step number; `None` for a promote bake without a rollout table.
+    pub step: Option<usize>,
+    pub steps: Vec<u32>,
+    /// The candidate's share now, in percent.
+    pub share: u32,
+    pub phase: &'static str,
+    pub since: String,
+}
+
 impl Serialize for Color {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
 }
 
-pub fn tenant_view<'a>(table: &RoutingTable, tenant: &'a Tenant) -> TenantView<'a> {
+/// The view of one tenant; `bake` is the start of a promote bake held by the
+/// control task (tenants without a rollout table).
+pub fn tenant_view<'a>(
+    table: &RoutingTable,
+    tenant: &'a Tenant,
+    bake: Option<SystemTime>,
+) -> TenantView<'a> {
     let c = &tenant.config;
+    let now = Instant::now();
     let pool = |color: Color| PoolView {
         share: f64::from(c.weights.share_bp(color)) / 100.0,
         endpoints: tenant
@@ -59,6 +96,48 @@ pub fn tenant_view<'a>(table: &RoutingTable, tenant: &'a Tenant) -> TenantView<'
             })
             .collect(),
     };
+    let windows = tenant.state.windows.load();
+    let window = |color: Color| {
+        let s = windows[color.index()].snapshot(now);
+        WindowView {
+            requests: s.requests,
+            errors: s.errors,
+            error_rate: s.error_rate(),
+            p99_ms: s.p99.map(|d| d.as_secs_f64() * 1000.0),
+        }
+    };
+    let verdict = tenant.verdict(tenant.candidate());
+    let candidate_share = c.weights.share_bp(c.candidate()) / 100;
+    let rollout = match (c.rollout.as_ref(), bake) {
+        (Some(r), _) if r.progress.is_some() => r.progress.as_ref().map(|p| RolloutView {
+            step: Some(p.step + 1),
+            steps: r.steps.clone(),
+            share: candidate_share,
+            phase: if r.steps.get(p.step) == Some(&100) {
+                "baking"
+            } else {
+                "ramping"
+            },
+            since: humantime::format_rfc3339_seconds(p.since).to_string(),
+        }),
+        (_, Some(since)) => Some(RolloutView {
+            step: None,
+            steps: vec![100],
+            share: candidate_share,
+            phase: "baking",
+            since: humantime::format_rfc3339_seconds(since).to_string(),
+        }),
+        _ => None,
+    };
+    let status = if tenant.state.reverted.load(Ordering::Relaxed) {
+        "reverted"
+    } else if let Some(r) = &rollout {
+        r.phase
+    } else if c.weights.of(c.candidate()) == 0 {
+        "steady"
+    } else {
+        "split"
+    };
     TenantView {
         name: tenant.name(),
         hosts: c.hosts.iter().map(ToString::to_string).collect(),
@@ -66,15 +145,21 @@ pub fn tenant_view<'a>(table: &RoutingTable, tenant: &'a Tenant) -> TenantView<'
         stable: c.stable,
         candidate: c.candidate(),
         weights: c.weights,
-        status: if c.weights.of(c.candidate()) == 0 {
-            "steady"
-        } else {
-            "split"
-        },
-        pools: PoolsView {
+        status,
+        pools: PerPool {
             blue: pool(Color::Blue),
             green: pool(Color::Green),
         },
+        slo: PerPool {
+            blue: window(Color::Blue),
+            green: window(Color::Green),
+        },
+        verdict: verdict.as_str(),
+        breach: match verdict {
+            crate::slo::Verdict::Breach(reason) => Some(reason),
+            _ => None,
+        },
+        rollout,
         inflight: tenant.state.inflight(),
         generation: table.generation,
     }

@@ -155,7 +155,9 @@ impl Admin {
                     .tenants()
                     .iter()
                     .filter(|t| caller.may_touch(t.name()))
-                    .map(|t| api::tenant_view(&table, t))
+                    .map(|t| {
+                        api::tenant_view(&table, t, self.control.shared.bake_started(t.name()))
+                    })
                     .collect();
                 Ok(json(StatusCode::OK, &views))
             }
@@ -165,7 +167,11 @@ impl Admin {
                 let tenant = table
                     .tenant(name)
                     .ok_or_else(|| ApiError::not_found(format!("no tenant named {name}")))?;
-                Ok(json(StatusCode::OK, &api::tenant_view(&table, tenant)))
+                let bake = self.control.shared.bake_started(name);
+                Ok(json(
+                    StatusCode::OK,
+                    &api::tenant_view(&table, tenant, bake),
+                ))
             }
             (&Method::PUT, ["tenants", name, "weights"]) => {
                 scope(caller, name)?;
@@ -207,6 +213,18 @@ impl Admin {
                 let change = Change::Rollback {
                     tenant: (*name).to_owned(),
                     if_match,
+                };
+                self.change(change, caller, body.reason).await
+            }
+            (&Method::POST, ["tenants", name, action @ ("rollout" | "promote")]) => {
+                scope(caller, name)?;
+                let force = query_flag(req.uri().query(), "force");
+                let body: ReasonBody = read_json(req).await?.unwrap_or_default();
+                let tenant = (*name).to_owned();
+                let change = if *action == "rollout" {
+                    Change::StartRollout { tenant, force }
+                } else {
+                    Change::Promote { tenant, force }
                 };
                 self.change(change, caller, body.reason).await
             }
@@ -255,7 +273,7 @@ impl Admin {
                 _,
                 ["tenants"]
                 | ["tenants", _]
-                | ["tenants", _, "weights" | "rollback"]
+                | ["tenants", _, "weights" | "rollback" | "rollout" | "promote"]
                 | ["events"]
                 | ["config"]
                 | ["config", "reload"],
@@ -287,11 +305,17 @@ impl Admin {
     fn metrics(&self) -> ApiResponse {
         let table = self.proxy.table.load();
         let metrics = &self.proxy.metrics;
+        let now = std::time::Instant::now();
         for tenant in table.tenants() {
             tenant
                 .metrics()
                 .inflight
                 .set(f64::from(tenant.state.inflight()));
+            let windows = tenant.state.windows.load();
+            for color in Color::ALL {
+                let rate = windows[color.index()].snapshot(now).error_rate();
+                tenant.metrics().pool(color).slo_error_rate.set(rate);
+            }
             for color in Color::ALL {
                 for ep in tenant.endpoints(color) {
                     let healthy = if ep.is_healthy() { 1.0 } else { 0.0 };

@@ -21,6 +21,8 @@ use super::raw::*;
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 const MAX_WEIGHT: i64 = 1_000_000;
+/// Longer durations are surely mistakes, and would overflow clock arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Default)]
 pub struct Problems(pub Vec<(KeyPath, String)>);
@@ -138,6 +140,10 @@ fn parse_addr(p: &mut Problems, path: &KeyPath, value: &str) -> Option<SocketAdd
 fn duration(p: &mut Problems, path: &KeyPath, value: Option<&str>, default: Duration) -> Duration {
     let Some(value) = value else { return default };
     match humantime::parse_duration(value) {
+        Ok(d) if d > MAX_DURATION => {
+            p.add(path.clone(), "must be at most a year");
+            default
+        }
         Ok(d) if d > Duration::ZERO => d,
         Ok(_) => {
             p.add(path.clone(), "must be greater than 0");

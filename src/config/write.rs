@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{DocumentMut, Item, TableLike, Value};
 
-use super::{Color, Weights};
+use super::{Color, RolloutProgress, Weights};
 
 /// The keys of one tenant a change sets.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -16,6 +16,8 @@ pub struct TenantEdit {
     pub tenant: String,
     pub weights: Option<Weights>,
     pub stable: Option<Color>,
+    /// `Some(None)` removes `rollout.progress`.
+    pub progress: Option<Option<RolloutProgress>>,
 }
 
 /// Applies `edits` to control-file `text`, returning the new text.
@@ -40,6 +42,24 @@ pub fn edit(text: &str, edits: &[TenantEdit]) -> Result<String, String> {
         }
         if let Some(stable) = e.stable {
             set(tenant, "stable", Value::from(stable.as_str()));
+        }
+        if let Some(progress) = &e.progress {
+            let rollout = tenant
+                .get_mut("rollout")
+                .and_then(Item::as_table_like_mut)
+                .ok_or_else(|| format!("tenant `{}` has no rollout table", e.tenant))?;
+            match progress {
+                Some(p) => {
+                    let mut inline = toml_edit::InlineTable::new();
+                    inline.insert("step", Value::from(p.step as i64));
+                    let since = humantime::format_rfc3339_seconds(p.since).to_string();
+                    inline.insert("since", Value::from(since));
+                    set(rollout, "progress", Value::InlineTable(inline));
+                }
+                None => {
+                    rollout.remove("progress");
+                }
+            }
         }
     }
     Ok(doc.to_string())
@@ -66,22 +86,41 @@ pub fn target(path: &Path) -> PathBuf {
     fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// The temporary file written before the rename, beside the target.
-pub fn temp_path(target: &Path) -> PathBuf {
+fn beside(target: &Path, suffix: &str) -> PathBuf {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    target.with_file_name(format!(".{name}.tmp"))
+    target.with_file_name(format!(".{name}{suffix}"))
+}
+
+/// Holds the write lock of a control file while it lives.
+pub struct WriteLock(#[allow(dead_code)] fs::File);
+
+/// Takes the exclusive lock (`.NAME.lock` beside the file) that makes a
+/// read-edit-replace of the file atomic among replicas sharing it.
+pub fn lock(path: &Path) -> std::io::Result<WriteLock> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(beside(&target(path), ".lock"))?;
+    file.lock()?;
+    Ok(WriteLock(file))
 }
 
 /// Writes `text` beside the file, syncs it, and renames it over the file, so
 /// a reader sees the old file or the new one, never half of one.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let target = target(path);
-    let tmp = temp_path(&target);
+    // Unique per writer: replicas never share a temporary file.
+    let unique = format!(".{}.{:08x}.tmp", std::process::id(), fastrand::u32(..));
+    let tmp = beside(&target, &unique);
     let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         if let Ok(meta) = fs::metadata(&target) {
             file.set_permissions(meta.permissions())?;
         }
@@ -118,11 +157,12 @@ mod tests {
                         green: 30,
                     }),
                     stable: Some(Color::Green),
+                    progress: None,
                 },
                 TenantEdit {
                     tenant: "other".into(),
                     weights: Some(Weights { blue: 5, green: 95 }),
-                    stable: None,
+                    ..Default::default()
                 },
             ],
         )
@@ -136,6 +176,29 @@ mod tests {
             .replace("blue = 0 # idle", "blue = 5 # idle")
             .replace("green = 100", "green = 95");
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn writes_and_removes_rollout_progress() {
+        let text = "[tenants.shop]\nweights = { blue = 1, green = 0 }\n\n[tenants.shop.rollout]\nsteps = [50, 100] # ramp\n";
+        let since = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let progress = TenantEdit {
+            tenant: "shop".into(),
+            progress: Some(Some(RolloutProgress { step: 1, since })),
+            ..Default::default()
+        };
+        let out = edit(text, &[progress]).unwrap();
+        assert!(out.ends_with("steps = [50, 100] # ramp\nprogress = { step = 1, since = \"2027-01-15T08:00:00Z\" }\n"), "{out}");
+        let removed = edit(
+            &out,
+            &[TenantEdit {
+                tenant: "shop".into(),
+                progress: Some(None),
+                ..Default::default()
+            }],
+        )
+        .unwrap();
+        assert_eq!(removed, text);
     }
 
     #[test]

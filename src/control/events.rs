@@ -67,8 +67,8 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// Numbers, logs and keeps `event`.
-    pub fn record(&mut self, mut event: Event) {
+    /// Numbers, logs and keeps `event`; returns the numbered copy.
+    pub fn record(&mut self, mut event: Event) -> Event {
         self.next_seq += 1;
         event.seq = self.next_seq;
         tracing::info!(
@@ -87,7 +87,8 @@ impl EventLog {
         if self.events.len() == EVENTS_KEPT {
             self.events.pop_front();
         }
-        self.events.push_back(event);
+        self.events.push_back(event.clone());
+        event
     }
 
     /// The newest `limit` events (of `tenant`, if given), oldest first.

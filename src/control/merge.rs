@@ -25,6 +25,15 @@ pub fn merge(running: &Config, file_prev: &Config, mut file_new: Config) -> Conf
         if tenant.stable == prev.stable {
             tenant.stable = run.stable;
         }
+        // A ramp's progress, too: deleting it from the file stops the ramp.
+        let progress =
+            |t: &crate::config::TenantConfig| t.rollout.as_ref().map(|r| r.progress.clone());
+        if let (Some(rollout), Some(prev_p), Some(run_p)) =
+            (tenant.rollout.as_mut(), progress(prev), progress(run))
+            && rollout.progress == prev_p
+        {
+            rollout.progress = run_p;
+        }
         // Keys merged one by one must still make a valid tenant (the file may
         // have emptied a pool the running weights send traffic to); if not,
         // the file wins for this tenant.

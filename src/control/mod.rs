@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{ConfigError, Weights};
 pub use events::{Event, EventLog, Source};
-pub use task::spawn;
+pub use task::{Parts, spawn};
 
 /// A change to the control state.
 #[derive(Debug, Clone)]
@@ -43,6 +43,10 @@ pub enum Change {
         tenant: String,
         if_match: Option<u64>,
     },
+    /// Start the configured ramp at its first step.
+    StartRollout { tenant: String, force: bool },
+    /// Candidate to 100, bake, then it becomes stable.
+    Promote { tenant: String, force: bool },
 }
 
 /// Who asked for a change, and why.
@@ -122,9 +126,20 @@ pub struct ReloadStatus {
 pub struct Shared {
     events: Mutex<EventLog>,
     status: Mutex<ReloadStatus>,
+    /// Bakes started by `promote` on tenants without a rollout table, which
+    /// have no `progress` key to live in: tenant → start.
+    bakes: Mutex<std::collections::HashMap<String, SystemTime>>,
 }
 
 impl Shared {
+    pub fn bake_started(&self, tenant: &str) -> Option<SystemTime> {
+        self.bakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .copied()
+    }
+
     pub fn events(&self) -> MutexGuard<'_, EventLog> {
         self.events.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -1,28 +1,54 @@
 //! The control task: applies changes one at a time.
+//!
+//! Besides the requests of `Control::submit`, it takes SLO breaches from the
+//! request path and ticks a clock for rollouts, all in one loop, so no two
+//! changes ever race.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
 use super::events::{Event, EventLog};
 use super::merge::merge;
-use super::{Change, ChangeError, Control, Origin, Outcome, ReloadStatus, Request, Shared};
+use super::{Change, ChangeError, Control, Origin, Outcome, ReloadStatus, Request, Shared, Source};
 use crate::app::ListenOverrides;
 use crate::config::write::{self, TenantEdit};
-use crate::config::{self, Config, TenantConfig, Weights};
+use crate::config::{self, Color, Config, RolloutProgress, TenantConfig, Weights};
+use crate::health;
+use crate::notify::Notifier;
 use crate::proxy::Proxy;
-use crate::route::{Registry, endpoint};
+use crate::route::{Breach, Registry, endpoint};
+use crate::slo::Verdict;
 
 /// Changes queued before senders wait.
 const QUEUE: usize = 64;
+/// How often running rollouts are looked at.
+const ROLLOUT_TICK: Duration = Duration::from_millis(100);
+
+/// What the control task needs from the rest of the process.
+pub struct Parts {
+    pub path: PathBuf,
+    pub overrides: ListenOverrides,
+    /// The file's text at start-up, already parsed into the serving table.
+    pub text: String,
+    pub registry: Arc<Registry>,
+    pub proxy: Arc<Proxy>,
+    pub health: Arc<health::Checker>,
+    pub notifier: Notifier,
+    pub breaches: mpsc::UnboundedReceiver<Breach>,
+}
 
 struct ControlTask {
     path: PathBuf,
     overrides: ListenOverrides,
     registry: Arc<Registry>,
     proxy: Arc<Proxy>,
+    health: Arc<health::Checker>,
+    notifier: Notifier,
     shared: Arc<Shared>,
     /// The state being served (the same `Arc` the routing table holds).
     running: Arc<Config>,
@@ -31,46 +57,58 @@ struct ControlTask {
     /// The text last read from the file, valid or not.
     file_text: String,
     generation: u64,
+    /// Candidate requests completed when the current rollout step began.
+    step_marks: HashMap<String, u64>,
 }
 
-/// Starts the control task for a proxy already serving `config` (read from
-/// `text`) at generation 1.
-pub fn spawn(
-    path: PathBuf,
-    overrides: ListenOverrides,
-    text: String,
-    registry: Arc<Registry>,
-    proxy: Arc<Proxy>,
-) -> Control {
-    let table = proxy.table.load_full();
+/// Starts the control task for a proxy already serving the file at
+/// generation 1.
+pub fn spawn(parts: Parts) -> Control {
+    let table = parts.proxy.table.load_full();
     let running = Arc::clone(&table.config);
     let shared = Arc::new(Shared {
         events: Mutex::new(EventLog::default()),
         status: Mutex::new(ReloadStatus {
-            path: path.clone(),
+            path: parts.path.clone(),
             generation: table.generation,
             last_reload: Some(SystemTime::now()),
             last_error: None,
             persisted: true,
         }),
+        bakes: Mutex::default(),
     });
+    parts.health.reconcile(&table);
     let (tx, mut rx) = mpsc::channel::<Request>(QUEUE);
+    let mut breaches = parts.breaches;
     let mut task = ControlTask {
-        path,
-        overrides,
-        registry,
-        proxy,
+        path: parts.path,
+        overrides: parts.overrides,
+        registry: parts.registry,
+        proxy: parts.proxy,
+        health: parts.health,
+        notifier: parts.notifier,
         shared: Arc::clone(&shared),
         file: (*running).clone(),
         running,
-        file_text: text,
+        file_text: parts.text,
         generation: table.generation,
+        step_marks: HashMap::new(),
     };
     tokio::spawn(async move {
-        while let Some(req) = rx.recv().await {
-            let result = task.handle(req.change, &req.origin);
-            let _ = req.reply.send(result);
+        let mut tick = tokio::time::interval(ROLLOUT_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                req = rx.recv() => {
+                    let Some(req) = req else { break };
+                    let result = task.handle(req.change, &req.origin);
+                    let _ = req.reply.send(result);
+                }
+                Some(breach) = breaches.recv() => task.revert(breach),
+                _ = tick.tick() => task.advance_rollouts(),
+            }
         }
+        task.health.stop();
     });
     Control { tx, shared }
 }
@@ -86,25 +124,73 @@ impl ControlTask {
                 force,
             } => {
                 self.check_generation(if_match)?;
-                let current = self.tenant(&tenant)?;
-                let candidate = current.candidate();
-                let raises_candidate = weights.of(candidate) > 0;
-                if raises_candidate && !force && !self.candidate_has_healthy_endpoint(&tenant) {
-                    return Err(ChangeError::Conflict(format!(
-                        "the candidate pool {candidate} of {tenant} has no healthy endpoint; add ?force=true to set it anyway"
-                    )));
-                }
-                self.set(&tenant, weights, origin, "weights set")
+                self.check_candidate(&tenant, weights, force)?;
+                self.set(
+                    &tenant,
+                    Plan::weights(weights).ends_ramp(),
+                    origin,
+                    "weights set",
+                )
             }
             Change::Rollback { tenant, if_match } => {
                 self.check_generation(if_match)?;
                 let stable = self.tenant(&tenant)?.stable;
-                let mut weights = Weights::default();
-                match stable {
-                    config::Color::Blue => weights.blue = 100,
-                    config::Color::Green => weights.green = 100,
+                self.set(
+                    &tenant,
+                    Plan::weights(all_on(stable)).ends_ramp(),
+                    origin,
+                    "rollback to the stable pool",
+                )
+            }
+            Change::StartRollout { tenant, force } => {
+                let t = self.tenant(&tenant)?;
+                let Some(rollout) = &t.rollout else {
+                    return Err(ChangeError::Conflict(format!(
+                        "tenant {tenant} has no [tenants.{tenant}.rollout] table"
+                    )));
+                };
+                let first = rollout.steps[0];
+                let weights = share_weights(t.stable, first);
+                self.check_candidate(&tenant, weights, force)?;
+                let plan = Plan::weights(weights).progress(Some(progress_at(0)));
+                let reason = format!(
+                    "rollout started: step 1/{} at {first}%",
+                    rollout.steps.len()
+                );
+                let outcome = self.set(&tenant, plan, origin, &reason)?;
+                self.mark_step(&tenant);
+                Ok(outcome)
+            }
+            Change::Promote { tenant, force } => {
+                let t = self.tenant(&tenant)?;
+                let weights = all_on(t.candidate());
+                self.check_candidate(&tenant, weights, force)?;
+                let (plan, reason) = match &t.rollout {
+                    Some(r) => {
+                        let last = r.steps.len() - 1;
+                        let bake = humantime::format_duration(r.bake);
+                        (
+                            Plan::weights(weights).progress(Some(progress_at(last))),
+                            format!("promote: candidate at 100%, baking for {bake}"),
+                        )
+                    }
+                    None => {
+                        let window = humantime::format_duration(t.settings.slo.window);
+                        (
+                            Plan::weights(weights),
+                            format!(
+                                "promote: candidate at 100%, baking for the SLO window ({window})"
+                            ),
+                        )
+                    }
+                };
+                let has_table = t.rollout.is_some();
+                let outcome = self.set(&tenant, plan, origin, &reason)?;
+                if !has_table {
+                    self.bakes().insert(tenant.clone(), SystemTime::now());
                 }
-                self.set(&tenant, weights, origin, "rollback to the stable pool")
+                self.mark_step(&tenant);
+                Ok(outcome)
             }
         }
     }
@@ -113,6 +199,10 @@ impl ControlTask {
         self.running
             .tenant(name)
             .ok_or_else(|| ChangeError::UnknownTenant(name.to_owned()))
+    }
+
+    fn bakes(&self) -> std::sync::MutexGuard<'_, HashMap<String, SystemTime>> {
+        self.shared.bakes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn check_generation(&self, if_match: Option<u64>) -> Result<(), ChangeError> {
@@ -124,19 +214,37 @@ impl ControlTask {
         }
     }
 
-    fn candidate_has_healthy_endpoint(&self, tenant: &str) -> bool {
+    /// Refuses to give the candidate traffic while it has no healthy
+    /// endpoint, unless forced (SPEC section 5).
+    fn check_candidate(
+        &self,
+        tenant: &str,
+        weights: Weights,
+        force: bool,
+    ) -> Result<(), ChangeError> {
+        let candidate = self.tenant(tenant)?.candidate();
+        if weights.of(candidate) == 0 || force {
+            return Ok(());
+        }
         let table = self.proxy.table.load();
-        table
+        let healthy = table
             .tenant(tenant)
-            .is_some_and(|t| endpoint::any_healthy(t.endpoints(t.candidate())))
+            .is_some_and(|t| endpoint::any_healthy(t.endpoints(candidate)));
+        if healthy {
+            Ok(())
+        } else {
+            Err(ChangeError::Conflict(format!(
+                "the candidate pool {candidate} of {tenant} has no healthy endpoint; add ?force=true to send it traffic anyway"
+            )))
+        }
     }
 
-    /// Sets a tenant's weights: validate, write through, apply, and fold in
-    /// whatever else the file on disk holds.
+    /// Applies a plan to one tenant: validate, write through, apply, and fold
+    /// in whatever else the file on disk holds.
     fn set(
         &mut self,
         tenant: &str,
-        weights: Weights,
+        plan: Plan,
         origin: &Origin,
         default_reason: &str,
     ) -> Result<Outcome, ChangeError> {
@@ -144,15 +252,32 @@ impl ControlTask {
         let t = next
             .tenant_mut(tenant)
             .ok_or_else(|| ChangeError::UnknownTenant(tenant.to_owned()))?;
-        t.weights = weights;
+        let mut edit = TenantEdit {
+            tenant: tenant.to_owned(),
+            ..Default::default()
+        };
+        if let Some(w) = plan.weights {
+            t.weights = w;
+            edit.weights = Some(w);
+        }
+        if let Some(stable) = plan.stable {
+            t.stable = stable;
+            edit.stable = Some(stable);
+        }
+        if let Some(progress) = plan.progress
+            && let Some(rollout) = t.rollout.as_mut()
+            && rollout.progress != progress
+        {
+            rollout.progress = progress.clone();
+            edit.progress = Some(progress);
+        }
         if let Some((_, problem)) = t.empty_pool_in_use() {
             return Err(ChangeError::Conflict(problem));
         }
-        let edit = TenantEdit {
-            tenant: tenant.to_owned(),
-            weights: Some(weights),
-            stable: None,
-        };
+        if plan.weights.is_some() || plan.stable.is_some() {
+            // Any decision about the split ends an in-memory bake.
+            self.bakes().remove(tenant);
+        }
         let written = self.write_through(&[edit]);
         let origin = Origin {
             reason: origin
@@ -162,7 +287,9 @@ impl ControlTask {
             ..origin.clone()
         };
         let applied = self.apply(next, &origin, written.is_some());
-        let Some((text, file)) = written else { return Ok(applied) };
+        let Some((text, file)) = written else {
+            return Ok(applied);
+        };
         // The file may hold more than our edit (another replica's change not
         // yet seen): merge it like any other file change.
         let folded = self.fold_file(text, file);
@@ -176,6 +303,7 @@ impl ControlTask {
     /// its parsed state, or `None` (logged) when the file cannot be written.
     fn write_through(&mut self, edits: &[TenantEdit]) -> Option<(String, Config)> {
         let result = (|| {
+            let _lock = write::lock(&self.path).map_err(|e| format!("cannot lock: {e}"))?;
             let text =
                 std::fs::read_to_string(&self.path).map_err(|e| format!("cannot read: {e}"))?;
             let edited = write::edit(&text, edits)?;
@@ -214,6 +342,13 @@ impl ControlTask {
         };
         if !forced && text == self.file_text {
             return Ok(self.outcome(false));
+        }
+        if text.trim().is_empty() {
+            // Most likely caught between a truncate and a write; never a
+            // reason to drop every tenant.
+            let error =
+                config::ConfigError::general(&self.path, "the control file is empty".to_owned());
+            return Err(self.reload_failed(error, &metrics));
         }
         match self.parse(&text) {
             Ok(file) => {
@@ -268,13 +403,30 @@ impl ControlTask {
         }
         self.generation += 1;
         let next = Arc::new(next);
-        let table = self.registry.build(Arc::clone(&next), self.generation);
-        self.proxy.table.store(Arc::new(table));
+        let table = Arc::new(self.registry.build(Arc::clone(&next), self.generation));
+        self.proxy.table.store(Arc::clone(&table));
+        self.health.reconcile(&table);
         let previous = std::mem::replace(&mut self.running, next);
+        for t in table.tenants() {
+            let weights_changed = previous
+                .tenant(t.name())
+                .is_none_or(|p| p.weights != t.config.weights);
+            if weights_changed {
+                t.state
+                    .reverted
+                    .store(origin.source == Source::Slo, Ordering::Relaxed);
+            }
+        }
         let events = describe(&previous, &self.running, origin, persisted, self.generation);
+        let webhook = self.running.notify_webhook.clone();
         let mut log = self.shared.events();
         for event in events {
-            log.record(event);
+            let recorded = log.record(event);
+            if let Some(url) = &webhook
+                && matches!(recorded.source, Source::Slo | Source::Rollout)
+            {
+                self.notifier.send(url, recorded);
+            }
         }
         drop(log);
         self.update_status();
@@ -299,6 +451,209 @@ impl ControlTask {
         status.generation = self.generation;
         status.persisted = self.persisted();
     }
+
+    /// The SLO guard's revert: all traffic to stable, through the one path.
+    fn revert(&mut self, breach: Breach) {
+        let table = self.proxy.table.load_full();
+        let Some(tenant) = table.tenant(&breach.tenant) else {
+            return;
+        };
+        let state = Arc::clone(&tenant.state);
+        let stable = tenant.stable();
+        let candidate = tenant.candidate();
+        if tenant.config.weights.of(candidate) > 0 {
+            let origin = Origin {
+                source: Source::Slo,
+                actor: None,
+                reason: Some(breach.reason.clone()),
+            };
+            let plan = Plan::weights(all_on(stable)).ends_ramp();
+            match self.set(&breach.tenant, plan, &origin, "slo breach") {
+                Ok(_) => {
+                    state.metrics.reverts.increment(1);
+                    tracing::warn!(tenant = %breach.tenant, pool = candidate.as_str(), reason = %breach.reason, "candidate reverted: SLO breached");
+                }
+                Err(e) => tracing::error!(tenant = %breach.tenant, error = %e, "SLO revert failed"),
+            }
+        }
+        // The candidate starts afresh: its next traffic is judged on its own.
+        state.windows.load()[candidate.index()].clear();
+        self.step_marks.remove(&breach.tenant);
+        state.breach_handled();
+    }
+
+    /// Moves every running ramp (and promote bake) along when its time has
+    /// come and its SLO holds.
+    fn advance_rollouts(&mut self) {
+        let now = SystemTime::now();
+        let ramps: Vec<(String, usize, SystemTime)> = self
+            .running
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                let p = t.rollout.as_ref()?.progress.as_ref()?;
+                Some((t.name.clone(), p.step, p.since))
+            })
+            .collect();
+        for (tenant, step, since) in ramps {
+            self.advance(&tenant, step, since, now);
+        }
+        let bakes: Vec<(String, SystemTime)> =
+            self.bakes().iter().map(|(t, s)| (t.clone(), *s)).collect();
+        for (tenant, since) in bakes {
+            let Some(t) = self.running.tenant(&tenant) else {
+                self.bakes().remove(&tenant);
+                continue;
+            };
+            let window = t.settings.slo.window;
+            if elapsed(since, now) >= window && self.ready_to_move(&tenant) {
+                self.finish_promotion(&tenant);
+            }
+        }
+    }
+
+    fn advance(&mut self, tenant: &str, step: usize, since: SystemTime, now: SystemTime) {
+        let Some(t) = self.running.tenant(tenant) else {
+            return;
+        };
+        let stable = t.stable;
+        let Some(rollout) = t.rollout.clone() else {
+            return;
+        };
+        let Some(&share) = rollout.steps.get(step) else {
+            return;
+        };
+        let hold = if share < 100 {
+            rollout.interval
+        } else {
+            rollout.bake
+        };
+        if elapsed(since, now) < hold || !self.ready_to_move(tenant) {
+            return;
+        }
+        if share >= 100 {
+            self.finish_promotion(tenant);
+            return;
+        }
+        let next = step + 1;
+        let next_share = rollout.steps[next];
+        let weights = share_weights(stable, next_share);
+        let plan = Plan::weights(weights).progress(Some(progress_at(next)));
+        let origin = Origin {
+            source: Source::Rollout,
+            actor: None,
+            reason: Some(format!(
+                "rollout step {}/{} at {next_share}%",
+                next + 1,
+                rollout.steps.len()
+            )),
+        };
+        if let Err(e) = self.set(tenant, plan, &origin, "rollout step") {
+            tracing::error!(%tenant, error = %e, "rollout step failed");
+        }
+        self.mark_step(tenant);
+    }
+
+    /// The candidate may move on: its verdict is `ok` and it has served at
+    /// least `min_requests` since the step began.
+    fn ready_to_move(&mut self, tenant: &str) -> bool {
+        let table = self.proxy.table.load();
+        let Some(t) = table.tenant(tenant) else {
+            return false;
+        };
+        let done = t.state.completed(t.candidate());
+        let mark = *self.step_marks.entry(tenant.to_owned()).or_insert(done);
+        let enough = done.saturating_sub(mark) >= u64::from(t.config.settings.slo.min_requests);
+        enough && t.verdict(t.candidate()) == Verdict::Ok
+    }
+
+    fn mark_step(&mut self, tenant: &str) {
+        let table = self.proxy.table.load();
+        if let Some(t) = table.tenant(tenant) {
+            self.step_marks
+                .insert(tenant.to_owned(), t.state.completed(t.candidate()));
+        }
+    }
+
+    /// The bake is over: the candidate becomes the stable pool.
+    fn finish_promotion(&mut self, tenant: &str) {
+        let Some(t) = self.running.tenant(tenant) else {
+            return;
+        };
+        let new_stable = t.candidate();
+        let plan = Plan {
+            weights: None,
+            stable: Some(new_stable),
+            progress: Some(None),
+        };
+        let origin = Origin {
+            source: Source::Rollout,
+            actor: None,
+            reason: Some(format!("promoted: {new_stable} is now the stable pool")),
+        };
+        if let Err(e) = self.set(tenant, plan, &origin, "promoted") {
+            tracing::error!(%tenant, error = %e, "promotion failed");
+        }
+        self.bakes().remove(tenant);
+        self.step_marks.remove(tenant);
+    }
+}
+
+/// What one change does to a tenant's keys.
+#[derive(Debug, Default)]
+struct Plan {
+    weights: Option<Weights>,
+    stable: Option<Color>,
+    /// `Some(None)` ends a ramp.
+    progress: Option<Option<RolloutProgress>>,
+}
+
+impl Plan {
+    fn weights(w: Weights) -> Plan {
+        Plan {
+            weights: Some(w),
+            ..Plan::default()
+        }
+    }
+
+    fn progress(mut self, p: Option<RolloutProgress>) -> Plan {
+        self.progress = Some(p);
+        self
+    }
+
+    /// A split decided outside the ramp ends the ramp.
+    fn ends_ramp(self) -> Plan {
+        self.progress(None)
+    }
+}
+
+fn all_on(pool: Color) -> Weights {
+    share_weights(pool.other(), 100)
+}
+
+/// Weights giving the candidate (the pool other than `stable`) `percent`.
+fn share_weights(stable: Color, percent: u32) -> Weights {
+    let mut w = Weights::default();
+    match stable {
+        Color::Blue => (w.blue, w.green) = (100 - percent, percent),
+        Color::Green => (w.green, w.blue) = (100 - percent, percent),
+    }
+    w
+}
+
+/// Progress at `step`, starting now (to the second, as the file keeps it).
+fn progress_at(step: usize) -> RolloutProgress {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    RolloutProgress {
+        step,
+        since: UNIX_EPOCH + Duration::from_secs(secs),
+    }
+}
+
+fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(since).unwrap_or(Duration::ZERO)
 }
 
 /// One event per tenant the change touched (or one without a tenant when

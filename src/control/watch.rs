@@ -12,13 +12,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher as _};
+use tokio::signal::unix::Signal;
 use tokio::sync::{mpsc, watch};
 
 use super::{Change, Control, Origin};
 
-/// Bursts of events (an editor writes, renames, chmods) closer than this
-/// become one reload.
+/// A reload waits until the directory has been quiet this long, so a burst
+/// of events (truncate, write, rename, chmod) becomes one reload of the
+/// finished file...
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// ...but never longer than this after the first event.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
 /// Keeps the OS watch alive; dropping it stops watching.
 pub struct Watcher {
@@ -30,6 +34,7 @@ pub struct Watcher {
 /// API still reload then.
 pub fn spawn(path: &Path, control: Control) -> Option<Watcher> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    let wake = tx.clone();
     let mut inner = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if res.is_ok() {
             // A full channel already holds a pending wake-up: nothing lost.
@@ -49,8 +54,14 @@ pub fn spawn(path: &Path, control: Control) -> Option<Watcher> {
     }
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
+            let give_up = tokio::time::Instant::now() + DEBOUNCE_MAX;
+            loop {
+                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    Ok(Some(())) if tokio::time::Instant::now() < give_up => continue,
+                    Ok(None) => return,
+                    _ => break,
+                }
+            }
             if let Err(super::ChangeError::Stopped) = control
                 .submit(Change::Reload { forced: false }, Origin::file())
                 .await
@@ -59,6 +70,9 @@ pub fn spawn(path: &Path, control: Control) -> Option<Watcher> {
             }
         }
     });
+    // An edit made between the first read and the watch being in place
+    // would otherwise wait for the next one: look once now.
+    let _ = wake.try_send(());
     Some(Watcher { _inner: inner })
 }
 
@@ -80,15 +94,7 @@ fn watched_dirs(path: &Path) -> Vec<PathBuf> {
 }
 
 /// Re-reads the control file on every SIGHUP until `stop` turns true.
-pub async fn reload_on_sighup(control: Control, mut stop: watch::Receiver<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP");
-            return;
-        }
-    };
+pub async fn reload_on_sighup(control: Control, mut hup: Signal, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = hup.recv() => {

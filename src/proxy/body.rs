@@ -51,6 +51,7 @@ impl Drop for Exchange {
             .metrics()
             .pool(self.pool)
             .record(self.status, elapsed);
+        self.tenant.observe(self.pool, self.status, elapsed);
         if let Some(log) = &self.access_log {
             let endpoint = self
                 .endpoint

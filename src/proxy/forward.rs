@@ -60,15 +60,17 @@ pub fn prepare(parts: &mut Parts, conn: &ConnInfo, host: HeaderValue) {
     if !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, host.clone());
     }
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        None => conn.client_ip.clone(),
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + conn.client_ip.len());
+    let forwarded_for = if headers.contains_key(&X_FORWARDED_FOR) {
+        // Every earlier hop, however many header lines they came in.
+        let mut v = Vec::new();
+        for prev in headers.get_all(&X_FORWARDED_FOR) {
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(conn.client_ip.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.client_ip.clone())
         }
+        v.extend_from_slice(conn.client_ip.as_bytes());
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.client_ip.clone())
+    } else {
+        conn.client_ip.clone()
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue, SET_COOKIE};
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::config::{Color, StickyKey};
@@ -136,14 +136,19 @@ impl Proxy {
         req: &Request<Incoming>,
     ) -> Result<(Arc<Tenant>, bool, HeaderValue), (Unrouted, ProxyError)> {
         let no_host = || (Unrouted::NoHost, ProxyError::NoHost);
-        let raw = match req.headers().get(http::header::HOST) {
-            Some(v) => v.clone(),
-            None => req
-                .uri()
+        // HTTP/2 names the host in `:authority` (SPEC 4.1); HTTP/1.1 in `Host`.
+        let authority = || {
+            req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                .ok_or_else(no_host)?,
         };
+        let header = || req.headers().get(http::header::HOST).cloned();
+        let raw = if req.version() == Version::HTTP_2 {
+            authority().or_else(header)
+        } else {
+            header().or_else(authority)
+        }
+        .ok_or_else(no_host)?;
         let raw_str = raw.to_str().map_err(|_| no_host())?;
         let mut buf = String::new();
         let host = host::normalize(raw_str, &mut buf).ok_or_else(no_host)?;

@@ -13,11 +13,16 @@ pub mod pool;
 pub mod sticky;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::config::{Color, Config, TenantConfig};
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+
+use crate::config::{Baseline, Color, Config, TenantConfig};
 use crate::metrics::{Metrics, TenantMetrics};
+use crate::slo::{self, Verdict, Window};
 use crate::upstream::{Clients, UpstreamClient};
 pub use endpoint::Endpoint;
 use host::{HostIndex, HostRoute};
@@ -104,6 +109,59 @@ impl Tenant {
         }
     }
 
+    /// The candidate's share in basis points.
+    pub fn candidate_share_bp(&self) -> u32 {
+        self.candidate_share_bp
+    }
+
+    /// Feeds a finished request to its pool's SLO window and, when it could
+    /// have tipped the candidate into breach (an error or a slow answer),
+    /// judges it at once.
+    pub fn observe(&self, pool: Color, status: u16, elapsed: Duration) {
+        let now = Instant::now();
+        let windows = self.state.windows.load();
+        let window = &windows[pool.index()];
+        let error = status >= 500;
+        window.record(now, error, elapsed);
+        self.state.completed[pool.index()].fetch_add(1, Ordering::Relaxed);
+        let slo = &self.config.settings.slo;
+        if !(error || slo.max_p99.is_some_and(|max| elapsed > max)) {
+            return;
+        }
+        if pool == self.candidate() && self.candidate_share_bp > 0 {
+            if let Verdict::Breach(reason) = self.verdict_with(&windows, pool, now) {
+                self.state.signal_breach(self.name(), reason);
+            }
+        } else if pool == self.stable()
+            && let Verdict::Breach(reason) = self.verdict_with(&windows, pool, now)
+            && !self
+                .state
+                .stable_breach_logged
+                .swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(tenant = self.name(), pool = pool.as_str(), %reason, "the stable pool is breaking its SLO");
+        }
+    }
+
+    /// A pool's verdict now.
+    pub fn verdict(&self, pool: Color) -> Verdict {
+        self.verdict_with(&self.state.windows.load(), pool, Instant::now())
+    }
+
+    fn verdict_with(&self, windows: &[Window; 2], pool: Color, now: Instant) -> Verdict {
+        let slo = &self.config.settings.slo;
+        let snap = windows[pool.index()].snapshot(now);
+        let stable = (slo.baseline == Baseline::Stable && pool != self.stable())
+            .then(|| windows[self.stable().index()].snapshot(now));
+        let verdict = slo::judge(slo, slo.window, &snap, stable.as_ref());
+        if pool == self.stable() && !matches!(verdict, Verdict::Breach(_)) {
+            self.state
+                .stable_breach_logged
+                .store(false, Ordering::Relaxed);
+        }
+        verdict
+    }
+
     /// Takes one of the tenant's `max_inflight` slots, or `None` when full.
     pub fn admit(&self) -> Option<Admission> {
         let state = &self.state;
@@ -116,15 +174,50 @@ impl Tenant {
     }
 }
 
+/// A candidate found in breach of its SLO, for the control task to revert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breach {
+    pub tenant: String,
+    pub reason: String,
+}
+
 /// What a tenant keeps across routing tables.
 pub struct TenantState {
     inflight: AtomicU32,
     pub metrics: TenantMetrics,
+    /// SLO windows per pool; replaced whole when the window length changes.
+    pub windows: ArcSwap<[Window; 2]>,
+    /// Requests finished per pool since the process started.
+    completed: [AtomicU64; 2],
+    /// A breach was signalled and not yet handled: one revert per breach.
+    breach_pending: AtomicBool,
+    breach_tx: mpsc::UnboundedSender<Breach>,
+    stable_breach_logged: AtomicBool,
+    /// The last change of the weights was an SLO revert.
+    pub reverted: AtomicBool,
 }
 
 impl TenantState {
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub fn completed(&self, pool: Color) -> u64 {
+        self.completed[pool.index()].load(Ordering::Relaxed)
+    }
+
+    fn signal_breach(&self, tenant: &str, reason: String) {
+        if !self.breach_pending.swap(true, Ordering::AcqRel) {
+            let _ = self.breach_tx.send(Breach {
+                tenant: tenant.to_owned(),
+                reason,
+            });
+        }
+    }
+
+    /// Called by the control task once it has handled a breach.
+    pub fn breach_handled(&self) {
+        self.breach_pending.store(false, Ordering::Release);
     }
 }
 
@@ -141,15 +234,18 @@ impl Drop for Admission {
 /// (building a table) takes its locks; requests never do.
 pub struct Registry {
     pub metrics: Arc<Metrics>,
+    breach_tx: mpsc::UnboundedSender<Breach>,
     endpoints: Mutex<HashMap<Box<str>, Arc<Endpoint>>>,
     tenants: Mutex<HashMap<String, Arc<TenantState>>>,
     clients: Clients,
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>) -> Registry {
+    /// A registry whose tenants report SLO breaches on `breach_tx`.
+    pub fn new(metrics: Arc<Metrics>, breach_tx: mpsc::UnboundedSender<Breach>) -> Registry {
         Registry {
             metrics,
+            breach_tx,
             endpoints: Mutex::default(),
             tenants: Mutex::default(),
             clients: Clients::default(),
@@ -180,12 +276,24 @@ impl Registry {
                     })
                     .collect::<Box<[_]>>()
             });
+            let window = tc.settings.slo.window;
             let state = old_tenants.remove(&tc.name).unwrap_or_else(|| {
                 Arc::new(TenantState {
                     inflight: AtomicU32::new(0),
                     metrics: self.metrics.tenant(&tc.name),
+                    windows: ArcSwap::from_pointee([Window::new(window), Window::new(window)]),
+                    completed: [AtomicU64::new(0), AtomicU64::new(0)],
+                    breach_pending: AtomicBool::new(false),
+                    breach_tx: self.breach_tx.clone(),
+                    stable_breach_logged: AtomicBool::new(false),
+                    reverted: AtomicBool::new(false),
                 })
             });
+            if state.windows.load()[0].length() != window {
+                state
+                    .windows
+                    .store(Arc::new([Window::new(window), Window::new(window)]));
+            }
             for color in Color::ALL {
                 let share = f64::from(tc.weights.share_bp(color)) / 100.0;
                 state.metrics.pool(color).share.set(share);

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,33 +23,68 @@ use tokio::net::TcpListener;
 use turnout::app::{self, ListenOverrides, Running};
 
 /// An in-process upstream. Its behaviour is chosen by the request path:
+/// - `/healthz`: 200, or 503 while `health_ok` is false (counted in `health_hits`)
 /// - `/headers`: answers the request headers as JSON (name → values)
 /// - `/echo`: streams the request body back
 /// - `/big/N`: N bytes of a fixed pattern, in 64 KiB chunks
 /// - `/hang`: never answers
 /// - `/status/NNN`: answers that status
-/// - anything else: the upstream's name
+/// - anything else: the upstream's name — or 500 while `failing` is set —
+///   after `delay_ms`
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: &'static str,
     pub hits: Arc<AtomicUsize>,
+    pub controls: Arc<Controls>,
+}
+
+#[derive(Default)]
+pub struct Controls {
+    pub unhealthy: AtomicBool,
+    pub failing: AtomicBool,
+    pub delay_ms: AtomicU64,
+    pub health_hits: AtomicUsize,
+}
+
+impl Upstream {
+    pub fn set_healthy(&self, healthy: bool) {
+        self.controls.unhealthy.store(!healthy, Ordering::Relaxed);
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.controls.failing.store(failing, Ordering::Relaxed);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.controls
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn health_hits(&self) -> usize {
+        self.controls.health_hits.load(Ordering::Relaxed)
+    }
 }
 
 pub async fn spawn_upstream(name: &'static str) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&hits);
+    let controls = Arc::new(Controls::default());
+    let (counter, ctl) = (Arc::clone(&hits), Arc::clone(&controls));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let counter = Arc::clone(&counter);
+            let (counter, ctl) = (Arc::clone(&counter), Arc::clone(&ctl));
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    upstream_answer(name, req)
+                    let ctl = Arc::clone(&ctl);
+                    if req.uri().path() != "/healthz" {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    upstream_answer(name, ctl, req)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -57,18 +92,31 @@ pub async fn spawn_upstream(name: &'static str) -> Upstream {
             });
         }
     });
-    Upstream { addr, name, hits }
+    Upstream {
+        addr,
+        name,
+        hits,
+        controls,
+    }
 }
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn upstream_answer(
     name: &'static str,
+    ctl: Arc<Controls>,
     req: Request<Incoming>,
 ) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let full = |b: Bytes| Full::new(b).boxed();
-    let resp = if path == "/headers" {
+    let resp = if path == "/healthz" {
+        ctl.health_hits.fetch_add(1, Ordering::Relaxed);
+        let mut r = Response::new(full(Bytes::from_static(b"ok")));
+        if ctl.unhealthy.load(Ordering::Relaxed) {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        r
+    } else if path == "/headers" {
         let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in req.headers() {
             map.entry(k.to_string())
@@ -100,7 +148,15 @@ async fn upstream_answer(
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         r
     } else {
-        Response::new(full(Bytes::from(name)))
+        let delay = ctl.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let mut r = Response::new(full(Bytes::from(name)));
+        if ctl.failing.load(Ordering::Relaxed) {
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        r
     };
     let mut resp = resp;
     resp.headers_mut()
@@ -414,4 +470,13 @@ impl TestProxy {
             v["weights"]["green"].as_u64().unwrap(),
         )
     }
+}
+
+/// A loopback port that refuses connections: bound (so nothing else gets it
+/// while the test runs) but never listening. Keep the socket alive.
+pub fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
 }

@@ -1,0 +1,163 @@
+//! Active health checks: one probe task per distinct endpoint address.
+//!
+//! The registry of probes is reconciled after every applied change: a task
+//! is spawned for each new address, cancelled for each removed one, and
+//! restarted when the address's health settings change. An address listed
+//! by several tenants is probed once, with the settings of the first tenant
+//! (by name) that lists it. Each task starts at a random point of its
+//! interval (so probes of many endpoints spread out), ticks with
+//! `MissedTickBehavior::Skip`, keeps its pass/fail streaks to itself, and
+//! publishes only the verdict — the endpoint's `AtomicBool`, which outlives
+//! routing tables, so health survives reloads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::task::AbortHandle;
+
+use crate::config::{Color, HealthSettings};
+use crate::route::{Endpoint, RoutingTable};
+
+type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+
+struct Probe {
+    settings: HealthSettings,
+    task: AbortHandle,
+}
+
+/// The probe tasks, by endpoint address.
+pub struct Checker {
+    probes: Mutex<HashMap<Box<str>, Probe>>,
+    client: ProbeClient,
+}
+
+impl Default for Checker {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Checker {
+            probes: Mutex::default(),
+            client: Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(1)
+                .build(connector),
+        }
+    }
+}
+
+impl Checker {
+    /// Makes the running probes match the endpoints of `table`.
+    pub fn reconcile(&self, table: &RoutingTable) {
+        let mut wanted: HashMap<&str, (&Arc<Endpoint>, &HealthSettings)> = HashMap::new();
+        for tenant in table.tenants() {
+            for color in Color::ALL {
+                for ep in tenant.endpoints(color) {
+                    wanted
+                        .entry(&ep.address)
+                        .or_insert((ep, &tenant.config.settings.health));
+                }
+            }
+        }
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        probes.retain(|address, probe| {
+            let keep = wanted
+                .get(&**address)
+                .is_some_and(|(_, s)| **s == probe.settings);
+            if !keep {
+                probe.task.abort();
+            }
+            keep
+        });
+        for (address, (endpoint, settings)) in wanted {
+            if probes.contains_key(address) {
+                continue;
+            }
+            let task = tokio::spawn(probe_loop(
+                Arc::clone(endpoint),
+                settings.clone(),
+                self.client.clone(),
+            ));
+            probes.insert(
+                address.into(),
+                Probe {
+                    settings: settings.clone(),
+                    task: task.abort_handle(),
+                },
+            );
+        }
+    }
+
+    /// Stops every probe.
+    pub fn stop(&self) {
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, probe) in probes.drain() {
+            probe.task.abort();
+        }
+    }
+}
+
+async fn probe_loop(endpoint: Arc<Endpoint>, settings: HealthSettings, client: ProbeClient) {
+    let start = settings.interval.mul_f64(fastrand::f64());
+    tokio::time::sleep(start).await;
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut passes, mut failures) = (0u32, 0u32);
+    loop {
+        tick.tick().await;
+        let outcome = probe(&client, &endpoint, &settings).await;
+        let healthy = endpoint.is_healthy();
+        match outcome {
+            Ok(()) => {
+                passes = passes.saturating_add(1);
+                failures = 0;
+                if !healthy && passes >= settings.healthy_after {
+                    endpoint.set_healthy(true);
+                    tracing::info!(endpoint = %endpoint.address, passes, "endpoint healthy again");
+                }
+            }
+            Err(why) => {
+                failures = failures.saturating_add(1);
+                passes = 0;
+                if healthy && failures >= settings.unhealthy_after {
+                    endpoint.set_healthy(false);
+                    tracing::warn!(endpoint = %endpoint.address, failures, reason = %why, "endpoint unhealthy: no more traffic");
+                }
+            }
+        }
+    }
+}
+
+/// One probe: a GET of the health path, passing on 2xx or 3xx in time.
+async fn probe(
+    client: &ProbeClient,
+    endpoint: &Endpoint,
+    settings: &HealthSettings,
+) -> Result<(), String> {
+    let uri = format!("http://{}{}", endpoint.address, settings.path);
+    let req = Request::get(uri)
+        .header(header::USER_AGENT, "turnout-health")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        // Read the body so the connection can be reused for the next probe.
+        let _ = resp.into_body().collect().await;
+        if status.is_success() || status.is_redirection() {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    };
+    tokio::time::timeout(settings.timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {:?}", settings.timeout))?
+}

@@ -1,0 +1,142 @@
+//! The SLO guard's arithmetic: windows per tenant and pool, and the breach
+//! rule of SPEC section 6.
+//!
+//! Recording and judging happen on the request path as each request
+//! completes (`proxy::body`), so a revert lands within milliseconds of the
+//! breach rather than at the next timer tick. The revert itself is a
+//! `Change` applied by the control task, like every other change.
+
+pub mod window;
+
+use std::time::Duration;
+
+use crate::config::{Baseline, SloSettings};
+pub use window::{Snapshot, Window};
+
+/// The candidate's standing against its SLO.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Ok,
+    /// Fewer than `min_requests` in the window: no judgement, never a pass.
+    Inconclusive,
+    /// In breach, with the figures that show it.
+    Breach(String),
+}
+
+impl Verdict {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Breach(_) => "breach",
+        }
+    }
+}
+
+/// Judges a pool's window; `baseline` is the stable pool's window when the
+/// tenant compares against it.
+pub fn judge(
+    slo: &SloSettings,
+    window: Duration,
+    pool: &Snapshot,
+    stable: Option<&Snapshot>,
+) -> Verdict {
+    if pool.requests < u64::from(slo.min_requests) {
+        return Verdict::Inconclusive;
+    }
+    let over = format!(
+        "over {} requests in {}",
+        pool.requests,
+        humantime::format_duration(window)
+    );
+    let rate = pool.error_rate();
+    match (slo.baseline, stable) {
+        (Baseline::Stable, Some(stable)) => {
+            let base = stable.error_rate();
+            if rate - base > slo.max_error_rate {
+                return Verdict::Breach(format!(
+                    "error rate {rate:.2} exceeds stable's {base:.2} by more than {} {over}",
+                    slo.max_error_rate
+                ));
+            }
+        }
+        _ => {
+            if rate > slo.max_error_rate {
+                return Verdict::Breach(format!(
+                    "error rate {rate:.2} > {} {over}",
+                    slo.max_error_rate
+                ));
+            }
+        }
+    }
+    if let (Some(max), Some(p99)) = (slo.max_p99, pool.p99)
+        && p99 > max
+    {
+        return Verdict::Breach(format!(
+            "p99 {}ms > {}ms {over}",
+            p99.as_millis(),
+            max.as_millis()
+        ));
+    }
+    Verdict::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slo(baseline: Baseline, max_p99: Option<Duration>) -> SloSettings {
+        SloSettings {
+            max_error_rate: 0.05,
+            window: Duration::from_secs(30),
+            min_requests: 20,
+            max_p99,
+            baseline,
+        }
+    }
+
+    fn snap(requests: u64, errors: u64, p99_ms: u64) -> Snapshot {
+        Snapshot {
+            requests,
+            errors,
+            p99: Some(Duration::from_millis(p99_ms)),
+        }
+    }
+
+    const W: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn absolute_rate() {
+        let s = slo(Baseline::Absolute, None);
+        assert_eq!(judge(&s, W, &snap(19, 19, 1), None), Verdict::Inconclusive);
+        assert_eq!(judge(&s, W, &snap(100, 5, 1), None), Verdict::Ok);
+        assert_eq!(
+            judge(&s, W, &snap(57, 24, 1), None),
+            Verdict::Breach("error rate 0.42 > 0.05 over 57 requests in 30s".into())
+        );
+    }
+
+    #[test]
+    fn against_stable() {
+        let s = slo(Baseline::Stable, None);
+        // Both pools failing alike is not the candidate's fault.
+        assert_eq!(
+            judge(&s, W, &snap(100, 50, 1), Some(&snap(100, 48, 1))),
+            Verdict::Ok
+        );
+        assert!(matches!(
+            judge(&s, W, &snap(100, 50, 1), Some(&snap(100, 10, 1))),
+            Verdict::Breach(_)
+        ));
+    }
+
+    #[test]
+    fn latency() {
+        let s = slo(Baseline::Absolute, Some(Duration::from_millis(500)));
+        assert_eq!(judge(&s, W, &snap(100, 0, 400), None), Verdict::Ok);
+        assert_eq!(
+            judge(&s, W, &snap(100, 0, 812), None),
+            Verdict::Breach("p99 812ms > 500ms over 100 requests in 30s".into())
+        );
+    }
+}
