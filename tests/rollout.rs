@@ -1,0 +1,367 @@
+//! Rollouts, promotion, and webhook notifications.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use support::*;
+use turnout::app::{self, ListenOverrides};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn json(r: &Reply) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {}", r.text()))
+}
+
+async fn view(proxy: &TestProxy) -> serde_json::Value {
+    json(&proxy.admin_get("/v1/tenants/shop").await)
+}
+
+/// A tenant at 100/0 with a ramp table.
+fn ramped(b: &Upstream, g: &Upstream, slo: &str, rollout: &str) -> String {
+    let extra = format!("slo = {slo}\n\n[tenants.shop.rollout]\n{rollout}");
+    tenant("shop", r#"["shop.test"]"#, b, g, (100, 0), &extra)
+}
+
+/// Sends requests without pause until dropped.
+struct Traffic(Arc<AtomicBool>);
+
+impl Traffic {
+    fn start(proxy: &Arc<TestProxy>) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        for _ in 0..2 {
+            let (proxy, stop) = (Arc::clone(proxy), Arc::clone(&stop));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    proxy.get("shop.test", "/").await;
+                }
+            });
+        }
+        Traffic(stop)
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test]
+async fn a_healthy_candidate_is_ramped_and_promoted() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let config = ramped(
+        &b,
+        &g,
+        "{ min_requests = 5 }",
+        "steps = [50, 100]\ninterval = \"300ms\"\nbake = \"300ms\"\n",
+    );
+    let proxy = Arc::new(spawn_proxy(&config).await);
+    let r = proxy
+        .admin(
+            "POST",
+            "/v1/tenants/shop/rollout",
+            None,
+            Some(r#"{"reason": "release 42"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = view(&proxy).await;
+    assert_eq!(
+        (v["status"].as_str(), v["rollout"]["step"].as_u64()),
+        (Some("ramping"), Some(1))
+    );
+    assert_eq!(v["weights"], serde_json::json!({"blue": 50, "green": 50}));
+    assert!(
+        std::fs::read_to_string(&proxy.path)
+            .unwrap()
+            .contains("progress = { step = 0, since = ")
+    );
+
+    let traffic = Traffic::start(&proxy);
+    wait_until(WAIT, "green to become stable", || async {
+        view(&proxy).await["stable"] == "green"
+    })
+    .await;
+    drop(traffic);
+    let v = view(&proxy).await;
+    assert_eq!(v["status"], "steady");
+    assert_eq!(v["weights"], serde_json::json!({"blue": 0, "green": 100}));
+    assert!(v["rollout"].is_null());
+    let text = std::fs::read_to_string(&proxy.path).unwrap();
+    assert!(
+        text.contains("stable = \"green\"") && !text.contains("progress"),
+        "{text}"
+    );
+    let events = json(&proxy.admin_get("/v1/events?tenant=shop").await);
+    let reasons: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "release 42",
+            "rollout step 2/2 at 100%",
+            "promoted: green is now the stable pool"
+        ],
+        "{events}"
+    );
+    assert_eq!(events[1]["source"], "rollout");
+}
+
+#[tokio::test]
+async fn a_failing_candidate_aborts_the_rollout() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    g.set_failing(true);
+    let config = ramped(
+        &b,
+        &g,
+        "{ min_requests = 5 }",
+        "steps = [20, 100]\ninterval = \"300ms\"\nbake = \"300ms\"\n",
+    );
+    let proxy = Arc::new(spawn_proxy(&config).await);
+    assert_eq!(
+        proxy
+            .admin("POST", "/v1/tenants/shop/rollout", None, None)
+            .await
+            .status,
+        200
+    );
+    let traffic = Traffic::start(&proxy);
+    wait_until(WAIT, "the revert", || async {
+        view(&proxy).await["status"] == "reverted"
+    })
+    .await;
+    drop(traffic);
+    let v = view(&proxy).await;
+    assert_eq!(
+        (v["stable"].as_str(), v["weights"].clone()),
+        (Some("blue"), serde_json::json!({"blue": 100, "green": 0}))
+    );
+    assert!(v["rollout"].is_null());
+    let text = std::fs::read_to_string(&proxy.path).unwrap();
+    assert!(
+        !text.contains("progress") && text.contains("stable = \"blue\""),
+        "{text}"
+    );
+    let events = json(&proxy.admin_get("/v1/events?tenant=shop").await);
+    assert_eq!(events.as_array().unwrap().last().unwrap()["source"], "slo");
+}
+
+#[tokio::test]
+async fn a_restart_mid_rollout_resumes_it() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let config = ramped(
+        &b,
+        &g,
+        "{ min_requests = 5 }",
+        "steps = [20, 100]\ninterval = \"1s\"\nbake = \"300ms\"\n",
+    );
+    let proxy = spawn_proxy(&config).await;
+    assert_eq!(
+        proxy
+            .admin("POST", "/v1/tenants/shop/rollout", None, None)
+            .await
+            .status,
+        200
+    );
+    let path = proxy.path.clone();
+    let TestProxy { running, dir, .. } = proxy;
+    running.shutdown().await;
+
+    let again = app::start(&path, ListenOverrides::default()).await.unwrap();
+    let proxy = Arc::new(TestProxy {
+        running: again,
+        dir,
+        path,
+        client: client(),
+    });
+    let v = view(&proxy).await;
+    assert_eq!(
+        (v["status"].as_str(), v["rollout"]["step"].as_u64()),
+        (Some("ramping"), Some(1))
+    );
+    assert_eq!(v["weights"], serde_json::json!({"blue": 80, "green": 20}));
+    let traffic = Traffic::start(&proxy);
+    wait_until(WAIT, "the resumed ramp to finish", || async {
+        view(&proxy).await["stable"] == "green"
+    })
+    .await;
+    drop(traffic);
+}
+
+#[tokio::test]
+async fn an_inconclusive_verdict_holds_the_ramp() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let config = ramped(
+        &b,
+        &g,
+        "{ min_requests = 100000 }",
+        "steps = [10, 100]\ninterval = \"100ms\"\nbake = \"100ms\"\n",
+    );
+    let proxy = Arc::new(spawn_proxy(&config).await);
+    assert_eq!(
+        proxy
+            .admin("POST", "/v1/tenants/shop/rollout", None, None)
+            .await
+            .status,
+        200
+    );
+    let traffic = Traffic::start(&proxy);
+    // Ten times the step interval, with traffic: still at step 1.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(traffic);
+    let v = view(&proxy).await;
+    assert_eq!(v["verdict"], "inconclusive");
+    assert_eq!(
+        (v["status"].as_str(), v["rollout"]["step"].as_u64()),
+        (Some("ramping"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn promote_without_a_rollout_table_bakes_for_the_slo_window() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let config = tenant(
+        "shop",
+        r#"["shop.test"]"#,
+        &b,
+        &g,
+        (90, 10),
+        r#"slo = { min_requests = 5, window = "1s" }"#,
+    );
+    let proxy = Arc::new(spawn_proxy(&config).await);
+    let r = proxy
+        .admin("POST", "/v1/tenants/shop/promote", None, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = view(&proxy).await;
+    assert_eq!(
+        (v["status"].as_str(), v["weights"].clone()),
+        (Some("baking"), serde_json::json!({"blue": 0, "green": 100}))
+    );
+    let traffic = Traffic::start(&proxy);
+    wait_until(WAIT, "the promotion", || async {
+        view(&proxy).await["stable"] == "green"
+    })
+    .await;
+    drop(traffic);
+    assert!(
+        std::fs::read_to_string(&proxy.path)
+            .unwrap()
+            .contains("stable = \"green\"")
+    );
+    // Without a table there is no ramp to start.
+    assert_eq!(
+        proxy
+            .admin("POST", "/v1/tenants/shop/rollout", None, None)
+            .await
+            .status,
+        409
+    );
+}
+
+/// A webhook receiver: records each POSTed body.
+async fn spawn_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&got);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sink = Arc::clone(&sink);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let sink = Arc::clone(&sink);
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        sink.lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::new(),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, got)
+}
+
+fn notified(b: &Upstream, g: &Upstream, webhook: &str) -> String {
+    let guarded = tenant(
+        "shop",
+        r#"["shop.test"]"#,
+        b,
+        g,
+        (50, 50),
+        "slo = { min_requests = 5 }",
+    );
+    format!("[notify]\nwebhook = \"{webhook}\"\n\n{guarded}")
+}
+
+#[tokio::test]
+async fn the_webhook_receives_the_revert() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    g.set_failing(true);
+    let (addr, got) = spawn_receiver().await;
+    let proxy = spawn_proxy(&notified(&b, &g, &format!("http://{addr}/hook"))).await;
+    wait_until(WAIT, "the revert", || async {
+        proxy.get("shop.test", "/").await;
+        proxy.weights("shop").await == (100, 0)
+    })
+    .await;
+    wait_until(WAIT, "the notification", || async {
+        !got.lock().unwrap().is_empty()
+    })
+    .await;
+    let event = got.lock().unwrap()[0].clone();
+    assert_eq!(event["source"], "slo");
+    assert_eq!(event["tenant"], "shop");
+    assert!(event["reason"].as_str().unwrap().starts_with("error rate"));
+    assert_eq!(proxy.metric("turnout_notify_failures_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_dead_webhook_neither_blocks_nor_slows_requests() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    g.set_failing(true);
+    let (_held, dead) = refusing_port();
+    let proxy = spawn_proxy(&notified(&b, &g, &format!("http://{dead}/hook"))).await;
+    wait_until(WAIT, "the revert", || async {
+        proxy.get("shop.test", "/").await;
+        proxy.weights("shop").await == (100, 0)
+    })
+    .await;
+    // While the notifier retries in the background, requests go on at full speed.
+    let started = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(proxy.get("shop.test", "/").await.text(), "blue");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    wait_until(WAIT, "the counted failure", || async {
+        proxy.metric("turnout_notify_failures_total").await == 1.0
+    })
+    .await;
+}
