@@ -30,6 +30,16 @@ fn ramped(b: &Upstream, g: &Upstream, slo: &str, rollout: &str) -> String {
     tenant("shop", r#"["shop.test"]"#, b, g, (100, 0), &extra)
 }
 
+/// Starts turnout on `config` and its tenant's ramp.
+async fn start_ramp(config: &str) -> Arc<TestProxy> {
+    let proxy = Arc::new(spawn_proxy(config).await);
+    let r = proxy
+        .admin("POST", "/v1/tenants/shop/rollout", None, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    proxy
+}
+
 /// Sends requests without pause until dropped.
 struct Traffic(Arc<AtomicBool>);
 
@@ -129,14 +139,7 @@ async fn a_failing_candidate_aborts_the_rollout() {
         "{ min_requests = 5 }",
         "steps = [20, 100]\ninterval = \"300ms\"\nbake = \"300ms\"\n",
     );
-    let proxy = Arc::new(spawn_proxy(&config).await);
-    assert_eq!(
-        proxy
-            .admin("POST", "/v1/tenants/shop/rollout", None, None)
-            .await
-            .status,
-        200
-    );
+    let proxy = start_ramp(&config).await;
     let traffic = Traffic::start(&proxy);
     wait_until(WAIT, "the revert", || async {
         view(&proxy).await["status"] == "reverted"
@@ -209,14 +212,7 @@ async fn an_inconclusive_verdict_holds_the_ramp() {
         "{ min_requests = 100000 }",
         "steps = [10, 100]\ninterval = \"100ms\"\nbake = \"100ms\"\n",
     );
-    let proxy = Arc::new(spawn_proxy(&config).await);
-    assert_eq!(
-        proxy
-            .admin("POST", "/v1/tenants/shop/rollout", None, None)
-            .await
-            .status,
-        200
-    );
+    let proxy = start_ramp(&config).await;
     let traffic = Traffic::start(&proxy);
     // Ten times the step interval, with traffic: still at step 1.
     tokio::time::sleep(Duration::from_secs(1)).await;

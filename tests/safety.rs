@@ -236,13 +236,7 @@ async fn a_revert_held_in_memory_latches_until_a_new_intent() {
     let events = json(&proxy.admin_get("/v1/events").await);
     assert_eq!(events[0]["persisted"], false);
     // Reloading the unchanged file keeps the revert.
-    assert_eq!(
-        proxy
-            .admin("POST", "/v1/config/reload", None, None)
-            .await
-            .status,
-        200
-    );
+    proxy.reload().await;
     assert_eq!(proxy.weights("shop").await, (100, 0));
     // New weights from the operator are a new intent: they apply.
     g.set_failing(false);

@@ -480,3 +480,12 @@ pub fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
     let addr = socket.local_addr().unwrap();
     (socket, addr)
 }
+
+impl TestProxy {
+    /// `POST /v1/config/reload`, which must succeed.
+    pub async fn reload(&self) -> Reply {
+        let r = self.admin("POST", "/v1/config/reload", None, None).await;
+        assert_eq!(r.status, 200, "reload failed: {}", r.text());
+        r
+    }
+}
