@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::proxy::Proxy;
 use crate::route::Registry;
-use crate::server;
+use crate::server::{self, Transport};
 
 /// `--listen-*` flags: replace the file's `[listen]` addresses so replicas
 /// can share one control file.
@@ -65,13 +65,12 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// A started turnout: its bound addresses and the handle to stop it.
 pub struct Running {
     pub http_addr: SocketAddr,
+    pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub config_path: PathBuf,
     pub proxy: Arc<Proxy>,
     pub registry: Arc<Registry>,
     pub control: Control,
-    /// Kept alive: dropping it stops watching the control file.
-    _watcher: Option<control::watch::Watcher>,
     admin: Arc<Admin>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -87,17 +86,17 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
     let mut config = config::parse(&text, config_path, &|var| std::env::var(var).ok())
         .map_err(StartError::Config)?;
     overrides.apply(&mut config).map_err(StartError::Refused)?;
-    if let Some(addr) = config.listen.https {
-        return Err(StartError::Refused(format!(
-            "listen.https ({addr}) is set, but this build does not terminate TLS yet; remove it to serve plain HTTP"
-        )));
-    }
     let drain = config.defaults.drain_timeout;
     let listen = config.listen.clone();
 
-    let http = bind("HTTP", listen.http).await?;
-    let admin_listener = bind("the admin API", listen.admin).await?;
+    let http = bind("HTTP", listen.http)?;
+    let https = listen.https.map(|addr| bind("HTTPS", addr)).transpose()?;
+    let admin_listener = bind("the admin API", listen.admin)?;
     let http_addr = local_addr(&http, listen.http);
+    let https_addr = https
+        .as_ref()
+        .zip(listen.https)
+        .map(|(l, a)| local_addr(l, a));
     let admin_addr = local_addr(&admin_listener, listen.admin);
 
     let metrics = Metrics::new();
@@ -116,7 +115,6 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         notifier: Notifier::spawn(Arc::clone(&metrics)),
         breaches,
     });
-    let watcher = control::watch::spawn(config_path, control.clone());
     let admin = Arc::new(Admin {
         proxy: Arc::clone(&proxy),
         control: control.clone(),
@@ -127,10 +125,22 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
     let mut tasks = JoinSet::new();
     tasks.spawn(server::serve_proxy(
         http,
+        Transport::Plain,
         Arc::clone(&proxy),
         stopped.clone(),
         drain,
     ));
+    if let Some(https) = https {
+        let acceptor = crate::tls::acceptor(Arc::clone(&proxy))
+            .map_err(|e| StartError::Refused(format!("cannot set up TLS: {e}")))?;
+        tasks.spawn(server::serve_proxy(
+            https,
+            Transport::Tls(acceptor),
+            Arc::clone(&proxy),
+            stopped.clone(),
+            drain,
+        ));
+    }
     let admin_handler = {
         let admin = Arc::clone(&admin);
         move |req, _info| {
@@ -143,9 +153,11 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
+        Transport::Plain,
         admin_handler,
         admin_stopped,
         Duration::ZERO,
+        None,
     ));
     tasks.spawn(upkeep(Arc::clone(&metrics), stopped.clone()));
     let hup = register(SignalKind::hangup(), "SIGHUP")?;
@@ -160,15 +172,16 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
     };
 
     admin.ready.store(true, Ordering::Relaxed);
-    tracing::info!(%http_addr, %admin_addr, config = %config_path.display(), "turnout serving");
+    let https_shown = https_addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    tracing::info!(%http_addr, https_addr = %https_shown, %admin_addr, config = %config_path.display(), "turnout serving");
     Ok(Running {
         http_addr,
+        https_addr,
         admin_addr,
         config_path: config_path.to_owned(),
         proxy,
         registry,
         control,
-        _watcher: watcher,
         admin,
         stop,
         tasks,
@@ -219,10 +232,8 @@ impl ListenOverrides {
     }
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|error| StartError::Bind { what, addr, error })
+fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    server::bind(addr).map_err(|error| StartError::Bind { what, addr, error })
 }
 
 fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {

@@ -34,9 +34,11 @@ pub async fn spawn_upstream(
     };
     tokio::spawn(server::serve(
         listener,
+        server::Transport::Plain,
         handler,
         stop,
         std::time::Duration::ZERO,
+        None,
     ));
     Ok(addr)
 }

@@ -31,4 +31,5 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod slo;
+pub mod tls;
 pub mod upstream;

@@ -5,7 +5,6 @@
 mod support;
 
 use std::os::unix::fs::symlink;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -232,5 +231,4 @@ async fn sighup_rereads_the_file() {
         tenant_weights(&client(), proc.admin_addr, "shop").await,
         (90, 10)
     );
-    let _ = Path::new(proc.dir.path());
 }

@@ -73,17 +73,17 @@ type ApiResponse = Response<Full<Bytes>>;
 /// `PUT /v1/tenants/{name}/weights`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WeightsBody {
-    blue: u32,
-    green: u32,
-    reason: Option<String>,
+pub struct WeightsBody {
+    pub blue: u32,
+    pub green: u32,
+    pub reason: Option<String>,
 }
 
 /// The optional body of the POST calls.
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct ReasonBody {
-    reason: Option<String>,
+pub struct ReasonBody {
+    pub reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -404,10 +404,16 @@ async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<Option
             }
         })?
         .to_bytes();
+    decode(&body)
+}
+
+/// Decodes an admin request body; `None` for an empty one. Public for the
+/// fuzz targets: no byte string may make it panic.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(&body)
+    serde_json::from_slice(body)
         .map(Some)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
 }

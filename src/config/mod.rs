@@ -8,6 +8,7 @@
 pub mod locate;
 pub mod model;
 pub mod raw;
+pub mod tls;
 pub mod validate;
 pub mod write;
 

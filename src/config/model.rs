@@ -174,10 +174,20 @@ impl Default for Settings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A tenant's certificate: where it came from, and loaded.
+#[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub certified: std::sync::Arc<rustls::sign::CertifiedKey>,
+    /// SHA-256 of both files' bytes: equal digests, equal certificates.
+    pub fingerprint: [u8; 32],
+}
+
+impl PartialEq for TlsFiles {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key && self.fingerprint == other.fingerprint
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -415,20 +415,24 @@ fn tenant(
             }
         }
     }
-    let tls = rt.tls.map(|t| {
-        let files = TlsFiles {
-            cert: base_dir.join(&t.cert),
-            key: base_dir.join(&t.key),
-        };
-        for (key, file) in [("cert", &files.cert), ("key", &files.key)] {
-            if let Err(e) = std::fs::metadata(file) {
-                p.add(
-                    path.key("tls").key(key),
-                    format!("cannot read {}: {e}", file.display()),
-                );
+    let tls = rt.tls.and_then(|t| {
+        let (cert, key) = (base_dir.join(&t.cert), base_dir.join(&t.key));
+        match super::tls::load(&cert, &key) {
+            Ok(loaded) => Some(TlsFiles {
+                cert,
+                key,
+                certified: loaded.certified,
+                fingerprint: loaded.fingerprint,
+            }),
+            Err(super::tls::TlsProblem::Cert(m)) => {
+                p.add(path.key("tls").key("cert"), m);
+                None
+            }
+            Err(super::tls::TlsProblem::Key(m)) => {
+                p.add(path.key("tls").key("key"), m);
+                None
             }
         }
-        files
     });
 
     let rollout = rt.rollout.map(|r| rollout(p, &path.key("rollout"), r));

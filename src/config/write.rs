@@ -94,6 +94,9 @@ fn beside(target: &Path, suffix: &str) -> PathBuf {
     target.with_file_name(format!(".{name}{suffix}"))
 }
 
+const LOCK_ATTEMPTS: u32 = 50;
+const LOCK_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Holds the write lock of a control file while it lives.
 pub struct WriteLock(#[allow(dead_code)] fs::File);
 
@@ -105,8 +108,19 @@ pub fn lock(path: &Path) -> std::io::Result<WriteLock> {
         .truncate(false)
         .write(true)
         .open(beside(&target(path), ".lock"))?;
-    file.lock()?;
-    Ok(WriteLock(file))
+    // Bounded: a writer that holds the lock for long (a stuck replica) must
+    // not stall the control task; the change then stays in memory.
+    for _ in 0..LOCK_ATTEMPTS {
+        match file.try_lock() {
+            Ok(()) => return Ok(WriteLock(file)),
+            Err(fs::TryLockError::WouldBlock) => std::thread::sleep(LOCK_PAUSE),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::WouldBlock,
+        "the control file is locked by another writer",
+    ))
 }
 
 /// Writes `text` beside the file, syncs it, and renames it over the file, so

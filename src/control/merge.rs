@@ -18,12 +18,11 @@ pub fn merge(running: &Config, file_prev: &Config, mut file_new: Config) -> Conf
         else {
             continue;
         };
+        // Weights and the stable pool are one decision (which release gets
+        // which share): if the file changed either, both come from the file.
         let file_value = (tenant.weights, tenant.stable);
-        if tenant.weights == prev.weights {
-            tenant.weights = run.weights;
-        }
-        if tenant.stable == prev.stable {
-            tenant.stable = run.stable;
+        if (tenant.weights, tenant.stable) == (prev.weights, prev.stable) {
+            (tenant.weights, tenant.stable) = (run.weights, run.stable);
         }
         // A ramp's progress, too: deleting it from the file stops the ramp.
         let progress =

@@ -59,6 +59,8 @@ struct ControlTask {
     generation: u64,
     /// Candidate requests completed when the current rollout step began.
     step_marks: HashMap<String, u64>,
+    /// Watches the control file's directory and those of TLS files.
+    watcher: Option<super::watch::Watcher>,
 }
 
 /// Starts the control task for a proxy already serving the file at
@@ -93,7 +95,11 @@ pub fn spawn(parts: Parts) -> Control {
         file_text: parts.text,
         generation: table.generation,
         step_marks: HashMap::new(),
+        watcher: None,
     };
+    let control = Control { tx, shared };
+    task.watcher = super::watch::spawn(&task.path, control.clone());
+    task.watch_tls_files();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ROLLOUT_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -110,7 +116,7 @@ pub fn spawn(parts: Parts) -> Control {
         }
         task.health.stop();
     });
-    Control { tx, shared }
+    control
 }
 
 impl ControlTask {
@@ -278,7 +284,6 @@ impl ControlTask {
             // Any decision about the split ends an in-memory bake.
             self.bakes().remove(tenant);
         }
-        let written = self.write_through(&[edit]);
         let origin = Origin {
             reason: origin
                 .reason
@@ -286,7 +291,16 @@ impl ControlTask {
                 .or_else(|| Some(default_reason.to_owned())),
             ..origin.clone()
         };
-        let applied = self.apply(next, &origin, written.is_some());
+        // Traffic moves first; the file (a lock, a write, two fsyncs) after.
+        let previous = self.swap(next);
+        let written = self.write_through(&[edit]);
+        let applied = match previous {
+            Some(previous) => self.record(&previous, &origin, written.is_some()),
+            None => {
+                self.update_status();
+                self.outcome(false)
+            }
+        };
         let Some((text, file)) = written else {
             return Ok(applied);
         };
@@ -340,7 +354,9 @@ impl ControlTask {
                 return Err(self.reload_failed(error, &metrics));
             }
         };
-        if !forced && text == self.file_text {
+        // An unchanged file may still name changed certificates.
+        let has_tls = self.running.tenants.iter().any(|t| t.tls.is_some());
+        if !forced && text == self.file_text && !has_tls {
             return Ok(self.outcome(false));
         }
         if text.trim().is_empty() {
@@ -397,9 +413,20 @@ impl ControlTask {
     /// Swaps in `next` if it differs from the running state, and records it;
     /// `persisted` says whether the change is in the file.
     fn apply(&mut self, next: Config, origin: &Origin, persisted: bool) -> Outcome {
+        match self.swap(next) {
+            Some(previous) => self.record(&previous, origin, persisted),
+            None => {
+                self.update_status();
+                self.outcome(false)
+            }
+        }
+    }
+
+    /// Builds and publishes the routing table for `next`; returns the state
+    /// it replaced, or `None` when nothing changed.
+    fn swap(&mut self, next: Config) -> Option<Arc<Config>> {
         if next == *self.running {
-            self.update_status();
-            return self.outcome(false);
+            return None;
         }
         self.generation += 1;
         let next = Arc::new(next);
@@ -407,6 +434,27 @@ impl ControlTask {
         self.proxy.table.store(Arc::clone(&table));
         self.health.reconcile(&table);
         let previous = std::mem::replace(&mut self.running, next);
+        self.watch_tls_files();
+        self.step_marks.retain(|t, _| table.tenant(t).is_some());
+        for t in table.tenants() {
+            let Some(before) = previous.tenant(t.name()) else {
+                continue;
+            };
+            // A candidate that starts getting traffic, or a new candidate
+            // after a promotion, is judged on its traffic from now on.
+            let newly_candidate = before.stable != t.stable();
+            let starts = before.weights.of(before.candidate()) == 0
+                && t.config.weights.of(t.candidate()) > 0;
+            if newly_candidate || starts {
+                t.state.windows.load()[t.candidate().index()].clear();
+            }
+        }
+        Some(previous)
+    }
+
+    /// Records the events of a change already swapped in.
+    fn record(&mut self, previous: &Config, origin: &Origin, persisted: bool) -> Outcome {
+        let table = self.proxy.table.load();
         for t in table.tenants() {
             let weights_changed = previous
                 .tenant(t.name())
@@ -417,7 +465,7 @@ impl ControlTask {
                     .store(origin.source == Source::Slo, Ordering::Relaxed);
             }
         }
-        let events = describe(&previous, &self.running, origin, persisted, self.generation);
+        let events = describe(previous, &self.running, origin, persisted, self.generation);
         let webhook = self.running.notify_webhook.clone();
         let mut log = self.shared.events();
         for event in events {
@@ -431,6 +479,13 @@ impl ControlTask {
         drop(log);
         self.update_status();
         self.outcome(true)
+    }
+
+    fn watch_tls_files(&mut self) {
+        if let Some(w) = self.watcher.as_mut() {
+            let files = self.running.tenants.iter().filter_map(|t| t.tls.as_ref());
+            w.ensure(files.flat_map(|f| [f.cert.as_path(), f.key.as_path()]));
+        }
     }
 
     /// The running state is all in the file.
@@ -505,6 +560,10 @@ impl ControlTask {
                 self.bakes().remove(&tenant);
                 continue;
             };
+            if t.weights != all_on(t.candidate()) {
+                self.bakes().remove(&tenant);
+                continue;
+            }
             let window = t.settings.slo.window;
             if elapsed(since, now) >= window && self.ready_to_move(&tenant) {
                 self.finish_promotion(&tenant);
@@ -523,6 +582,12 @@ impl ControlTask {
         let Some(&share) = rollout.steps.get(step) else {
             return;
         };
+        if t.weights != share_weights(stable, share) {
+            // The split was changed outside the ramp (a file edit, another
+            // replica): that decision ends the ramp.
+            self.end_ramp(tenant, "rollout ended: the weights were changed outside it");
+            return;
+        }
         let hold = if share < 100 {
             rollout.interval
         } else {
@@ -564,7 +629,35 @@ impl ControlTask {
         let done = t.state.completed(t.candidate());
         let mark = *self.step_marks.entry(tenant.to_owned()).or_insert(done);
         let enough = done.saturating_sub(mark) >= u64::from(t.config.settings.slo.min_requests);
-        enough && t.verdict(t.candidate()) == Verdict::Ok
+        match t.verdict(t.candidate()) {
+            Verdict::Ok => enough,
+            Verdict::Inconclusive => false,
+            Verdict::Breach(reason) => {
+                // Judged on a success (errors are judged as they happen):
+                // a breach found here reverts all the same.
+                let breach = Breach {
+                    tenant: tenant.to_owned(),
+                    reason,
+                };
+                drop(table);
+                self.revert(breach);
+                false
+            }
+        }
+    }
+
+    /// Stops a ramp without touching the weights.
+    fn end_ramp(&mut self, tenant: &str, reason: &str) {
+        let origin = Origin {
+            source: Source::Rollout,
+            actor: None,
+            reason: Some(reason.to_owned()),
+        };
+        let plan = Plan::default().progress(None);
+        if let Err(e) = self.set(tenant, plan, &origin, reason) {
+            tracing::error!(%tenant, error = %e, "ending the rollout failed");
+        }
+        self.step_marks.remove(tenant);
     }
 
     fn mark_step(&mut self, tenant: &str) {

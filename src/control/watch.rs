@@ -26,7 +26,27 @@ const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
 /// Keeps the OS watch alive; dropping it stops watching.
 pub struct Watcher {
-    _inner: notify::RecommendedWatcher,
+    inner: notify::RecommendedWatcher,
+    watched: std::collections::HashSet<PathBuf>,
+}
+
+impl Watcher {
+    /// Also watches the directories `paths` live in (and their links'
+    /// targets'): certificate files can live beside the control file or
+    /// anywhere else.
+    pub fn ensure<'p>(&mut self, paths: impl IntoIterator<Item = &'p Path>) {
+        for path in paths {
+            for dir in watched_dirs(path) {
+                let key = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+                if !self.watched.insert(key) {
+                    continue;
+                }
+                if let Err(e) = self.inner.watch(&dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+                }
+            }
+        }
+    }
 }
 
 /// Watches the directories the control file lives in and reloads on change.
@@ -35,7 +55,7 @@ pub struct Watcher {
 pub fn spawn(path: &Path, control: Control) -> Option<Watcher> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let wake = tx.clone();
-    let mut inner = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    let inner = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if res.is_ok() {
             // A full channel already holds a pending wake-up: nothing lost.
             let _ = tx.try_send(());
@@ -47,11 +67,11 @@ pub fn spawn(path: &Path, control: Control) -> Option<Watcher> {
             return None;
         }
     };
-    for dir in watched_dirs(path) {
-        if let Err(e) = inner.watch(&dir, RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
-        }
-    }
+    let mut watcher = Watcher {
+        inner,
+        watched: Default::default(),
+    };
+    watcher.ensure([path]);
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             let give_up = tokio::time::Instant::now() + DEBOUNCE_MAX;
@@ -73,7 +93,7 @@ pub fn spawn(path: &Path, control: Control) -> Option<Watcher> {
     // An edit made between the first read and the watch being in place
     // would otherwise wait for the next one: look once now.
     let _ = wake.try_send(());
-    Some(Watcher { _inner: inner })
+    Some(watcher)
 }
 
 /// The file's own directory, and its final target's if a link leads elsewhere.

@@ -15,6 +15,8 @@ pub enum ProxyError {
     NoHost,
     /// No tenant owns the host.
     UnknownHost(String),
+    /// Over TLS, the host belongs to another tenant than the SNI name.
+    Misdirected,
     /// The tenant is at `max_inflight`.
     Overloaded,
     /// A preview request without the preview token.
@@ -30,6 +32,7 @@ impl ProxyError {
         match self {
             ProxyError::NoHost => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Overloaded | ProxyError::NoHealthyEndpoint => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -42,6 +45,7 @@ impl ProxyError {
     fn message(&self) -> Bytes {
         let text: &'static str = match self {
             ProxyError::NoHost => "missing or invalid Host header\n",
+            ProxyError::Misdirected => "this host is not served on this TLS connection\n",
             ProxyError::UnknownHost(host) => {
                 return Bytes::from(format!("no tenant serves host {host}\n"));
             }

@@ -23,8 +23,8 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named in
-/// `Connection`, and the fixed list. Upgrades are not forwarded yet, so
-/// `Upgrade` always goes too.
+/// `Connection`, and the fixed list, `Upgrade` included (an upgrade puts it
+/// back: `upgrade::restore`).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -52,9 +52,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrites the client's request head for the upstream.
-pub fn prepare(parts: &mut Parts, conn: &ConnInfo, host: HeaderValue) {
+pub fn prepare(
+    parts: &mut Parts,
+    conn: &ConnInfo,
+    host: HeaderValue,
+    upgrade: Option<HeaderValue>,
+) {
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        super::upgrade::restore(headers, protocol);
+    }
     // HTTP/2 carries the host in `:authority`; upstreams speak HTTP/1.1 and
     // need it as `Host`.
     if !headers.contains_key(header::HOST) {

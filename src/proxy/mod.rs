@@ -7,6 +7,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::config::{Color, StickyKey};
 use crate::metrics::{Metrics, Rejected, Unrouted};
 use crate::route::pool::PoolChoice;
 use crate::route::{Endpoint, RoutingTable, Tenant, endpoint, host, pool};
+use crate::server::Tunnels;
 use body::{AccessLog, Exchange, ProxyBody};
 use error::ProxyError;
 
@@ -34,15 +36,18 @@ pub struct ConnInfo {
     pub client_ip: HeaderValue,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: HeaderValue,
+    /// The TLS server name the client asked for.
+    pub sni: Option<Arc<str>>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, sni: Option<Arc<str>>) -> ConnInfo {
         let ip = peer.ip().to_string();
         ConnInfo {
             peer,
             client_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            sni,
         }
     }
 }
@@ -51,6 +56,8 @@ impl ConnInfo {
 pub struct Proxy {
     pub table: ArcSwap<RoutingTable>,
     pub metrics: Arc<Metrics>,
+    /// WebSocket and other upgraded connections still open.
+    pub tunnels: Arc<Tunnels>,
 }
 
 impl Proxy {
@@ -58,13 +65,14 @@ impl Proxy {
         Proxy {
             table: ArcSwap::from_pointee(table),
             metrics,
+            tunnels: Arc::default(),
         }
     }
 
     /// Serves one request. Never fails: every problem becomes a response.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
-        let (tenant, preview, host) = match self.tenant_for(&req) {
+        let (tenant, preview, host) = match self.tenant_for(&req, conn) {
             Ok(found) => found,
             Err((reason, err)) => {
                 self.metrics.unrouted(reason);
@@ -103,14 +111,28 @@ impl Proxy {
             return settle(ProxyError::NoHealthyEndpoint.into_response(), exchange);
         };
 
+        // An upgrade (WebSocket) keeps its `Upgrade` header; the client's
+        // side of the tunnel is taken before the request moves on.
+        let upgrade = upgrade::requested(&req);
+        let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        forward::prepare(&mut parts, conn, host);
+        forward::prepare(&mut parts, conn, host, upgrade);
         let deadline =
             tokio::time::Instant::from_std(started + tenant.config.settings.request_timeout);
-        let answer = match forward::send(&tenant, pool, endpoint, parts, body, deadline).await {
+        let mut answer = match forward::send(&tenant, pool, endpoint, parts, body, deadline).await {
             Ok(answer) => answer,
             Err(kind) => return settle(ProxyError::Upstream(kind).into_response(), exchange),
         };
+        if let Some(client_side) = client_side
+            && answer.response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            exchange.status = 101;
+            exchange.endpoint = Some(answer.endpoint);
+            let upstream_side = hyper::upgrade::on(&mut answer.response);
+            let response = upgrade::switching_response(&answer.response, pool);
+            upgrade::spawn_tunnel(client_side, upstream_side, exchange, self.tunnels.open());
+            return response;
+        }
 
         let (mut head, body) = answer.response.into_parts();
         forward::remove_hop_by_hop(&mut head.headers);
@@ -134,6 +156,7 @@ impl Proxy {
     fn tenant_for(
         &self,
         req: &Request<Incoming>,
+        conn: &ConnInfo,
     ) -> Result<(Arc<Tenant>, bool, HeaderValue), (Unrouted, ProxyError)> {
         let no_host = || (Unrouted::NoHost, ProxyError::NoHost);
         // HTTP/2 names the host in `:authority` (SPEC 4.1); HTTP/1.1 in `Host`.
@@ -153,8 +176,20 @@ impl Proxy {
         let mut buf = String::new();
         let host = host::normalize(raw_str, &mut buf).ok_or_else(no_host)?;
         let table = self.table.load();
+        let misdirected = || (Unrouted::Misdirected, ProxyError::Misdirected);
         match table.route(host) {
-            Some((tenant, preview)) => Ok((Arc::clone(tenant), preview, raw)),
+            Some((tenant, preview)) => {
+                // Over TLS, the certificate was chosen by SNI: the host must
+                // belong to the same tenant (SPEC 4.1).
+                if let Some(sni) = &conn.sni {
+                    let mut sni_buf = String::new();
+                    let by_sni = host::normalize(sni, &mut sni_buf).and_then(|s| table.route(s));
+                    if !by_sni.is_some_and(|(t, _)| Arc::ptr_eq(t, tenant)) {
+                        return Err(misdirected());
+                    }
+                }
+                Ok((Arc::clone(tenant), preview, raw))
+            }
             None => Err((
                 Unrouted::UnknownHost,
                 ProxyError::UnknownHost(host.to_owned()),

@@ -129,6 +129,9 @@ impl Tenant {
             return;
         }
         if pool == self.candidate() && self.candidate_share_bp > 0 {
+            if self.state.breach_pending.load(Ordering::Acquire) {
+                return; // already on its way to a revert
+            }
             if let Verdict::Breach(reason) = self.verdict_with(&windows, pool, now) {
                 self.state.signal_breach(self.name(), reason);
             }

@@ -44,27 +44,37 @@ pub fn judge(
     if pool.requests < u64::from(slo.min_requests) {
         return Verdict::Inconclusive;
     }
-    let over = format!(
-        "over {} requests in {}",
-        pool.requests,
-        humantime::format_duration(window)
-    );
+    // Only formatted for a breach: judging is on the request path.
+    let over = || {
+        format!(
+            "over {} requests in {}",
+            pool.requests,
+            humantime::format_duration(window)
+        )
+    };
     let rate = pool.error_rate();
     match (slo.baseline, stable) {
         (Baseline::Stable, Some(stable)) => {
+            // Against a baseline with too few requests of its own there is
+            // nothing to compare: no verdict.
+            if stable.requests < u64::from(slo.min_requests) {
+                return Verdict::Inconclusive;
+            }
             let base = stable.error_rate();
             if rate - base > slo.max_error_rate {
                 return Verdict::Breach(format!(
-                    "error rate {rate:.2} exceeds stable's {base:.2} by more than {} {over}",
-                    slo.max_error_rate
+                    "error rate {rate:.2} exceeds stable's {base:.2} by more than {} {}",
+                    slo.max_error_rate,
+                    over()
                 ));
             }
         }
         _ => {
             if rate > slo.max_error_rate {
                 return Verdict::Breach(format!(
-                    "error rate {rate:.2} > {} {over}",
-                    slo.max_error_rate
+                    "error rate {rate:.2} > {} {}",
+                    slo.max_error_rate,
+                    over()
                 ));
             }
         }
@@ -73,9 +83,10 @@ pub fn judge(
         && p99 > max
     {
         return Verdict::Breach(format!(
-            "p99 {}ms > {}ms {over}",
+            "p99 {}ms > {}ms {}",
             p99.as_millis(),
-            max.as_millis()
+            max.as_millis(),
+            over()
         ));
     }
     Verdict::Ok

@@ -27,8 +27,8 @@ const SLOTS: usize = 1 + 18 * SUBS;
 struct Bucket {
     /// Which tick of the clock this bucket currently counts.
     epoch: AtomicU64,
-    requests: AtomicU32,
-    errors: AtomicU32,
+    requests: AtomicU64,
+    errors: AtomicU64,
     latency: [AtomicU32; SLOTS],
 }
 
@@ -36,8 +36,8 @@ impl Bucket {
     fn new() -> Bucket {
         Bucket {
             epoch: AtomicU64::new(u64::MAX),
-            requests: AtomicU32::new(0),
-            errors: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
@@ -135,8 +135,8 @@ impl Window {
             if epoch == u64::MAX || epoch > tick || epoch + BUCKETS <= tick {
                 continue;
             }
-            s.requests += u64::from(b.requests.load(Relaxed));
-            s.errors += u64::from(b.errors.load(Relaxed));
+            s.requests += b.requests.load(Relaxed);
+            s.errors += b.errors.load(Relaxed);
             for (sum, slot) in latency.iter_mut().zip(&b.latency) {
                 *sum += u64::from(slot.load(Relaxed));
             }

@@ -361,13 +361,13 @@ pub struct BinaryProxy {
     pub child: tokio::process::Child,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+    /// The control file's directory, when this process owns it.
+    pub dir: Option<tempfile::TempDir>,
 }
 
 /// Runs `target/.../turnout` on a control file with `tenants`, with extra
 /// environment variables; learns its ports from its JSON start-up log line.
 pub async fn spawn_binary(tenants: &str, env: &[(&str, &str)]) -> BinaryProxy {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("turnout.toml");
     std::fs::write(
@@ -375,9 +375,22 @@ pub async fn spawn_binary(tenants: &str, env: &[(&str, &str)]) -> BinaryProxy {
         format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{tenants}"),
     )
     .unwrap();
+    spawn_binary_at(Some(dir), &path, &[], env).await
+}
+
+/// Runs the turnout binary on the control file at `path` with extra
+/// arguments for `run`.
+pub async fn spawn_binary_at(
+    dir: Option<tempfile::TempDir>,
+    path: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> BinaryProxy {
+    use tokio::io::AsyncBufReadExt;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnout"));
     cmd.args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
+        .arg(path)
+        .args(args)
         .env("TURNOUT_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
@@ -487,5 +500,28 @@ impl TestProxy {
         let r = self.admin("POST", "/v1/config/reload", None, None).await;
         assert_eq!(r.status, 200, "reload failed: {}", r.text());
         r
+    }
+}
+
+/// Like `spawn_proxy`, in a given directory (for TLS files beside the
+/// control file) and with extra `[listen]` lines.
+pub async fn spawn_proxy_in(
+    dir: tempfile::TempDir,
+    listen_extra: &str,
+    tenants: &str,
+) -> TestProxy {
+    let path = dir.path().join("turnout.toml");
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{listen_extra}\n{tenants}"
+    );
+    std::fs::write(&path, text).unwrap();
+    let running = app::start(&path, ListenOverrides::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    TestProxy {
+        running,
+        dir,
+        path,
+        client: client(),
     }
 }
