@@ -105,6 +105,9 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
     let table = registry.build(Arc::new(config), 1);
     metrics.reloads_ok.increment(1);
     let proxy = Arc::new(Proxy::new(table, Arc::clone(&metrics)));
+    // The admin API and the control plane keep working while the data plane
+    // drains, so `/readyz` can say so; they stop last.
+    let (admin_stop, admin_stopped) = watch::channel(false);
     let control = control::spawn(control::Parts {
         path: config_path.to_owned(),
         overrides,
@@ -114,6 +117,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         health: Arc::new(health::Checker::default()),
         notifier: Notifier::spawn(Arc::clone(&metrics)),
         breaches,
+        stop: admin_stopped.clone(),
     });
     let admin = Arc::new(Admin {
         proxy: Arc::clone(&proxy),
@@ -148,9 +152,6 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
             async move { admin.handle(req).await }
         }
     };
-    // The admin API keeps answering while the data plane drains, so
-    // `/readyz` can say so; it stops last.
-    let (admin_stop, admin_stopped) = watch::channel(false);
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
         Transport::Plain,

@@ -494,3 +494,27 @@ async fn a_flooded_tenant_does_not_delay_another() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 100);
     assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 200);
 }
+
+#[tokio::test]
+async fn a_smuggled_request_never_reaches_the_upstream() {
+    let up = spawn_upstream("blue").await;
+    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    // CL.TE desync attempt: a front end trusting Content-Length would see one
+    // request; one trusting chunked framing sees a second, smuggled one.
+    let attack = b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 44\r\n\
+        Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /headers HTTP/1.1\r\nHost: shop.test\r\n\r\n";
+    let reply = raw_exchange(proxy.running.http_addr, attack).await;
+    // hyper applies RFC 9112 §6.1: chunked wins, Content-Length is dropped,
+    // and the connection is closed after the answer, so the trailing bytes
+    // are never read as a request.
+    assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+    assert_eq!(
+        up.hits.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the smuggled request reached the upstream"
+    );
+}

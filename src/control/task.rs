@@ -40,6 +40,9 @@ pub struct Parts {
     pub health: Arc<health::Checker>,
     pub notifier: Notifier,
     pub breaches: mpsc::UnboundedReceiver<Breach>,
+    /// The task ends (and stops watching files and probing) when this
+    /// turns true.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 struct ControlTask {
@@ -82,6 +85,7 @@ pub fn spawn(parts: Parts) -> Control {
     parts.health.reconcile(&table);
     let (tx, mut rx) = mpsc::channel::<Request>(QUEUE);
     let mut breaches = parts.breaches;
+    let mut stop = parts.stop;
     let mut task = ControlTask {
         path: parts.path,
         overrides: parts.overrides,
@@ -112,6 +116,7 @@ pub fn spawn(parts: Parts) -> Control {
                 }
                 Some(breach) = breaches.recv() => task.revert(breach),
                 _ = tick.tick() => task.advance_rollouts(),
+                _ = crate::server::stopped(&mut stop) => break,
             }
         }
         task.health.stop();

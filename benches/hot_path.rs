@@ -1,0 +1,149 @@
+//! Criterion benches of the per-request work that does not touch a socket:
+//! the routing decision (host → tenant → pool → endpoint) at 10, 10 000 and
+//! 100 000 tenants, the sticky hash, the SLO window update, and loading and
+//! applying a 10 000-tenant control file.
+//!
+//! Run: `cargo bench --bench hot_path`
+
+#![allow(clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::HeaderMap;
+use turnout::config::{self, Color, Config, HostPattern, Listen, Settings, TenantConfig, Weights};
+use turnout::metrics::Metrics;
+use turnout::route::pool::{self, PoolChoice};
+use turnout::route::{Registry, RoutingTable, endpoint, host, sticky};
+use turnout::slo::Window;
+
+fn tenant(i: usize) -> TenantConfig {
+    TenantConfig {
+        name: format!("t{i}"),
+        hosts: vec![
+            HostPattern::Exact(format!("t{i}.example.com")),
+            HostPattern::Wildcard(format!(".t{i}.example.com")),
+        ],
+        preview_hosts: vec![],
+        preview_token: None,
+        stable: Color::Blue,
+        weights: Weights {
+            blue: 90,
+            green: 10,
+        },
+        sticky: None,
+        pools: [
+            vec![
+                format!("10.{}.{}.1:8080", i / 256 % 256, i % 256),
+                format!("10.{}.{}.2:8080", i / 256 % 256, i % 256),
+            ],
+            vec![format!("10.{}.{}.3:8080", i / 256 % 256, i % 256)],
+        ],
+        tls: None,
+        rollout: None,
+        settings: Settings::default(),
+    }
+}
+
+fn table(tenants: usize) -> RoutingTable {
+    let config = Config {
+        listen: Listen {
+            http: "127.0.0.1:0".parse().unwrap(),
+            https: None,
+            admin: "127.0.0.1:0".parse().unwrap(),
+        },
+        defaults: Settings::default(),
+        tenants: (0..tenants).map(tenant).collect(),
+        tokens: vec![],
+        notify_webhook: None,
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    Registry::new(Metrics::new(), tx).build(Arc::new(config), 1)
+}
+
+/// What the proxy does per request before it forwards.
+fn decide(
+    table: &RoutingTable,
+    raw_host: &str,
+    headers: &HeaderMap,
+) -> Option<Arc<turnout::route::Endpoint>> {
+    let mut buf = String::new();
+    let host = host::normalize(raw_host, &mut buf)?;
+    let (tenant, preview) = table.route(host)?;
+    let pool = match pool::choose(tenant, preview, headers) {
+        PoolChoice::Pool { pool, .. } | PoolChoice::NewCookie { pool, .. } => pool,
+        PoolChoice::PreviewForbidden => return None,
+    };
+    endpoint::choose(tenant.endpoints(pool), None)
+}
+
+fn routing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("routing_decision");
+    let headers = HeaderMap::new();
+    for n in [10, 10_000, 100_000] {
+        let t = table(n);
+        let exact = format!("t{}.example.com", n / 2);
+        let wild = format!("api.t{}.example.com:443", n / 3);
+        group.bench_with_input(BenchmarkId::new("exact_host", n), &n, |b, _| {
+            b.iter(|| decide(&t, black_box(&exact), &headers).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("wildcard_host", n), &n, |b, _| {
+            b.iter(|| decide(&t, black_box(&wild), &headers).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn sticky_hash(c: &mut Criterion) {
+    let seed = sticky::tenant_seed("acme");
+    c.bench_function("sticky_bucket", |b| {
+        b.iter(|| sticky::bucket(seed, black_box(b"user-8c1f2e9a")))
+    });
+}
+
+fn slo_window(c: &mut Criterion) {
+    let w = Window::new(Duration::from_secs(30));
+    let now = Instant::now();
+    c.bench_function("slo_window_record", |b| {
+        b.iter(|| {
+            w.record(
+                black_box(now),
+                false,
+                black_box(Duration::from_micros(1800)),
+            )
+        })
+    });
+}
+
+fn control_file_load(c: &mut Criterion) {
+    let mut text = String::from("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n");
+    for i in 0..10_000 {
+        text.push_str(&format!(
+            "\n[tenants.t{i}]\nhosts = [\"t{i}.example.com\", \"*.t{i}.example.com\"]\nstable = \"blue\"\n\
+             weights = {{ blue = 90, green = 10 }}\npools.blue = [\"10.0.{}.{}:8080\"]\npools.green = [\"10.1.{}.{}:8080\"]\n",
+            i / 256 % 256,
+            i % 256,
+            i / 256 % 256,
+            i % 256
+        ));
+    }
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let registry = Registry::new(Metrics::new(), tx);
+    let mut generation = 0;
+    let mut group = c.benchmark_group("control_file");
+    group.sample_size(10);
+    group.bench_function("load_and_apply_10000_tenants", |b| {
+        b.iter(|| {
+            let config = config::parse(&text, Path::new("bench.toml"), &|_| None).unwrap();
+            generation += 1;
+            black_box(registry.build(Arc::new(config), generation))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, routing, sticky_hash, slo_window, control_file_load);
+criterion_main!(benches);
