@@ -84,8 +84,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Validates control-file `text`; `path` names it in errors and anchors
 /// relative TLS paths.
 pub fn parse(text: &str, path: &Path, env: validate::EnvLookup<'_>) -> Result<Config, ConfigError> {
-    let locator = Locator::new(text);
+    // Spans are only needed to report problems: a good file is parsed once.
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+        let locator = Locator::new(text);
         let offset = e.span().map_or(0, |s| s.start);
         let (line, col) = locator.line_col(offset);
         ConfigError {
@@ -99,20 +100,23 @@ pub fn parse(text: &str, path: &Path, env: validate::EnvLookup<'_>) -> Result<Co
         }
     })?;
     let base_dir = path.parent().unwrap_or(Path::new("."));
-    validate::validate(raw, base_dir, env).map_err(|problems| ConfigError {
-        file: path.to_owned(),
-        problems: problems
-            .0
-            .into_iter()
-            .map(|(key, message)| {
-                let (line, col) = locator.position(&key);
-                Problem {
-                    line,
-                    col,
-                    key: Some(key.to_string()).filter(|k| !k.is_empty()),
-                    message,
-                }
-            })
-            .collect(),
+    validate::validate(raw, base_dir, env).map_err(|problems| {
+        let locator = Locator::new(text);
+        ConfigError {
+            file: path.to_owned(),
+            problems: problems
+                .0
+                .into_iter()
+                .map(|(key, message)| {
+                    let (line, col) = locator.position(&key);
+                    Problem {
+                        line,
+                        col,
+                        key: Some(key.to_string()).filter(|k| !k.is_empty()),
+                        message,
+                    }
+                })
+                .collect(),
+        }
     })
 }
