@@ -23,6 +23,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod demo;
 pub mod health;
 pub mod metrics;

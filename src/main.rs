@@ -38,6 +38,8 @@ enum Command {
     },
     /// Serve a built-in example with two demo upstreams on loopback.
     Demo,
+    /// Drive a running turnout through its admin API (token: TURNOUT_TOKEN).
+    Ctl(turnout::ctl::CtlArgs),
 }
 
 #[derive(Args)]
@@ -68,8 +70,22 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Demo) => block_on(async { turnout::demo::run().await }),
+        Some(Command::Ctl(args)) => ctl(args),
         Some(Command::Run(args)) => block_on(run(args)),
         None => block_on(run(cli.run)),
+    }
+}
+
+fn ctl(args: turnout::ctl::CtlArgs) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => ExitCode::from(rt.block_on(turnout::ctl::run(args))),
+        Err(e) => {
+            eprintln!("turnout: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
