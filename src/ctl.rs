@@ -38,6 +38,9 @@ pub struct CtlArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum CtlCommand {
+    /// Exit 0 when turnout is ready to serve (`/readyz`), 1 otherwise: for
+    /// container health checks.
+    Ready,
     /// Show every tenant, or one.
     Status { tenant: Option<String> },
     /// Set a tenant's weights.
@@ -183,6 +186,10 @@ async fn execute(admin: &Admin, command: CtlCommand, json: bool) -> Result<u8, C
     let with_reason = |reason: Option<String>| reason.map(|r| serde_json::json!({ "reason": r }));
     let flag = |force: bool| if force { "?force=true" } else { "" };
     match command {
+        CtlCommand::Ready => {
+            admin.call(Method::GET, "/readyz", None).await?;
+            Ok(EXIT_OK)
+        }
         CtlCommand::Status { tenant } => {
             let path =
                 tenant.map_or_else(|| "/v1/tenants".to_owned(), |t| format!("/v1/tenants/{t}"));

@@ -7,6 +7,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
@@ -19,18 +22,43 @@ use crate::server;
 pub const DEMO_HTTP: &str = "127.0.0.1:8080";
 pub const DEMO_ADMIN: &str = "127.0.0.1:9901";
 
-/// Starts an upstream on an ephemeral loopback port that answers every
-/// request with `name` and a newline. Runs until `stop` turns true.
+/// Starts a demo upstream on `addr` that answers every request with `name`
+/// and a newline — or, after `POST /admin/fail`, with a 500 (until
+/// `POST /admin/heal`), so a playground can watch the SLO guard revert.
+/// `/healthz` always passes: the release is broken, not down. Runs until
+/// `stop` turns true.
 pub async fn spawn_upstream(
-    name: &'static str,
+    name: &str,
+    addr: SocketAddr,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let handler = move |_req, _info| async move {
-        let mut resp = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
-        *resp.status_mut() = StatusCode::OK;
-        resp
+    let name: Arc<str> = Arc::from(name);
+    let failing = Arc::new(AtomicBool::new(false));
+    let handler = move |req: http::Request<hyper::body::Incoming>, _info| {
+        let (name, failing) = (Arc::clone(&name), Arc::clone(&failing));
+        async move {
+            let (status, body) = match (req.method(), req.uri().path()) {
+                (&http::Method::POST, "/admin/fail") => {
+                    failing.store(true, Ordering::Relaxed);
+                    (StatusCode::OK, format!("{name} now fails\n"))
+                }
+                (&http::Method::POST, "/admin/heal") => {
+                    failing.store(false, Ordering::Relaxed);
+                    (StatusCode::OK, format!("{name} healed\n"))
+                }
+                (_, "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
+                _ if failing.load(Ordering::Relaxed) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{name} failing\n"),
+                ),
+                _ => (StatusCode::OK, format!("{name}\n")),
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            *resp.status_mut() = status;
+            resp
+        }
     };
     tokio::spawn(server::serve(
         listener,
@@ -41,6 +69,19 @@ pub async fn spawn_upstream(
         None,
     ));
     Ok(addr)
+}
+
+/// `turnout upstream`: one demo upstream in the foreground (the container
+/// playground runs two).
+pub async fn run_upstream(
+    name: String,
+    listen: SocketAddr,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (_stop, stopped) = watch::channel(false);
+    let addr = spawn_upstream(&name, listen, stopped).await?;
+    println!("demo upstream {name} on {addr}; POST /admin/fail or /admin/heal to switch");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }
 
 /// The demo control file for two upstreams.
@@ -75,8 +116,9 @@ pools.green = ["{green}"]
 /// Runs the demo until SIGINT or SIGTERM.
 pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (stop_upstreams, upstreams_stopped) = watch::channel(false);
-    let blue = spawn_upstream("blue", upstreams_stopped.clone()).await?;
-    let green = spawn_upstream("green", upstreams_stopped).await?;
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let blue = spawn_upstream("blue", any, upstreams_stopped.clone()).await?;
+    let green = spawn_upstream("green", any, upstreams_stopped).await?;
 
     let dir = std::env::temp_dir().join(format!("turnout-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -104,6 +146,12 @@ Try:
 
   # sticky tenant: the same user always lands in the same pool
   for i in $(seq 5); do curl -s -H 'Host: blog.demo' -H 'x-user-id: alice' http://{http}/; done
+
+  # break the green release and watch the SLO guard revert it (status "reverted")
+  curl -s -X POST http://{green}/admin/fail
+  for i in $(seq 300); do curl -s -o /dev/null http://{http}/; done
+  curl -s http://{admin}/v1/tenants/shop | grep -E '"status"|"blue"|"green"' | head -3
+  curl -s http://{admin}/v1/events
 
   # the tenant as the admin API sees it, and the metrics
   curl -s http://{admin}/v1/tenants/shop

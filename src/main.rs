@@ -40,6 +40,13 @@ enum Command {
     Demo,
     /// Drive a running turnout through its admin API (token: TURNOUT_TOKEN).
     Ctl(turnout::ctl::CtlArgs),
+    /// A demo upstream answering its name (POST /admin/fail, /admin/heal).
+    Upstream {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(Args)]
@@ -71,6 +78,9 @@ fn main() -> ExitCode {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Demo) => block_on(async { turnout::demo::run().await }),
         Some(Command::Ctl(args)) => ctl(args),
+        Some(Command::Upstream { name, listen }) => {
+            block_on(async move { turnout::demo::run_upstream(name, listen).await })
+        }
         Some(Command::Run(args)) => block_on(run(args)),
         None => block_on(run(cli.run)),
     }

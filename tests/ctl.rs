@@ -69,6 +69,7 @@ async fn every_subcommand_works() {
     let admin = proxy.running.admin_addr;
     let t = Some("s3cret");
 
+    assert_eq!(ctl(admin, None, &["ready"]).await.code, 0);
     let out = ctl(admin, t, &["status"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
