@@ -58,27 +58,9 @@ pub enum CtlCommand {
         reason: Option<String>,
     },
     /// Start the tenant's configured ramp.
-    Rollout {
-        tenant: String,
-        /// Follow it; exit 0 when promoted, 2 when reverted.
-        #[arg(long)]
-        wait: bool,
-        #[arg(long)]
-        force: bool,
-        #[arg(long)]
-        reason: Option<String>,
-    },
+    Rollout(StartArgs),
     /// Candidate to 100, bake, then make it stable.
-    Promote {
-        tenant: String,
-        /// Follow it; exit 0 when promoted, 2 when reverted.
-        #[arg(long)]
-        wait: bool,
-        #[arg(long)]
-        force: bool,
-        #[arg(long)]
-        reason: Option<String>,
-    },
+    Promote(StartArgs),
     /// All traffic to the stable pool now.
     Rollback {
         tenant: String,
@@ -91,6 +73,20 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+}
+
+/// What `rollout` and `promote` take.
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    tenant: String,
+    /// Follow it; exit 0 when promoted, 2 when reverted.
+    #[arg(long)]
+    wait: bool,
+    /// Even if the candidate has no healthy endpoint.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    reason: Option<String>,
 }
 
 /// A failed call, ready to print.
@@ -249,18 +245,8 @@ async fn execute(admin: &Admin, command: CtlCommand, json: bool) -> Result<u8, C
             );
             Ok(EXIT_OK)
         }
-        CtlCommand::Rollout {
-            tenant,
-            wait,
-            force,
-            reason,
-        } => start(admin, "rollout", &tenant, wait, force, reason, json).await,
-        CtlCommand::Promote {
-            tenant,
-            wait,
-            force,
-            reason,
-        } => start(admin, "promote", &tenant, wait, force, reason, json).await,
+        CtlCommand::Rollout(args) => start(admin, "rollout", args, json).await,
+        CtlCommand::Promote(args) => start(admin, "promote", args, json).await,
         CtlCommand::Events { tenant, limit } => {
             let mut path = format!("/v1/events?limit={limit}");
             if let Some(t) = tenant {
@@ -280,15 +266,14 @@ async fn execute(admin: &Admin, command: CtlCommand, json: bool) -> Result<u8, C
 }
 
 /// Starts a rollout or a promotion, and follows it with `--wait`.
-async fn start(
-    admin: &Admin,
-    action: &str,
-    tenant: &str,
-    wait: bool,
-    force: bool,
-    reason: Option<String>,
-    json: bool,
-) -> Result<u8, CtlError> {
+async fn start(admin: &Admin, action: &str, args: StartArgs, json: bool) -> Result<u8, CtlError> {
+    let StartArgs {
+        tenant,
+        wait,
+        force,
+        reason,
+    } = args;
+    let tenant = tenant.as_str();
     let before = admin
         .call(Method::GET, &format!("/v1/tenants/{tenant}"), None)
         .await?;

@@ -185,19 +185,7 @@ pub struct TestProxy {
 
 /// Starts turnout on ephemeral ports with `tenants` (TOML) as its tenants.
 pub async fn spawn_proxy(tenants: &str) -> TestProxy {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("turnout.toml");
-    let text = format!("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{tenants}");
-    std::fs::write(&path, text).unwrap();
-    let running = app::start(&path, ListenOverrides::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    TestProxy {
-        running,
-        dir,
-        path,
-        client: client(),
-    }
+    spawn_proxy_in(tempfile::tempdir().unwrap(), "", tenants).await
 }
 
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
