@@ -37,6 +37,9 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// HTTP/2 streams a client may reset before being sent `GOAWAY` (the
 /// "rapid reset" attack, CVE-2023-44487); hyper's default, set explicitly.
 pub const MAX_PENDING_RESET_STREAMS: usize = 20;
+/// How long a draining listener's last accepted connections get to send
+/// their first request before idle connections are closed.
+const ACCEPT_LINGER: Duration = Duration::from_millis(500);
 /// Queued connections a listener holds before the kernel refuses more.
 const BACKLOG: u32 = 4096;
 
@@ -173,6 +176,10 @@ pub async fn serve<H, F, B>(
     }
     drop(listener);
     let drained = async {
+        // Connections accepted just before the listener closed may not have
+        // had their request read yet, and hyper's graceful shutdown closes a
+        // connection that is between requests. Let those requests arrive.
+        tokio::time::sleep(ACCEPT_LINGER).await;
         graceful.shutdown().await;
         if let Some(t) = &tunnels {
             t.all_closed().await;
