@@ -4,8 +4,9 @@
 //! is spawned for each new address, cancelled for each removed one, and
 //! restarted when the address's health settings change. An address listed
 //! by several tenants is probed once, with the settings of the first tenant
-//! (by name) that lists it. Each task starts at a random point of its
-//! interval (so probes of many endpoints spread out), ticks with
+//! (by name) that lists it. At start-up each task begins at a random point
+//! of its interval (so probes of many endpoints spread out); an endpoint
+//! added later is probed at once. Each task ticks with
 //! `MissedTickBehavior::Skip`, keeps its pass/fail streaks to itself, and
 //! publishes only the verdict — the endpoint's `AtomicBool`, which outlives
 //! routing tables, so health survives reloads.
@@ -36,6 +37,9 @@ struct Probe {
 pub struct Checker {
     probes: Mutex<HashMap<Box<str>, Probe>>,
     client: ProbeClient,
+    /// Set after the first reconcile: endpoints added later are probed at
+    /// once rather than at a random point of their interval.
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Checker {
@@ -49,6 +53,7 @@ impl Default for Checker {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .pool_max_idle_per_host(1)
                 .build(connector),
+            started: Default::default(),
         }
     }
 }
@@ -67,6 +72,9 @@ impl Checker {
             }
         }
         let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        let spread = !self
+            .started
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
         probes.retain(|address, probe| {
             let keep = wanted
                 .get(&**address)
@@ -84,6 +92,7 @@ impl Checker {
                 Arc::clone(endpoint),
                 settings.clone(),
                 self.client.clone(),
+                spread,
             ));
             probes.insert(
                 address.into(),
@@ -104,9 +113,17 @@ impl Checker {
     }
 }
 
-async fn probe_loop(endpoint: Arc<Endpoint>, settings: HealthSettings, client: ProbeClient) {
-    let start = settings.interval.mul_f64(fastrand::f64());
-    tokio::time::sleep(start).await;
+/// Probes one endpoint forever; `spread` starts at a random point of the
+/// interval (at start-up, so many endpoints' probes do not bunch up).
+async fn probe_loop(
+    endpoint: Arc<Endpoint>,
+    settings: HealthSettings,
+    client: ProbeClient,
+    spread: bool,
+) {
+    if spread {
+        tokio::time::sleep(settings.interval.mul_f64(fastrand::f64())).await;
+    }
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let (mut passes, mut failures) = (0u32, 0u32);

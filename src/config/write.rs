@@ -98,7 +98,9 @@ const LOCK_ATTEMPTS: u32 = 50;
 const LOCK_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Holds the write lock of a control file while it lives.
-pub struct WriteLock(#[allow(dead_code)] fs::File);
+pub struct WriteLock {
+    _file: fs::File,
+}
 
 /// Takes the exclusive lock (`.NAME.lock` beside the file) that makes a
 /// read-edit-replace of the file atomic among replicas sharing it.
@@ -112,7 +114,7 @@ pub fn lock(path: &Path) -> std::io::Result<WriteLock> {
     // not stall the control task; the change then stays in memory.
     for _ in 0..LOCK_ATTEMPTS {
         match file.try_lock() {
-            Ok(()) => return Ok(WriteLock(file)),
+            Ok(()) => return Ok(WriteLock { _file: file }),
             Err(fs::TryLockError::WouldBlock) => std::thread::sleep(LOCK_PAUSE),
             Err(fs::TryLockError::Error(e)) => return Err(e),
         }
