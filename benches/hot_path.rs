@@ -20,6 +20,10 @@ use turnout::route::pool::{self, PoolChoice};
 use turnout::route::{Registry, RoutingTable, endpoint, host, sticky};
 use turnout::slo::Window;
 
+/// The allocator the `turnout` binary uses (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn tenant(i: usize) -> TenantConfig {
     TenantConfig {
         name: format!("t{i}"),
@@ -56,7 +60,7 @@ fn table(tenants: usize) -> RoutingTable {
             admin: "127.0.0.1:0".parse().unwrap(),
         },
         defaults: Settings::default(),
-        tenants: (0..tenants).map(tenant).collect(),
+        tenants: (0..tenants).map(|i| Arc::new(tenant(i))).collect(),
         tokens: vec![],
         notify_webhook: None,
     };
@@ -135,6 +139,16 @@ fn control_file_load(c: &mut Criterion) {
     let mut generation = 0;
     let mut group = c.benchmark_group("control_file");
     group.sample_size(10);
+    group.bench_function("parse_10000_tenants", |b| {
+        b.iter(|| black_box(config::parse(&text, Path::new("bench.toml"), &|_| None).unwrap()))
+    });
+    let parsed = Arc::new(config::parse(&text, Path::new("bench.toml"), &|_| None).unwrap());
+    group.bench_function("build_table_10000_tenants", |b| {
+        b.iter(|| {
+            generation += 1;
+            black_box(registry.build(Arc::clone(&parsed), generation))
+        })
+    });
     group.bench_function("load_and_apply_10000_tenants", |b| {
         b.iter(|| {
             let config = config::parse(&text, Path::new("bench.toml"), &|_| None).unwrap();

@@ -278,8 +278,9 @@ pub struct Config {
     pub listen: Listen,
     /// `[defaults]` resolved: also the process-wide drain timeout.
     pub defaults: Settings,
-    /// Sorted by name.
-    pub tenants: Vec<TenantConfig>,
+    /// Sorted by name. Shared with the routing table's tenants, so applying
+    /// a change does not copy every tenant.
+    pub tenants: Vec<std::sync::Arc<TenantConfig>>,
     pub tokens: Vec<TokenConfig>,
     pub notify_webhook: Option<String>,
 }
@@ -289,7 +290,7 @@ impl Config {
         self.tenants
             .binary_search_by(|t| t.name.as_str().cmp(name))
             .ok()
-            .map(|i| &self.tenants[i])
+            .map(|i| &*self.tenants[i])
     }
 
     /// The admin API must not be reachable off loopback without a token.
@@ -300,10 +301,11 @@ impl Config {
         })
     }
 
+    /// A tenant to change; copied first if a routing table still shares it.
     pub fn tenant_mut(&mut self, name: &str) -> Option<&mut TenantConfig> {
         self.tenants
             .binary_search_by(|t| t.name.as_str().cmp(name))
             .ok()
-            .map(|i| &mut self.tenants[i])
+            .map(|i| std::sync::Arc::make_mut(&mut self.tenants[i]))
     }
 }

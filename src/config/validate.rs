@@ -78,7 +78,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<C
             env,
             &mut host_owner,
         ) {
-            tenants.push(t);
+            tenants.push(std::sync::Arc::new(t));
         }
     }
 
@@ -137,21 +137,29 @@ fn parse_addr(p: &mut Problems, path: &KeyPath, value: &str) -> Option<SocketAdd
     }
 }
 
-fn duration(p: &mut Problems, path: &KeyPath, value: Option<&str>, default: Duration) -> Duration {
+fn duration(
+    p: &mut Problems,
+    parent: &KeyPath,
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Duration {
     let Some(value) = value else { return default };
+    // The key path is only built for a problem: a good file of thousands of
+    // tenants should not allocate one per setting.
     match humantime::parse_duration(value) {
         Ok(d) if d > MAX_DURATION => {
-            p.add(path.clone(), "must be at most a year");
+            p.add(parent.key(key), "must be at most a year");
             default
         }
         Ok(d) if d > Duration::ZERO => d,
         Ok(_) => {
-            p.add(path.clone(), "must be greater than 0");
+            p.add(parent.key(key), "must be greater than 0");
             default
         }
         Err(_) => {
             p.add(
-                path.clone(),
+                parent.key(key),
                 format!("`{value}` is not a duration such as \"250ms\", \"2s\" or \"5m\""),
             );
             default
@@ -159,13 +167,13 @@ fn duration(p: &mut Problems, path: &KeyPath, value: Option<&str>, default: Dura
     }
 }
 
-fn count(p: &mut Problems, path: &KeyPath, value: Option<i64>, default: u32) -> u32 {
+fn count(p: &mut Problems, parent: &KeyPath, key: &str, value: Option<i64>, default: u32) -> u32 {
     let Some(value) = value else { return default };
     match u32::try_from(value) {
         Ok(n) if n >= 1 => n,
         _ => {
             p.add(
-                path.clone(),
+                parent.key(key),
                 format!("must be a whole number from 1 to {}", u32::MAX),
             );
             default
@@ -189,25 +197,29 @@ fn settings(p: &mut Problems, path: &KeyPath, base: &Settings, raw: &RawSettings
         },
         interval: duration(
             p,
-            &hp.key("interval"),
+            &hp,
+            "interval",
             rh.interval.as_deref(),
             base.health.interval,
         ),
         timeout: duration(
             p,
-            &hp.key("timeout"),
+            &hp,
+            "timeout",
             rh.timeout.as_deref(),
             base.health.timeout,
         ),
         healthy_after: count(
             p,
-            &hp.key("healthy_after"),
+            &hp,
+            "healthy_after",
             rh.healthy_after,
             base.health.healthy_after,
         ),
         unhealthy_after: count(
             p,
-            &hp.key("unhealthy_after"),
+            &hp,
+            "unhealthy_after",
             rh.unhealthy_after,
             base.health.unhealthy_after,
         ),
@@ -234,20 +246,16 @@ fn settings(p: &mut Problems, path: &KeyPath, base: &Settings, raw: &RawSettings
     };
     let slo = SloSettings {
         max_error_rate,
-        window: duration(p, &sp.key("window"), rs.window.as_deref(), base.slo.window),
+        window: duration(p, &sp, "window", rs.window.as_deref(), base.slo.window),
         min_requests: count(
             p,
-            &sp.key("min_requests"),
+            &sp,
+            "min_requests",
             rs.min_requests,
             base.slo.min_requests,
         ),
         max_p99: match rs.max_p99.as_deref() {
-            Some(v) => Some(duration(
-                p,
-                &sp.key("max_p99"),
-                Some(v),
-                Duration::from_secs(1),
-            )),
+            Some(v) => Some(duration(p, &sp, "max_p99", Some(v), Duration::from_secs(1))),
             None => base.slo.max_p99,
         },
         baseline,
@@ -255,25 +263,23 @@ fn settings(p: &mut Problems, path: &KeyPath, base: &Settings, raw: &RawSettings
     Settings {
         connect_timeout: duration(
             p,
-            &path.key("connect_timeout"),
+            path,
+            "connect_timeout",
             raw.connect_timeout.as_deref(),
             base.connect_timeout,
         ),
         request_timeout: duration(
             p,
-            &path.key("request_timeout"),
+            path,
+            "request_timeout",
             raw.request_timeout.as_deref(),
             base.request_timeout,
         ),
-        max_inflight: count(
-            p,
-            &path.key("max_inflight"),
-            raw.max_inflight,
-            base.max_inflight,
-        ),
+        max_inflight: count(p, path, "max_inflight", raw.max_inflight, base.max_inflight),
         drain_timeout: duration(
             p,
-            &path.key("drain_timeout"),
+            path,
+            "drain_timeout",
             raw.drain_timeout.as_deref(),
             base.drain_timeout,
         ),
@@ -334,17 +340,17 @@ fn tenant(
     let mut hosts_of = |key: &str, list: &[String], p: &mut Problems| -> Vec<HostPattern> {
         let mut out = Vec::with_capacity(list.len());
         for (i, text) in list.iter().enumerate() {
-            let hp = path.key(key).index(i);
+            let hp = || path.key(key).index(i);
             let Some(pattern) = host_pattern(text) else {
-                p.add(hp, format!("`{text}` is not a host name or *.wildcard"));
+                p.add(hp(), format!("`{text}` is not a host name or *.wildcard"));
                 continue;
             };
             match host_owner.get(&pattern) {
                 Some(owner) if *owner == name => {
-                    p.add(hp, format!("host `{text}` is listed twice"))
+                    p.add(hp(), format!("host `{text}` is listed twice"))
                 }
                 Some(owner) => p.add(
-                    hp,
+                    hp(),
                     format!("host `{text}` already belongs to tenant `{owner}`"),
                 ),
                 None => {
@@ -543,16 +549,12 @@ fn rollout(p: &mut Problems, path: &KeyPath, raw: RawRollout) -> Rollout {
         steps,
         interval: duration(
             p,
-            &path.key("interval"),
+            path,
+            "interval",
             Some(&raw.interval),
             Duration::from_secs(1),
         ),
-        bake: duration(
-            p,
-            &path.key("bake"),
-            Some(&raw.bake),
-            Duration::from_secs(1),
-        ),
+        bake: duration(p, path, "bake", Some(&raw.bake), Duration::from_secs(1)),
         progress,
     }
 }
@@ -561,7 +563,7 @@ fn tokens(
     p: &mut Problems,
     path: &KeyPath,
     raw: RawAdmin,
-    tenants: &[TenantConfig],
+    tenants: &[std::sync::Arc<TenantConfig>],
     env: EnvLookup<'_>,
 ) -> Vec<TokenConfig> {
     let mut out = Vec::new();

@@ -8,40 +8,55 @@
 //! not change keeps the running value (so a reload does not undo a revert
 //! held in memory). Everything else always comes from the file.
 
-use crate::config::Config;
+use std::sync::Arc;
+
+use crate::config::{Config, TenantConfig};
 
 /// Merges a newly read file into the running state.
 pub fn merge(running: &Config, file_prev: &Config, mut file_new: Config) -> Config {
-    for tenant in &mut file_new.tenants {
+    for shared in &mut file_new.tenants {
         let (Some(run), Some(prev)) =
-            (running.tenant(&tenant.name), file_prev.tenant(&tenant.name))
+            (running.tenant(&shared.name), file_prev.tenant(&shared.name))
         else {
             continue;
         };
-        // Weights and the stable pool are one decision (which release gets
-        // which share): if the file changed either, both come from the file.
-        let file_value = (tenant.weights, tenant.stable);
-        if (tenant.weights, tenant.stable) == (prev.weights, prev.stable) {
-            (tenant.weights, tenant.stable) = (run.weights, run.stable);
-        }
-        // A ramp's progress, too: deleting it from the file stops the ramp.
-        let progress =
-            |t: &crate::config::TenantConfig| t.rollout.as_ref().map(|r| r.progress.clone());
-        if let (Some(rollout), Some(prev_p), Some(run_p)) =
-            (tenant.rollout.as_mut(), progress(prev), progress(run))
-            && rollout.progress == prev_p
-        {
-            rollout.progress = run_p;
-        }
-        // Keys merged one by one must still make a valid tenant (the file may
-        // have emptied a pool the running weights send traffic to); if not,
-        // the file wins for this tenant.
-        if let Some((_, problem)) = tenant.empty_pool_in_use() {
-            tracing::warn!(tenant = %tenant.name, %problem, "running weights conflict with the file; taking the file's");
-            (tenant.weights, tenant.stable) = file_value;
+        let merged = merge_tenant(shared, run, prev);
+        if let Some(merged) = merged {
+            *shared = Arc::new(merged);
         }
     }
     file_new
+}
+
+/// The tenant the merge rule makes of a new file version, or `None` when
+/// that is the file's version unchanged (so it stays shared, uncopied).
+fn merge_tenant(
+    file: &TenantConfig,
+    run: &TenantConfig,
+    prev: &TenantConfig,
+) -> Option<TenantConfig> {
+    let mut tenant = file.clone();
+    // Weights and the stable pool are one decision (which release gets which
+    // share): if the file changed either, both come from the file.
+    if (file.weights, file.stable) == (prev.weights, prev.stable) {
+        (tenant.weights, tenant.stable) = (run.weights, run.stable);
+    }
+    // A ramp's progress, too: deleting it from the file stops the ramp.
+    let progress = |t: &TenantConfig| t.rollout.as_ref().map(|r| r.progress.clone());
+    if let (Some(rollout), Some(prev_p), Some(run_p)) =
+        (tenant.rollout.as_mut(), progress(prev), progress(run))
+        && rollout.progress == prev_p
+    {
+        rollout.progress = run_p;
+    }
+    // Keys merged one by one must still make a valid tenant (the file may
+    // have emptied a pool the running weights send traffic to); if not, the
+    // file wins for this tenant.
+    if let Some((_, problem)) = tenant.empty_pool_in_use() {
+        tracing::warn!(tenant = %tenant.name, %problem, "running weights conflict with the file; taking the file's");
+        (tenant.weights, tenant.stable) = (file.weights, file.stable);
+    }
+    (tenant != *file).then_some(tenant)
 }
 
 #[cfg(test)]

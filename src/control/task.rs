@@ -788,7 +788,7 @@ fn describe(
                 None,
                 "tenant removed from the control file".into(),
             )),
-            Some(new) if new != old => {
+            Some(new) if *new != **old => {
                 let reason = format!(
                     "control file changed: {}",
                     changed_keys(old, new).join(", ")

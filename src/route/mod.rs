@@ -57,7 +57,7 @@ impl RoutingTable {
 /// One tenant as requests see it: its settings plus precomputed routing
 /// figures and links to its long-lived state.
 pub struct Tenant {
-    pub config: TenantConfig,
+    pub config: Arc<TenantConfig>,
     /// Seed of the sticky hash (`sticky::tenant_seed`).
     seed: u64,
     candidate_share_bp: u32,
@@ -312,7 +312,7 @@ impl Registry {
                 }
             }
             tenants.push(Arc::new(Tenant {
-                config: tc.clone(),
+                config: Arc::clone(tc),
                 seed: sticky::tenant_seed(&tc.name),
                 candidate_share_bp: tc.weights.share_bp(tc.candidate()),
                 pools,
