@@ -222,9 +222,7 @@ fn pool_header(pool: Color) -> HeaderValue {
 }
 
 /// Ties the exchange to the response so it settles when the body ends.
-fn settle(mut resp: Response<ProxyBody>, mut exchange: Exchange) -> Response<ProxyBody> {
+fn settle(resp: Response<ProxyBody>, mut exchange: Exchange) -> Response<ProxyBody> {
     exchange.status = resp.status().as_u16();
-    let body = std::mem::replace(resp.body_mut(), ProxyBody::full(bytes::Bytes::new()));
-    *resp.body_mut() = body.with_exchange(exchange);
-    resp
+    resp.map(|body| body.with_exchange(exchange))
 }
