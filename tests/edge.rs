@@ -377,14 +377,7 @@ async fn drain_lets_a_slow_request_finish_and_exits_zero() {
         up.hits.load(std::sync::atomic::Ordering::Relaxed) == 1
     })
     .await;
-    let pid = proc.child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    proc.signal("TERM");
     // Draining: not ready any more, but the request in flight finishes.
     let readyz = format!("http://{}/readyz", proc.admin_addr);
     wait_until(WAIT, "readyz to turn 503", || async {

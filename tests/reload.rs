@@ -216,12 +216,7 @@ async fn sighup_rereads_the_file() {
         )
     };
     assert_eq!(reloads(proc.admin_addr).await, 1.0);
-    let pid = proc.child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proc.signal("HUP");
     wait_until(APPLIED, "a reload counted after SIGHUP", || async {
         reloads(proc.admin_addr).await == 2.0
     })

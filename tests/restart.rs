@@ -80,14 +80,7 @@ async fn two_generations_hand_over_without_dropping_a_request() {
     let served_before = ok.load(Ordering::Relaxed);
     // ...then the old one drains and exits.
     let mut old = old;
-    let pid = old.child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    old.signal("TERM");
     let exit = tokio::time::timeout(Duration::from_secs(20), old.child.wait())
         .await
         .unwrap()

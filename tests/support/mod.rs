@@ -513,3 +513,15 @@ pub async fn spawn_proxy_in(
         client: client(),
     }
 }
+
+impl BinaryProxy {
+    /// Sends the process a real signal (`"HUP"`, `"TERM"`, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("the process is running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}").as_str(), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+}
