@@ -297,7 +297,7 @@ impl ControlTask {
             ..origin.clone()
         };
         // Traffic moves first; the file (a lock, a write, two fsyncs) after.
-        let previous = self.swap(next);
+        let previous = self.swap(next, origin.source);
         let written = self.write_through(&[edit]);
         let applied = match previous {
             Some(previous) => self.record(&previous, &origin, written.is_some()),
@@ -418,7 +418,7 @@ impl ControlTask {
     /// Swaps in `next` if it differs from the running state, and records it;
     /// `persisted` says whether the change is in the file.
     fn apply(&mut self, next: Config, origin: &Origin, persisted: bool) -> Outcome {
-        match self.swap(next) {
+        match self.swap(next, origin.source) {
             Some(previous) => self.record(&previous, origin, persisted),
             None => {
                 self.update_status();
@@ -429,13 +429,27 @@ impl ControlTask {
 
     /// Builds and publishes the routing table for `next`; returns the state
     /// it replaced, or `None` when nothing changed.
-    fn swap(&mut self, next: Config) -> Option<Arc<Config>> {
+    fn swap(&mut self, next: Config, source: Source) -> Option<Arc<Config>> {
         if next == *self.running {
             return None;
         }
         self.generation += 1;
         let next = Arc::new(next);
         let table = Arc::new(self.registry.build(Arc::clone(&next), self.generation));
+        // Marked before the new split is visible, so no reader sees the
+        // reverted weights without the `reverted` status (the file write
+        // that follows can take a while).
+        for t in table.tenants() {
+            let weights_changed = self
+                .running
+                .tenant(t.name())
+                .is_none_or(|p| p.weights != t.config.weights);
+            if weights_changed {
+                t.state
+                    .reverted
+                    .store(source == Source::Slo, Ordering::Relaxed);
+            }
+        }
         self.proxy.table.store(Arc::clone(&table));
         self.health.reconcile(&table);
         let previous = std::mem::replace(&mut self.running, next);
@@ -459,17 +473,6 @@ impl ControlTask {
 
     /// Records the events of a change already swapped in.
     fn record(&mut self, previous: &Config, origin: &Origin, persisted: bool) -> Outcome {
-        let table = self.proxy.table.load();
-        for t in table.tenants() {
-            let weights_changed = previous
-                .tenant(t.name())
-                .is_none_or(|p| p.weights != t.config.weights);
-            if weights_changed {
-                t.state
-                    .reverted
-                    .store(origin.source == Source::Slo, Ordering::Relaxed);
-            }
-        }
         let events = describe(previous, &self.running, origin, persisted, self.generation);
         let webhook = self.running.notify_webhook.clone();
         let mut log = self.shared.events();
