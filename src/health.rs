@@ -129,6 +129,9 @@ async fn probe_loop(
     let (mut passes, mut failures) = (0u32, 0u32);
     loop {
         tick.tick().await;
+        // The probe loop is the endpoint's one periodic task: it also closes
+        // keep-alive connections that have idled too long.
+        endpoint.connections.sweep();
         let outcome = probe(&client, &endpoint, &settings).await;
         let healthy = endpoint.is_healthy();
         match outcome {

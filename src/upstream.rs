@@ -1,51 +1,203 @@
-//! The pooled HTTP/1.1 client requests are forwarded with.
+//! Upstream HTTP/1.1 connections and their keep-alive pool.
 //!
-//! One client per distinct `connect_timeout` (the connector carries it);
-//! tenants with the same timeout share one client and so one keep-alive pool
-//! per upstream address. Clients are created when a routing table is built
-//! and reused by every later table.
+//! Each endpoint keeps its idle connections in a lock-free queue. A request
+//! takes one (or opens one), sends on it with hyper's `client::conn::http1`,
+//! and the connection goes back to the queue when the response body has been
+//! read to its end — no shared pool map, no lock and no task spawned per
+//! request (hyper-util's pooled client did all three; see
+//! benches/RESULTS.md). A response cut short closes its connection, as nginx
+//! does.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use http::{Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::route::Endpoint;
 
 /// A request body on its way upstream: the client's stream, or nothing for a
 /// bodiless request (which can then be sent again on a retry).
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+pub type Sender = http1::SendRequest<UpstreamBody>;
 
-/// How long an idle upstream connection is kept for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle upstream connection is kept for reuse (nginx's upstream
+/// `keepalive_timeout` default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn new_client(connect_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
+/// Idle connections kept per endpoint; more are closed when they come back.
+pub const MAX_IDLE: usize = 256;
+
+/// Why no response came back.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened: nothing was sent, and the request
+    /// comes back for a retry elsewhere.
+    Connect(std::io::Error, Box<Request<UpstreamBody>>),
+    /// The exchange failed after the connection was up.
+    Exchange(hyper::Error),
 }
 
-/// Clients by connect timeout, kept for the life of the process.
-#[derive(Default)]
-pub struct Clients(Mutex<HashMap<Duration, UpstreamClient>>);
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e, _) => write!(f, "connect: {e}"),
+            SendError::Exchange(e) => write!(f, "{e}"),
+        }
+    }
+}
 
-impl Clients {
-    pub fn get(&self, connect_timeout: Duration) -> UpstreamClient {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(connect_timeout)
-            .or_insert_with(|| new_client(connect_timeout))
-            .clone()
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The idle keep-alive connections of one endpoint.
+#[derive(Default)]
+pub struct IdlePool {
+    idle: SegQueue<Idle>,
+    /// Entries in `idle`, kept apart because `SegQueue::len` is not cheap.
+    count: AtomicUsize,
+}
+
+impl std::fmt::Debug for IdlePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdlePool")
+            .field("idle", &self.count.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl IdlePool {
+    /// The oldest idle connection that is still open and fresh.
+    fn take(&self) -> Option<Sender> {
+        while let Some(idle) = self.idle.pop() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for the next request, unless the pool is full.
+    fn put(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        if self.count.fetch_add(1, Ordering::Relaxed) >= MAX_IDLE {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        self.idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes connections idle for longer than [`IDLE_TIMEOUT`] or closed by
+    /// the upstream; called from the endpoint's health probe loop.
+    pub fn sweep(&self) {
+        for _ in 0..self.count.load(Ordering::Relaxed) {
+            let Some(idle) = self.idle.pop() else { break };
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                self.count.fetch_add(1, Ordering::Relaxed);
+                self.idle.push(idle);
+            }
+        }
+    }
+
+    /// Idle connections held now.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A connection lent to one exchange, carried by the response body. It
+/// returns to its endpoint's pool only through [`Lease::finished`]; dropped
+/// otherwise, it closes (hyper cannot reuse a half-read response).
+pub struct Lease {
+    sender: Sender,
+    endpoint: Arc<Endpoint>,
+}
+
+impl Lease {
+    pub fn new(sender: Sender, endpoint: Arc<Endpoint>) -> Lease {
+        Lease { sender, endpoint }
+    }
+
+    /// The response body ended cleanly: the connection can serve again.
+    pub fn finished(self) {
+        self.endpoint.connections.put(self.sender);
+    }
+}
+
+/// Opens a connection to `address` and starts its connection task.
+async fn connect(address: &str, timeout: Duration) -> std::io::Result<Sender> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect_timeout elapsed"))??;
+    // Request heads are small and written at once; do not wait for ACKs.
+    stream.set_nodelay(true)?;
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        // Ends when the upstream closes, the sender is dropped, or an
+        // upgrade takes the socket over.
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::trace!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends `request` on an idle connection of `pool` or a new one to
+/// `address`. A reused connection that turns out to be closed before the
+/// request went out is replaced by a new one, once.
+pub async fn send(
+    pool: &IdlePool,
+    address: &str,
+    connect_timeout: Duration,
+    mut request: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Sender), SendError> {
+    let mut reused = pool.take();
+    loop {
+        let fresh = reused.is_none();
+        let mut sender = match reused.take() {
+            Some(s) => s,
+            None => match connect(address, connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => return Err(SendError::Connect(e, Box::new(request))),
+            },
+        };
+        if let Err(e) = sender.ready().await {
+            if fresh {
+                return Err(SendError::Exchange(e));
+            }
+            continue;
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok((response, sender)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if !fresh => request = unsent,
+                _ => return Err(SendError::Exchange(e.into_error())),
+            },
+        }
     }
 }

@@ -202,3 +202,42 @@ async fn h2c_prior_knowledge_works() {
         assert_eq!(seen["x-forwarded-host"], ["shop.test"]);
     }
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let up = spawn_upstream("blue").await;
+    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    // Bodies of every shape hand the connection back: sized, empty (204,
+    // HEAD) and streamed.
+    for i in 0..40 {
+        let (method, path, status) = match i % 4 {
+            0 => ("GET", "/", 200),
+            1 => ("GET", "/status/204", 204),
+            2 => ("HEAD", "/", 200),
+            _ => ("GET", "/big/200000", 200),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(proxy.http_url(path))
+            .header("host", "shop.test")
+            .body(Full::default())
+            .unwrap();
+        let r = proxy.send(req).await;
+        assert_eq!(r.status.as_u16(), status, "{method} {path}");
+        if path == "/big/200000" {
+            assert_eq!(r.body.len(), 200_000);
+        }
+    }
+    assert_eq!(up.traffic_connections(), 1, "one upstream connection, reused");
+
+    // An upstream that says `Connection: close` is believed: the next request
+    // opens a new connection and nothing fails.
+    for _ in 0..5 {
+        let r = proxy.get("shop.test", "/close").await;
+        assert_eq!(r.status.as_u16(), 200);
+        assert!(r.headers.get("connection").is_none(), "hop-by-hop removed");
+        let r = proxy.get("shop.test", "/").await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "blue"));
+    }
+    assert_eq!(up.traffic_connections(), 6);
+}

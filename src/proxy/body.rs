@@ -22,6 +22,7 @@ use crate::config::Color;
 use crate::metrics::UpstreamError;
 use crate::route::endpoint::InflightGuard;
 use crate::route::{Admission, Tenant};
+use crate::upstream::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -84,6 +85,8 @@ pin_project_lite::pin_project! {
         #[pin]
         deadline: Option<Sleep>,
         exchange: Option<Exchange>,
+        // The upstream connection, back to its pool once the body is read.
+        lease: Option<Lease>,
     }
 }
 
@@ -93,15 +96,26 @@ impl ProxyBody {
             inner: Either::Right(Full::new(bytes)),
             deadline: None,
             exchange: None,
+            lease: None,
         }
     }
 
-    /// Streams an upstream body, failing it if `deadline` passes first.
-    pub fn upstream(body: Incoming, deadline: tokio::time::Instant) -> ProxyBody {
+    /// Streams an upstream body, failing it if `deadline` passes first; the
+    /// connection returns to its pool when the body has been read.
+    pub fn upstream(body: Incoming, deadline: tokio::time::Instant, lease: Lease) -> ProxyBody {
+        // hyper does not poll a body that says it is already over (HEAD,
+        // 204, 304, `Content-Length: 0`).
+        let lease = if body.is_end_stream() {
+            lease.finished();
+            None
+        } else {
+            Some(lease)
+        };
         ProxyBody {
             inner: Either::Left(body),
             deadline: Some(tokio::time::sleep_until(deadline)),
             exchange: None,
+            lease,
         }
     }
 
@@ -120,11 +134,17 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
                     ex.bytes_out += data.len() as u64;
+                }
+                // hyper stops polling once the body says it is over.
+                if this.inner.is_end_stream()
+                    && let Some(lease) = this.lease.take()
+                {
+                    lease.finished();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -138,6 +158,9 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
+                if let Some(lease) = this.lease.take() {
+                    lease.finished();
+                }
                 // Settle now rather than when hyper gets round to dropping us.
                 this.exchange.take();
                 Poll::Ready(None)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
@@ -15,6 +15,7 @@ use crate::config::Color;
 use crate::metrics::UpstreamError;
 use crate::route::Tenant;
 use crate::route::endpoint::{self, Endpoint, InflightGuard};
+use crate::upstream::{self, Lease, SendError};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -22,10 +23,25 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The hop-by-hop headers of RFC 9110 §7.6.1 that are always removed.
+static HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named in
 /// `Connection`, and the fixed list, `Upgrade` included (an upgrade puts it
-/// back: `upgrade::restore`).
+/// back: `upgrade::restore`). One walk over the names finds whether there
+/// is anything to remove, so the common head costs no hashing.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -37,16 +53,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         for name in named {
             headers.remove(name);
         }
-        headers.remove(header::CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -86,27 +94,33 @@ pub fn prepare(
     parts.version = Version::HTTP_11;
 }
 
-fn upstream_uri(endpoint: &Endpoint, original: &Uri) -> Option<Uri> {
-    let path = original
+/// The request target for the upstream: origin-form (`/path?query`), as
+/// HTTP/1.1 origin servers expect. An HTTP/2 request (or a proxy-style
+/// absolute-form one) carries scheme and authority in its URI; `Host`
+/// already names the authority.
+fn origin_form(uri: Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri;
+    }
+    let path = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(endpoint.authority.clone())
-        .path_and_query(path)
-        .build()
-        .ok()
+    Uri::from(path)
 }
 
-/// What came back from upstream, with the endpoint that answered.
+/// What came back from upstream, with the endpoint that answered and the
+/// connection, to be returned to its pool when the body has been read.
 pub struct Answer {
     pub response: Response<Incoming>,
     pub endpoint: InflightGuard,
+    pub lease: Lease,
 }
 
 /// Sends the request to `first`, retrying once on another endpoint of the
-/// same pool when the connection failed and the request has no body.
+/// same pool when no connection could be opened and the request has no
+/// body (a request body is consumed as it streams, so only a bodiless
+/// request can go out twice).
 pub async fn send(
     tenant: &Arc<Tenant>,
     pool: Color,
@@ -118,51 +132,43 @@ pub async fn send(
     use http_body::Body as _;
     let bodiless = body.is_end_stream();
     let metrics = tenant.metrics().pool(pool);
-    let original_uri = std::mem::take(&mut parts.uri);
-    let mut body = Some(body);
+    parts.uri = origin_form(std::mem::take(&mut parts.uri));
+    let upstream_body = if bodiless {
+        Either::Right(Empty::new())
+    } else {
+        Either::Left(body)
+    };
+    let mut request = Request::from_parts(parts, upstream_body);
     let mut endpoint = first;
-    let mut attempt = 0;
+    let mut retried = false;
+    let connect_timeout = tenant.config.settings.connect_timeout;
     loop {
-        attempt += 1;
-        let Some(uri) = upstream_uri(&endpoint, &original_uri) else {
-            metrics.upstream_error(UpstreamError::Protocol);
-            return Err(UpstreamError::Protocol);
-        };
-        // A bodiless request can be sent again, so keep its head for a retry
-        // (only when there is another endpoint to retry on).
-        let can_retry = bodiless && attempt == 1 && tenant.endpoints(pool).len() > 1;
-        let spare = can_retry.then(|| parts.clone());
-        let mut request_parts = parts;
-        request_parts.uri = uri;
-        let upstream_body = match body.take() {
-            Some(b) if !bodiless => Either::Left(b),
-            _ => Either::Right(Empty::new()),
-        };
-        let request = Request::from_parts(request_parts, upstream_body);
         let guard = endpoint.start();
-        let result = tokio::time::timeout_at(deadline, tenant.client.request(request)).await;
-        match result {
-            Ok(Ok(response)) => {
+        let sent = upstream::send(&endpoint.connections, &endpoint.address, connect_timeout, request);
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok((response, sender))) => {
                 return Ok(Answer {
                     response,
+                    lease: Lease::new(sender, Arc::clone(&endpoint)),
                     endpoint: guard,
                 });
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(SendError::Connect(e, unsent))) => {
                 metrics.upstream_error(UpstreamError::Connect);
                 tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "upstream connect failed");
-                let next = spare.and_then(|p| {
-                    endpoint::choose(tenant.endpoints(pool), Some(&endpoint)).map(|n| (p, n))
-                });
+                let next = (bodiless && !retried)
+                    .then(|| endpoint::choose(tenant.endpoints(pool), Some(&endpoint)))
+                    .flatten();
                 match next {
-                    Some((p, n)) => {
-                        parts = p;
+                    Some(n) => {
+                        request = *unsent;
                         endpoint = n;
+                        retried = true;
                     }
                     None => return Err(UpstreamError::Connect),
                 }
             }
-            Ok(Err(e)) => {
+            Ok(Err(SendError::Exchange(e))) => {
                 metrics.upstream_error(UpstreamError::Protocol);
                 tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "upstream exchange failed");
                 return Err(UpstreamError::Protocol);

@@ -146,7 +146,7 @@ impl Proxy {
         }
         exchange.endpoint = Some(answer.endpoint);
         settle(
-            Response::from_parts(head, ProxyBody::upstream(body, deadline)),
+            Response::from_parts(head, ProxyBody::upstream(body, deadline, answer.lease)),
             exchange,
         )
     }

@@ -9,22 +9,26 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use http::uri::Authority;
 
+use crate::upstream::IdlePool;
+
 #[derive(Debug)]
 pub struct Endpoint {
     pub address: Box<str>,
-    /// The address as a URI authority, parsed once for building upstream URIs.
-    pub authority: Authority,
     healthy: AtomicBool,
     inflight: AtomicU32,
+    /// Idle keep-alive connections to this address.
+    pub connections: IdlePool,
 }
 
 impl Endpoint {
+    /// `None` unless `address` is a `host:port` authority.
     pub fn new(address: &str) -> Option<Endpoint> {
+        address.parse::<Authority>().ok()?;
         Some(Endpoint {
             address: address.into(),
-            authority: address.parse().ok()?,
             healthy: AtomicBool::new(true),
             inflight: AtomicU32::new(0),
+            connections: IdlePool::default(),
         })
     }
 

@@ -23,7 +23,6 @@ use tokio::sync::mpsc;
 use crate::config::{Baseline, Color, Config, TenantConfig};
 use crate::metrics::{Metrics, TenantMetrics};
 use crate::slo::{self, Verdict, Window};
-use crate::upstream::{Clients, UpstreamClient};
 pub use endpoint::Endpoint;
 use host::{HostIndex, HostRoute};
 
@@ -64,8 +63,6 @@ pub struct Tenant {
     /// Endpoints per pool, indexed by `Color::index`.
     pools: [Box<[Arc<Endpoint>]>; 2],
     pub state: Arc<TenantState>,
-    /// The pooled client for this tenant's `connect_timeout`.
-    pub client: UpstreamClient,
 }
 
 impl Tenant {
@@ -240,7 +237,6 @@ pub struct Registry {
     breach_tx: mpsc::UnboundedSender<Breach>,
     endpoints: Mutex<HashMap<Box<str>, Arc<Endpoint>>>,
     tenants: Mutex<HashMap<String, Arc<TenantState>>>,
-    clients: Clients,
 }
 
 impl Registry {
@@ -251,7 +247,6 @@ impl Registry {
             breach_tx,
             endpoints: Mutex::default(),
             tenants: Mutex::default(),
-            clients: Clients::default(),
         }
     }
 
@@ -317,7 +312,6 @@ impl Registry {
                 candidate_share_bp: tc.weights.share_bp(tc.candidate()),
                 pools,
                 state,
-                client: self.clients.get(tc.settings.connect_timeout),
             }));
         }
         // Tenants that left the file: their shares are 0 from now on.

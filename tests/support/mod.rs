@@ -29,6 +29,7 @@ use turnout::app::{self, ListenOverrides, Running};
 /// - `/big/N`: N bytes of a fixed pattern, in 64 KiB chunks
 /// - `/hang`: never answers
 /// - `/status/NNN`: answers that status
+/// - `/close`: the upstream's name with `Connection: close`
 /// - anything else: the upstream's name — or 500 while `failing` is set —
 ///   after `delay_ms`
 pub struct Upstream {
@@ -44,6 +45,8 @@ pub struct Controls {
     pub failing: AtomicBool,
     pub delay_ms: AtomicU64,
     pub health_hits: AtomicUsize,
+    /// Connections that carried at least one request other than a probe.
+    pub traffic_connections: AtomicUsize,
 }
 
 impl Upstream {
@@ -64,6 +67,10 @@ impl Upstream {
     pub fn health_hits(&self) -> usize {
         self.controls.health_hits.load(Ordering::Relaxed)
     }
+
+    pub fn traffic_connections(&self) -> usize {
+        self.controls.traffic_connections.load(Ordering::Relaxed)
+    }
 }
 
 pub async fn spawn_upstream(name: &'static str) -> Upstream {
@@ -79,10 +86,14 @@ pub async fn spawn_upstream(name: &'static str) -> Upstream {
             };
             let (counter, ctl) = (Arc::clone(&counter), Arc::clone(&ctl));
             tokio::spawn(async move {
+                let counted = AtomicBool::new(false);
                 let svc = service_fn(move |req| {
                     let ctl = Arc::clone(&ctl);
                     if req.uri().path() != "/healthz" {
                         counter.fetch_add(1, Ordering::Relaxed);
+                        if !counted.swap(true, Ordering::Relaxed) {
+                            ctl.traffic_connections.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     upstream_answer(name, ctl, req)
                 });
@@ -142,6 +153,11 @@ async fn upstream_answer(
     } else if path == "/hang" {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         Response::new(full(Bytes::new()))
+    } else if path == "/close" {
+        let mut r = Response::new(full(Bytes::from(name)));
+        r.headers_mut()
+            .insert(http::header::CONNECTION, "close".parse().unwrap());
+        r
     } else if let Some(code) = path.strip_prefix("/status/") {
         let mut r = Response::new(full(Bytes::from(name)));
         *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
