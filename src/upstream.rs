@@ -150,7 +150,9 @@ impl Lease {
 async fn connect(address: &str, timeout: Duration) -> std::io::Result<Sender> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect_timeout elapsed"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect_timeout elapsed")
+        })??;
     // Request heads are small and written at once; do not wait for ACKs.
     stream.set_nodelay(true)?;
     let (sender, connection) = http1::Builder::new()

@@ -228,7 +228,11 @@ async fn upstream_connections_are_kept_alive_and_reused() {
             assert_eq!(r.body.len(), 200_000);
         }
     }
-    assert_eq!(up.traffic_connections(), 1, "one upstream connection, reused");
+    assert_eq!(
+        up.traffic_connections(),
+        1,
+        "one upstream connection, reused"
+    );
 
     // An upstream that says `Connection: close` is believed: the next request
     // opens a new connection and nothing fails.

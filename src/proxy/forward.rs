@@ -144,7 +144,12 @@ pub async fn send(
     let connect_timeout = tenant.config.settings.connect_timeout;
     loop {
         let guard = endpoint.start();
-        let sent = upstream::send(&endpoint.connections, &endpoint.address, connect_timeout, request);
+        let sent = upstream::send(
+            &endpoint.connections,
+            &endpoint.address,
+            connect_timeout,
+            request,
+        );
         match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok((response, sender))) => {
                 return Ok(Answer {
