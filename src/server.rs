@@ -43,9 +43,12 @@ const ACCEPT_LINGER: Duration = Duration::from_millis(500);
 /// Queued connections a listener holds before the kernel refuses more.
 const BACKLOG: u32 = 4096;
 
-fn builder() -> auto::Builder<TokioExecutor> {
+/// `tls`: hyper's own advice — TLS streams write vectors poorly, so the
+/// response head and a small body are copied into one buffer instead.
+fn builder(tls: bool) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
+        .writev(!tls)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES);
@@ -133,7 +136,7 @@ pub async fn serve<H, F, B>(
     B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = Arc::new(builder());
+    let builder = Arc::new(builder(matches!(transport, Transport::Tls(_))));
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {

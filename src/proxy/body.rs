@@ -82,8 +82,11 @@ pin_project_lite::pin_project! {
     pub struct ProxyBody {
         #[pin]
         inner: Either<Incoming, Full<Bytes>>,
+        // Made at the body's first wait: most bodies never wait, and a timer
+        // costs a runtime-handle lookup to make and a wheel entry to arm.
         #[pin]
         deadline: Option<Sleep>,
+        until: Option<tokio::time::Instant>,
         exchange: Option<Exchange>,
         // The upstream connection, back to its pool once the body is read.
         lease: Option<Lease>,
@@ -95,6 +98,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Either::Right(Full::new(bytes)),
             deadline: None,
+            until: None,
             exchange: None,
             lease: None,
         }
@@ -113,7 +117,8 @@ impl ProxyBody {
         };
         ProxyBody {
             inner: Either::Left(body),
-            deadline: Some(tokio::time::sleep_until(deadline)),
+            deadline: None,
+            until: Some(deadline),
             exchange: None,
             lease,
         }
@@ -166,6 +171,9 @@ impl Body for ProxyBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                if let Some(until) = this.until.take() {
+                    this.deadline.set(Some(tokio::time::sleep_until(until)));
+                }
                 if let Some(deadline) = this.deadline.as_pin_mut()
                     && deadline.poll(cx).is_ready()
                 {

@@ -36,26 +36,49 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named in
 /// `Connection`, and the fixed list, `Upgrade` included (an upgrade puts it
-/// back: `upgrade::restore`). One walk over the names finds whether there
-/// is anything to remove, so the common head costs no hashing.
+/// back: `upgrade::restore`). One walk over the names finds which of the
+/// fixed list are there, so only those are looked up again; the usual
+/// `Connection: keep-alive` costs one removal and no allocation.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    // `Connection` is HOP_BY_HOP[0]; the names it lists, beyond the fixed
+    // list and the `close` option, go too.
+    if present & 1 != 0 {
+        let mut named = Vec::new();
+        let tokens = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
+            .map(str::trim);
+        for token in tokens {
+            if token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
         for name in named {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
