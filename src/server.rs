@@ -220,14 +220,35 @@ where
     B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let service = service_fn(move |req| {
-        let fut = handler(req, info.clone());
-        async move { Ok::<_, Infallible>(fut.await) }
+    let service = service_fn(move |req| Infallibly {
+        inner: handler(req, info.clone()),
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     watcher.watch(conn).await
+}
+
+pin_project_lite::pin_project! {
+    /// A handler's future as the `Result` hyper's services return. Not an
+    /// `async` block: that would hold the handler's future twice (as captured
+    /// value and as awaitee), and hyper moves the whole future once per
+    /// request.
+    struct Infallibly<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for Infallibly<F> {
+    type Output = Result<F::Output, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.project().inner.poll(cx).map(Ok)
+    }
 }
 
 /// Resolves once `stop` turns true or its sender is gone.
@@ -244,9 +265,6 @@ pub async fn serve_proxy(
     drain: Duration,
 ) {
     let tunnels = Arc::clone(&proxy.tunnels);
-    let handler = move |req, info: ConnInfo| {
-        let proxy = Arc::clone(&proxy);
-        async move { proxy.handle(req, &info).await }
-    };
+    let handler = move |req, info: ConnInfo| Arc::clone(&proxy).handle(req, info);
     serve(listener, transport, handler, stop, drain, Some(tunnels)).await;
 }

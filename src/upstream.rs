@@ -183,7 +183,9 @@ pub async fn send(
         let fresh = reused.is_none();
         let mut sender = match reused.take() {
             Some(s) => s,
-            None => match connect(address, connect_timeout).await {
+            // Boxed: connecting is rare, and its future would otherwise
+            // make every request's future larger.
+            None => match Box::pin(connect(address, connect_timeout)).await {
                 Ok(s) => s,
                 Err(e) => return Err(SendError::Connect(e, Box::new(request))),
             },

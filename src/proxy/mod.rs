@@ -70,7 +70,14 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: every problem becomes a response.
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    /// Takes its arguments owned so the server needs no wrapping `async`
+    /// block (each one would add a copy of this future to move per request).
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
+        let conn = &conn;
         let started = Instant::now();
         let (tenant, preview, host) = match self.tenant_for(&req, conn) {
             Ok(found) => found,
