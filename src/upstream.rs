@@ -47,15 +47,6 @@ pub enum SendError {
     Exchange(hyper::Error),
 }
 
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e, _) => write!(f, "connect: {e}"),
-            SendError::Exchange(e) => write!(f, "{e}"),
-        }
-    }
-}
-
 struct Idle {
     sender: Sender,
     since: Instant,
@@ -117,13 +108,9 @@ impl IdlePool {
         }
     }
 
-    /// Idle connections held now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -203,5 +190,63 @@ pub async fn send(
                 _ => return Err(SendError::Exchange(e.into_error())),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection to a listener that accepts and holds the server side.
+    async fn pair(listener: &tokio::net::TcpListener) -> (Sender, TcpStream) {
+        let address = listener.local_addr().unwrap().to_string();
+        let (sender, accepted) =
+            tokio::join!(connect(&address, Duration::from_secs(5)), listener.accept());
+        (sender.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn keeps_at_most_max_idle_and_drops_closed_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = IdlePool::default();
+        let mut servers = Vec::new();
+        for _ in 0..MAX_IDLE + 3 {
+            let (sender, server) = pair(&listener).await;
+            pool.put(sender);
+            servers.push(server);
+        }
+        assert_eq!(pool.len(), MAX_IDLE, "the surplus is closed, not kept");
+
+        // The upstream closes every connection: a sweep forgets them all and
+        // nothing closed is ever handed out.
+        drop(servers);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.len() > 0 {
+            assert!(std::time::Instant::now() < deadline, "{} left", pool.len());
+            pool.sweep();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(pool.take().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_not_pooled() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = IdlePool::default();
+        let (closed, server) = pair(&listener).await;
+        drop(server);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !closed.is_closed() {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pool.put(closed);
+        assert_eq!(pool.len(), 0);
+
+        let (open, _server) = pair(&listener).await;
+        pool.put(open);
+        let taken = pool.take().expect("an open connection is handed out");
+        assert!(!taken.is_closed());
+        assert!(pool.take().is_none());
     }
 }
