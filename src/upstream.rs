@@ -8,13 +8,16 @@
 //! benches/RESULTS.md). A response cut short closes its connection, as nginx
 //! does.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
-use http::{Request, Response};
+use http::{Method, Request, Response};
+use http_body::{Body, Frame};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -26,7 +29,52 @@ use crate::route::Endpoint;
 
 /// A request body on its way upstream: the client's stream, or nothing for a
 /// bodiless request (which can then be sent again on a retry).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type UpstreamBody = Either<Upload, Empty<Bytes>>;
+
+/// The client's request body, streamed upstream; marks when it has all
+/// gone out. A connection whose upstream answered before the upload ended
+/// stays busy with it, so it must not be handed to the next request.
+pub struct Upload {
+    body: Incoming,
+    sent: Arc<AtomicBool>,
+}
+
+impl Upload {
+    /// The body to send, and the mark the connection's [`Lease`] reads.
+    pub fn new(body: Incoming) -> (Upload, Arc<AtomicBool>) {
+        let sent = Arc::new(AtomicBool::new(false));
+        let upload = Upload {
+            body,
+            sent: Arc::clone(&sent),
+        };
+        (upload, sent)
+    }
+}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        // hyper stops polling once the body says it is over.
+        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.sent.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 pub type Sender = http1::SendRequest<UpstreamBody>;
 
@@ -37,8 +85,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per endpoint; more are closed when they come back.
 pub const MAX_IDLE: usize = 256;
 
+/// A connection idle this long may be closed by the upstream's own
+/// keep-alive timer just as a request goes out on it (gunicorn closes after
+/// 2 s, Node.js and Apache after 5 s); see [`send`].
+const MAY_BE_STALE_AFTER: Duration = Duration::from_secs(1);
+
 /// Why no response came back.
-#[derive(Debug)]
 pub enum SendError {
     /// No connection could be opened: nothing was sent, and the request
     /// comes back for a retry elsewhere.
@@ -69,12 +121,14 @@ impl std::fmt::Debug for IdlePool {
 }
 
 impl IdlePool {
-    /// The oldest idle connection that is still open and fresh.
-    fn take(&self) -> Option<Sender> {
+    /// The oldest idle connection that is still open and fresh, with how
+    /// long it idled.
+    fn take(&self) -> Option<(Sender, Duration)> {
         while let Some(idle) = self.idle.pop() {
             self.count.fetch_sub(1, Ordering::Relaxed);
-            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
-                return Some(idle.sender);
+            let idled = idle.since.elapsed();
+            if !idle.sender.is_closed() && idled < IDLE_TIMEOUT {
+                return Some((idle.sender, idled));
             }
         }
         None
@@ -120,15 +174,29 @@ impl IdlePool {
 pub struct Lease {
     sender: Sender,
     endpoint: Arc<Endpoint>,
+    /// For a request with a body: whether all of it has gone out.
+    upload: Option<Arc<AtomicBool>>,
 }
 
 impl Lease {
-    pub fn new(sender: Sender, endpoint: Arc<Endpoint>) -> Lease {
-        Lease { sender, endpoint }
+    pub fn new(sender: Sender, endpoint: Arc<Endpoint>, upload: Option<Arc<AtomicBool>>) -> Lease {
+        Lease {
+            sender,
+            endpoint,
+            upload,
+        }
     }
 
-    /// The response body ended cleanly: the connection can serve again.
+    /// The response body ended cleanly: the connection can serve again,
+    /// unless the request body is still going out (the upstream answered
+    /// early) — then it closes, as nginx does.
     pub fn finished(self) {
+        if self
+            .upload
+            .is_some_and(|sent| !sent.load(Ordering::Acquire))
+        {
+            return;
+        }
         self.endpoint.connections.put(self.sender);
     }
 }
@@ -158,7 +226,11 @@ async fn connect(address: &str, timeout: Duration) -> std::io::Result<Sender> {
 
 /// Sends `request` on an idle connection of `pool` or a new one to
 /// `address`. A reused connection that turns out to be closed before the
-/// request went out is replaced by a new one, once.
+/// request went out is replaced by a new one, once. So is one that the
+/// upstream closed before answering, when it had idled long enough for the
+/// upstream's keep-alive timer to be the reason and the request can be sent
+/// again (bodiless, idempotent method) — what nginx and Go's client do. Only
+/// then is the request head copied.
 pub async fn send(
     pool: &IdlePool,
     address: &str,
@@ -168,8 +240,11 @@ pub async fn send(
     let mut reused = pool.take();
     loop {
         let fresh = reused.is_none();
+        let may_be_stale = reused
+            .as_ref()
+            .is_some_and(|(_, idled)| *idled >= MAY_BE_STALE_AFTER);
         let mut sender = match reused.take() {
-            Some(s) => s,
+            Some((s, _)) => s,
             // Boxed: connecting is rare, and its future would otherwise
             // make every request's future larger.
             None => match Box::pin(connect(address, connect_timeout)).await {
@@ -183,14 +258,45 @@ pub async fn send(
             }
             continue;
         }
+        let spare = may_be_stale.then(|| replayable(&request)).flatten();
         match sender.try_send_request(request).await {
             Ok(response) => return Ok((response, sender)),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) if !fresh => request = unsent,
+            Err(mut e) => match (e.take_message(), spare) {
+                (Some(unsent), _) if !fresh => request = unsent,
+                (None, Some(copy)) if closed_before_answer(e.error()) => {
+                    tracing::debug!(
+                        address,
+                        "idle upstream connection closed under a request; sending it again"
+                    );
+                    request = copy;
+                }
                 _ => return Err(SendError::Exchange(e.into_error())),
             },
         }
     }
+}
+
+/// A copy of `request` to send again, if it has no body and an idempotent
+/// method (RFC 9110 §9.2.2).
+fn replayable(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    let idempotent = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent || matches!(request.body(), Either::Left(_)) {
+        return None;
+    }
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// The upstream closed the connection before any answer came back.
+fn closed_before_answer(e: &hyper::Error) -> bool {
+    e.is_incomplete_message() || e.is_canceled() || e.is_closed()
 }
 
 #[cfg(test)]
@@ -246,7 +352,7 @@ mod tests {
         let (open, _server) = pair(&listener).await;
         pool.put(open);
         let taken = pool.take().expect("an open connection is handed out");
-        assert!(!taken.is_closed());
+        assert!(!taken.0.is_closed());
         assert!(pool.take().is_none());
     }
 }

@@ -145,8 +145,9 @@ impl Body for ProxyBody {
                 if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
                     ex.bytes_out += data.len() as u64;
                 }
-                // hyper stops polling once the body says it is over.
-                if this.inner.is_end_stream()
+                // hyper stops polling once the body says it is over, and
+                // after trailers, which are always the last frame.
+                if (frame.is_trailers() || this.inner.is_end_stream())
                     && let Some(lease) = this.lease.take()
                 {
                     lease.finished();

@@ -15,7 +15,7 @@ use crate::config::Color;
 use crate::metrics::UpstreamError;
 use crate::route::Tenant;
 use crate::route::endpoint::{self, Endpoint, InflightGuard};
-use crate::upstream::{self, Lease, SendError};
+use crate::upstream::{self, Lease, SendError, Upload};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -156,10 +156,11 @@ pub async fn send(
     let bodiless = body.is_end_stream();
     let metrics = tenant.metrics().pool(pool);
     parts.uri = origin_form(std::mem::take(&mut parts.uri));
-    let upstream_body = if bodiless {
-        Either::Right(Empty::new())
+    let (upstream_body, upload) = if bodiless {
+        (Either::Right(Empty::new()), None)
     } else {
-        Either::Left(body)
+        let (upload, sent) = Upload::new(body);
+        (Either::Left(upload), Some(sent))
     };
     let mut request = Request::from_parts(parts, upstream_body);
     let mut endpoint = first;
@@ -177,7 +178,7 @@ pub async fn send(
             Ok(Ok((response, sender))) => {
                 return Ok(Answer {
                     response,
-                    lease: Lease::new(sender, Arc::clone(&endpoint)),
+                    lease: Lease::new(sender, Arc::clone(&endpoint), upload),
                     endpoint: guard,
                 });
             }
