@@ -5,8 +5,11 @@
 //! and the connection goes back to the queue when the response body has been
 //! read to its end — no shared pool map, no lock and no task spawned per
 //! request (hyper-util's pooled client did all three; see
-//! benches/RESULTS.md). A response cut short closes its connection, as nginx
-//! does.
+//! benches/RESULTS.md). A response cut short, or one that came before the
+//! request body had all gone out, closes its connection, as nginx does.
+//! Connections are reused oldest first — the lock-free queue is FIFO, where
+//! nginx and Go reuse the newest — so after a burst the surplus stays in
+//! rotation until the 60 s idle limit rather than ageing out sooner.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -142,8 +142,7 @@ pub struct Answer {
 
 /// Sends the request to `first`, retrying once on another endpoint of the
 /// same pool when no connection could be opened and the request has no
-/// body (a request body is consumed as it streams, so only a bodiless
-/// request can go out twice).
+/// body (SPEC §4, item 6; retries on the same endpoint are `upstream::send`'s).
 pub async fn send(
     tenant: &Arc<Tenant>,
     pool: Color,
