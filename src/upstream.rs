@@ -107,6 +107,14 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// How long it has idled, if it may still be used.
+    fn usable(&self) -> Option<Duration> {
+        let idled = self.since.elapsed();
+        (!self.sender.is_closed() && idled < IDLE_TIMEOUT).then_some(idled)
+    }
+}
+
 /// The idle keep-alive connections of one endpoint.
 #[derive(Default)]
 pub struct IdlePool {
@@ -129,8 +137,7 @@ impl IdlePool {
     fn take(&self) -> Option<(Sender, Duration)> {
         while let Some(idle) = self.idle.pop() {
             self.count.fetch_sub(1, Ordering::Relaxed);
-            let idled = idle.since.elapsed();
-            if !idle.sender.is_closed() && idled < IDLE_TIMEOUT {
+            if let Some(idled) = idle.usable() {
                 return Some((idle.sender, idled));
             }
         }
@@ -158,7 +165,7 @@ impl IdlePool {
         for _ in 0..self.count.load(Ordering::Relaxed) {
             let Some(idle) = self.idle.pop() else { break };
             self.count.fetch_sub(1, Ordering::Relaxed);
-            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+            if idle.usable().is_some() {
                 self.count.fetch_add(1, Ordering::Relaxed);
                 self.idle.push(idle);
             }

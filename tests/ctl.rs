@@ -129,9 +129,11 @@ async fn every_subcommand_works() {
     assert_eq!(proxy.weights_with("s3cret", "shop").await, (0, 100));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollout_wait_exits_zero_when_promoted() {
+/// `turnout ctl rollout shop --wait` while traffic flows; `green_fails`
+/// makes the candidate answer 500.
+async fn rollout_and_wait(green_fails: bool) -> Out {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    g.set_failing(green_fails);
     let proxy = Arc::new(spawn_proxy(&ramped(&b, &g)).await);
     let stop = traffic(&proxy);
     let out = ctl(
@@ -141,6 +143,12 @@ async fn rollout_wait_exits_zero_when_promoted() {
     )
     .await;
     stop.store(true, Ordering::Relaxed);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_wait_exits_zero_when_promoted() {
+    let out = rollout_and_wait(false).await;
     assert_eq!(
         out.code, 0,
         "stdout: {}\nstderr: {}",
@@ -161,17 +169,7 @@ async fn rollout_wait_exits_zero_when_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_wait_fails_the_pipeline_when_reverted() {
-    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    g.set_failing(true);
-    let proxy = Arc::new(spawn_proxy(&ramped(&b, &g)).await);
-    let stop = traffic(&proxy);
-    let out = ctl(
-        proxy.running.admin_addr,
-        Some("s3cret"),
-        &["rollout", "shop", "--wait"],
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
+    let out = rollout_and_wait(true).await;
     assert_eq!(
         out.code, 2,
         "stdout: {}\nstderr: {}",

@@ -47,12 +47,13 @@ pub struct Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let elapsed = self.started.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
         self.tenant
             .metrics()
             .pool(self.pool)
             .record(self.status, elapsed);
-        self.tenant.observe(self.pool, self.status, elapsed);
+        self.tenant.observe(self.pool, self.status, elapsed, now);
         if let Some(log) = &self.access_log {
             let endpoint = self
                 .endpoint

@@ -53,13 +53,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // list and the `close` option, go too.
     if present & 1 != 0 {
         let mut named = Vec::new();
-        let tokens = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim);
-        for token in tokens {
+        for token in connection_tokens(headers) {
             if token.eq_ignore_ascii_case("close")
                 || HOP_BY_HOP
                     .iter()
@@ -80,6 +74,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(*name);
         }
     }
+}
+
+/// The options of every `Connection` header line, trimmed.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// Rewrites the client's request head for the upstream.

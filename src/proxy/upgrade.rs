@@ -18,19 +18,13 @@ use crate::server::TunnelGuard;
 
 /// The protocol an HTTP/1.1 request asks to switch to, if it does.
 pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 || !connection_has_upgrade(req.headers()) {
+    if req.version() != Version::HTTP_11
+        || !super::forward::connection_tokens(req.headers())
+            .any(|token| token.eq_ignore_ascii_case("upgrade"))
+    {
         return None;
     }
     req.headers().get(header::UPGRADE).cloned()
-}
-
-fn connection_has_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// Puts back the two headers hop-by-hop removal took from an upgrade.

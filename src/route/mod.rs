@@ -114,8 +114,7 @@ impl Tenant {
     /// Feeds a finished request to its pool's SLO window and, when it could
     /// have tipped the candidate into breach (an error or a slow answer),
     /// judges it at once.
-    pub fn observe(&self, pool: Color, status: u16, elapsed: Duration) {
-        let now = Instant::now();
+    pub fn observe(&self, pool: Color, status: u16, elapsed: Duration, now: Instant) {
         let windows = self.state.windows.load();
         let window = &windows[pool.index()];
         let error = status >= 500;
