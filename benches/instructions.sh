@@ -7,6 +7,11 @@
 #
 #   benches/instructions.sh [BIN ...]     default: target/release/turnout
 #
+# A BIN named naive_proxy is run as examples/naive_proxy.rs (the plain hyper
+# proxy of issue 6) instead of as turnout:
+#   cargo build --release --example naive_proxy
+#   benches/instructions.sh target/release/turnout target/release/examples/naive_proxy
+#
 # The job is the shared harness's: Host tenant-a.example split 90/10 between
 # two single-process nginx upstreams, 8 keep-alive client connections. Each
 # proxy serves 1 000 and then 11 000 requests under callgrind; the difference
@@ -106,6 +111,9 @@ total_ir() {
   if [ "$name" = nginx ]; then
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
       nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" -e "$work/proxy/error.log" >/dev/null 2>&1 &
+  elif [ "$(basename "$name")" = naive_proxy ]; then
+    TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
+      "$name" "127.0.0.1:$listen" tenant-a.example "127.0.0.1:$blue" "127.0.0.1:$green" >/dev/null 2>&1 &
   else
     TOKIO_WORKER_THREADS=1 TURNOUT_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
       "$name" run --config "$work/turnout.toml" >/dev/null 2>&1 &
@@ -116,9 +124,13 @@ total_ir() {
     sleep 0.2
   done
   python3 "$work/client.py" "$listen" "$n"
-  if [ "$name" = nginx ]; then kill -QUIT "$pid"; else kill -INT "$pid"; fi
+  # (SIGTERM, not SIGINT: a background job of a script ignores SIGINT
+  # unless, like turnout, it installs its own handler.)
+  if [ "$name" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
   wait "$pid" 2>/dev/null || true
-  grep -h '^summary:\|^totals:' "$work"/cg.* | awk '{ s += $2 } END { print s }'
+  # Each profile file's `summary:` line is its total (its `totals:` line
+  # repeats it, so only one of the two is added up).
+  grep -h '^summary:' "$work"/cg.* | awk '{ s += $2 } END { print s }'
 }
 
 per_request() {
