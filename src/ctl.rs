@@ -18,6 +18,10 @@ use serde_json::Value;
 
 /// How often `--wait` looks at the tenant.
 const POLL: Duration = Duration::from_millis(500);
+/// How long `--wait` waits for a revert's event (the file write comes first,
+/// and its lock wait is bounded at half a second).
+const REVERT_EVENT_POLL: Duration = Duration::from_millis(100);
+const REVERT_EVENT_TRIES: u32 = 30;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
@@ -321,7 +325,7 @@ async fn follow(admin: &Admin, tenant: &str, before: &Value, json: bool) -> Resu
         }
         match view["status"].as_str() {
             Some("reverted") => {
-                let reason = last_event_reason(admin, tenant).await;
+                let reason = revert_reason(admin, tenant).await;
                 eprintln!("turnout ctl: {tenant}: the candidate was reverted: {reason}");
                 return Ok(EXIT_REVERTED);
             }
@@ -335,19 +339,24 @@ async fn follow(admin: &Admin, tenant: &str, before: &Value, json: bool) -> Resu
     }
 }
 
-async fn last_event_reason(admin: &Admin, tenant: &str) -> String {
-    let events = admin
-        .call(
-            Method::GET,
-            &format!("/v1/events?tenant={tenant}&limit=1"),
-            None,
-        )
-        .await
-        .unwrap_or(Value::Null);
-    events[0]["reason"]
-        .as_str()
-        .unwrap_or("no reason recorded")
-        .to_owned()
+/// The reason the SLO check gave for a revert. The tenant reads `reverted`
+/// as soon as its traffic has moved back; the event is recorded once the
+/// control file has been written, a moment later, so it is waited for.
+async fn revert_reason(admin: &Admin, tenant: &str) -> String {
+    let path = format!("/v1/events?tenant={tenant}&limit=1");
+    for _ in 0..REVERT_EVENT_TRIES {
+        let events = admin
+            .call(Method::GET, &path, None)
+            .await
+            .unwrap_or(Value::Null);
+        if events[0]["source"].as_str() == Some("slo")
+            && let Some(reason) = events[0]["reason"].as_str()
+        {
+            return reason.to_owned();
+        }
+        tokio::time::sleep(REVERT_EVENT_POLL).await;
+    }
+    "no reason recorded".to_owned()
 }
 
 fn status_line(t: &Value) -> String {
