@@ -22,6 +22,8 @@ const POLL: Duration = Duration::from_millis(500);
 /// and its lock wait is bounded at half a second).
 const REVERT_EVENT_POLL: Duration = Duration::from_millis(100);
 const REVERT_EVENT_TRIES: u32 = 30;
+/// The newest events looked through for it (others may follow it).
+const REVERT_EVENT_WINDOW: usize = 20;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
@@ -325,7 +327,7 @@ async fn follow(admin: &Admin, tenant: &str, before: &Value, json: bool) -> Resu
         }
         match view["status"].as_str() {
             Some("reverted") => {
-                let reason = revert_reason(admin, tenant).await;
+                let reason = revert_reason(admin, tenant, before).await;
                 eprintln!("turnout ctl: {tenant}: the candidate was reverted: {reason}");
                 return Ok(EXIT_REVERTED);
             }
@@ -339,20 +341,22 @@ async fn follow(admin: &Admin, tenant: &str, before: &Value, json: bool) -> Resu
     }
 }
 
-/// The reason the SLO check gave for a revert. The tenant reads `reverted`
-/// as soon as its traffic has moved back; the event is recorded once the
-/// control file has been written, a moment later, so it is waited for.
-async fn revert_reason(admin: &Admin, tenant: &str) -> String {
-    let path = format!("/v1/events?tenant={tenant}&limit=1");
+/// The reason the SLO check gave for a revert since `before` (the tenant
+/// as it was when the rollout started). The tenant reads `reverted` as soon
+/// as its traffic has moved back; the event is recorded once the control
+/// file has been written, a moment later, so it is waited for.
+async fn revert_reason(admin: &Admin, tenant: &str, before: &Value) -> String {
+    let since = before["generation"].as_u64().unwrap_or(0);
+    let path = format!("/v1/events?tenant={tenant}&limit={REVERT_EVENT_WINDOW}");
     for _ in 0..REVERT_EVENT_TRIES {
-        let events = admin
-            .call(Method::GET, &path, None)
-            .await
-            .unwrap_or(Value::Null);
-        if events[0]["source"].as_str() == Some("slo")
-            && let Some(reason) = events[0]["reason"].as_str()
-        {
-            return reason.to_owned();
+        if let Ok(Value::Array(events)) = admin.call(Method::GET, &path, None).await {
+            let revert = events.iter().rev().find(|e| {
+                e["source"].as_str() == Some("slo")
+                    && e["generation"].as_u64().is_some_and(|g| g > since)
+            });
+            if let Some(reason) = revert.and_then(|e| e["reason"].as_str()) {
+                return reason.to_owned();
+            }
         }
         tokio::time::sleep(REVERT_EVENT_POLL).await;
     }
