@@ -28,7 +28,7 @@ work=$(mktemp -d /tmp/turnout-instructions.XXXXXX)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-listen=38080 blue=38081 green=38082 admin=38083
+listen=38080 blue=38081 green=38082
 temp_paths() {
   echo "client_body_temp_path $1/body; proxy_temp_path $1/proxy; fastcgi_temp_path $1/fcgi; uwsgi_temp_path $1/uwsgi; scgi_temp_path $1/scgi;"
 }
@@ -70,21 +70,16 @@ http {
   }
 }
 EOF
-cat >"$work/turnout.toml" <<EOF
-[listen]
-http = "127.0.0.1:$listen"
-admin = "127.0.0.1:$admin"
-
-[defaults.health]
-path = "/"
-
-[tenants.bench]
-hosts = ["tenant-a.example"]
-stable = "blue"
-weights = { blue = 90, green = 10 }
-pools.blue = ["127.0.0.1:$blue"]
-pools.green = ["127.0.0.1:$green"]
+# turnout and the plain proxy start through their harness peer scripts (the
+# control file and arguments the load runs use), with the binary wrapped in
+# callgrind.
+peer_env=(BENCH_RUN_DIR="$work" BENCH_LISTEN_PORT="$listen" BENCH_HOST=tenant-a.example
+  BENCH_BLUE_PORT="$blue" BENCH_GREEN_PORT="$green")
+cat >"$work/under-callgrind" <<EOF
+#!/usr/bin/env bash
+exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "\$CALLGRIND_BIN" "\$@"
 EOF
+chmod +x "$work/under-callgrind"
 cat >"$work/client.py" <<'PY'
 import socket, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
@@ -112,11 +107,11 @@ total_ir() {
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
       nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" -e "$work/proxy/error.log" >/dev/null 2>&1 &
   elif [ "$(basename "$name")" = naive_proxy ]; then
-    TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
-      "$name" "127.0.0.1:$listen" tenant-a.example "127.0.0.1:$blue" "127.0.0.1:$green" >/dev/null 2>&1 &
+    env "${peer_env[@]}" CALLGRIND_BIN="$name" NAIVE_BIN="$work/under-callgrind" \
+      benches/naive-peer.sh >/dev/null 2>&1 &
   else
-    TOKIO_WORKER_THREADS=1 TURNOUT_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
-      "$name" run --config "$work/turnout.toml" >/dev/null 2>&1 &
+    env "${peer_env[@]}" CALLGRIND_BIN="$name" TURNOUT_BIN="$work/under-callgrind" \
+      benches/turnout-peer.sh >/dev/null 2>&1 &
   fi
   pid=$!
   for _ in $(seq 300); do

@@ -148,10 +148,8 @@ impl Body for ProxyBody {
                 }
                 // hyper stops polling once the body says it is over, and
                 // after trailers, which are always the last frame.
-                if (frame.is_trailers() || this.inner.is_end_stream())
-                    && let Some(lease) = this.lease.take()
-                {
-                    lease.finished();
+                if frame.is_trailers() || this.inner.is_end_stream() {
+                    release(this.lease);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -165,9 +163,7 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                if let Some(lease) = this.lease.take() {
-                    lease.finished();
-                }
+                release(this.lease);
                 // Settle now rather than when hyper gets round to dropping us.
                 this.exchange.take();
                 Poll::Ready(None)
@@ -198,5 +194,12 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Hands the upstream connection back to its pool; the first call does.
+fn release(lease: &mut Option<Lease>) {
+    if let Some(lease) = lease.take() {
+        lease.finished();
     }
 }
