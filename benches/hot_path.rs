@@ -58,6 +58,7 @@ fn table(tenants: usize) -> RoutingTable {
             http: "127.0.0.1:0".parse().unwrap(),
             https: None,
             admin: "127.0.0.1:0".parse().unwrap(),
+            idle_timeout: std::time::Duration::from_secs(60),
         },
         defaults: Settings::default(),
         tenants: (0..tenants).map(|i| Arc::new(tenant(i))).collect(),

@@ -86,7 +86,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
     let mut config = config::parse(&text, config_path, &|var| std::env::var(var).ok())
         .map_err(StartError::Config)?;
     overrides.apply(&mut config).map_err(StartError::Refused)?;
-    let drain = config.defaults.drain_timeout;
+    let (drain, idle_timeout) = (config.defaults.drain_timeout, config.listen.idle_timeout);
     let listen = config.listen.clone();
 
     let http = bind("HTTP", listen.http)?;
@@ -125,6 +125,11 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         ready: false.into(),
     });
 
+    let serving = server::ServeSettings {
+        drain,
+        idle_timeout,
+        metrics: Some(Arc::clone(&metrics)),
+    };
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(server::serve_proxy(
@@ -132,7 +137,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         Transport::Plain,
         Arc::clone(&proxy),
         stopped.clone(),
-        drain,
+        serving.clone(),
     ));
     if let Some(https) = https {
         let acceptor = crate::tls::acceptor(Arc::clone(&proxy))
@@ -142,7 +147,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
             Transport::Tls(acceptor),
             Arc::clone(&proxy),
             stopped.clone(),
-            drain,
+            serving.clone(),
         ));
     }
     let admin_handler = {
@@ -157,7 +162,10 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         Transport::Plain,
         admin_handler,
         admin_stopped,
-        Duration::ZERO,
+        server::ServeSettings {
+            drain: Duration::ZERO,
+            ..serving
+        },
         None,
     ));
     tasks.spawn(upkeep(Arc::clone(&metrics), stopped.clone()));

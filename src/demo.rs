@@ -65,7 +65,11 @@ pub async fn spawn_upstream(
         server::Transport::Plain,
         handler,
         stop,
-        std::time::Duration::ZERO,
+        server::ServeSettings {
+            drain: std::time::Duration::ZERO,
+            idle_timeout: std::time::Duration::from_secs(60),
+            metrics: None,
+        },
         None,
     ));
     Ok(addr)

@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::task::AbortHandle;
 
 use crate::config::{Color, HealthSettings};
+use crate::metrics::LocalError;
 use crate::route::{Endpoint, RoutingTable};
 
 type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
@@ -135,6 +136,11 @@ async fn probe_loop(
         let outcome = probe(&client, &endpoint, &settings).await;
         let healthy = endpoint.is_healthy();
         match outcome {
+            // The proxy could not even try (out of file descriptors or
+            // ports): says nothing of the endpoint (SPEC section 6).
+            Err(Failed::Local(why)) => {
+                tracing::debug!(endpoint = %endpoint.address, reason = %why, "health probe not sent: the proxy is out of resources");
+            }
             Ok(()) => {
                 passes = passes.saturating_add(1);
                 failures = 0;
@@ -143,7 +149,7 @@ async fn probe_loop(
                     tracing::info!(endpoint = %endpoint.address, passes, "endpoint healthy again");
                 }
             }
-            Err(why) => {
+            Err(Failed::Endpoint(why)) => {
                 failures = failures.saturating_add(1);
                 passes = 0;
                 if healthy && failures >= settings.unhealthy_after {
@@ -155,29 +161,57 @@ async fn probe_loop(
     }
 }
 
+/// Why a probe did not pass.
+enum Failed {
+    /// The endpoint failed it.
+    Endpoint(String),
+    /// The proxy could not send it (`metrics::LocalError`).
+    Local(String),
+}
+
 /// One probe: a GET of the health path, passing on 2xx or 3xx in time.
 async fn probe(
     client: &ProbeClient,
     endpoint: &Endpoint,
     settings: &HealthSettings,
-) -> Result<(), String> {
+) -> Result<(), Failed> {
     let uri = format!("http://{}{}", endpoint.address, settings.path);
     let req = Request::get(uri)
         .header(header::USER_AGENT, "turnout-health")
         .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failed::Endpoint(e.to_string()))?;
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let resp = client.request(req).await.map_err(|e| {
+            if local_cause(&e) {
+                Failed::Local(e.to_string())
+            } else {
+                Failed::Endpoint(e.to_string())
+            }
+        })?;
         let status = resp.status();
         // Read the body so the connection can be reused for the next probe.
         let _ = resp.into_body().collect().await;
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {
-            Err(format!("status {status}"))
+            Err(Failed::Endpoint(format!("status {status}")))
         }
     };
     tokio::time::timeout(settings.timeout, exchange)
         .await
-        .map_err(|_| format!("no answer within {:?}", settings.timeout))?
+        .map_err(|_| Failed::Endpoint(format!("no answer within {:?}", settings.timeout)))?
+}
+
+/// Whether an error, or any error under it, is one of the proxy's own.
+fn local_cause(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && LocalError::of(io).is_some()
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }

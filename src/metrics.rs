@@ -30,6 +30,7 @@ pub const CONFIG_GENERATION: &str = "turnout_config_generation";
 pub const SLO_ERROR_RATE: &str = "turnout_slo_error_rate";
 pub const REVERTS_TOTAL: &str = "turnout_reverts_total";
 pub const NOTIFY_FAILURES_TOTAL: &str = "turnout_notify_failures_total";
+pub const LOCAL_ERRORS_TOTAL: &str = "turnout_local_errors_total";
 
 /// Histogram buckets for request durations, in seconds: fine below 100 ms
 /// where healthy services live, coarse up to the default request timeout.
@@ -37,12 +38,19 @@ const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Why a request never reached a tenant.
+/// Why a request never reached a tenant (`reason` of
+/// `turnout_unrouted_total`).
 #[derive(Debug, Clone, Copy)]
 pub enum Unrouted {
+    /// No host in the request.
     NoHost = 0,
+    /// No tenant owns the host.
     UnknownHost = 1,
+    /// Over TLS, the host belongs to another tenant than the SNI name.
     Misdirected = 2,
+    /// Two hosts, an invalid one, `CONNECT`, or a target that is not
+    /// forwarded (asterisk, authority form).
+    InvalidRequest = 3,
 }
 
 /// Why a tenant turned a request away before choosing an endpoint.
@@ -52,23 +60,63 @@ pub enum Rejected {
     PreviewToken = 1,
 }
 
-/// What went wrong talking to an upstream.
-#[derive(Debug, Clone, Copy)]
+/// What went wrong talking to an upstream (`kind` of
+/// `turnout_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
+    /// No connection could be opened (refused, reset, `connect_timeout`).
     Connect = 0,
+    /// No response head within `request_timeout`.
     Timeout = 1,
+    /// The upstream broke HTTP before its response head.
     Protocol = 2,
+    /// The response failed after its head: a reset, a short or cut body, a
+    /// body still coming at `request_timeout` (SPEC section 6).
+    Body = 3,
+}
+
+/// A failure of the proxy itself rather than of a client or an upstream
+/// (`reason` of `turnout_local_errors_total`, SPEC sections 6 and 10):
+/// answered 503, never counted against a pool, never an endpoint's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalError {
+    /// Out of file descriptors (`EMFILE`, `ENFILE`).
+    FdExhausted = 0,
+    /// The kernel had no memory or buffers for a socket (`ENOMEM`, `ENOBUFS`).
+    OutOfMemory = 1,
+    /// No local port left to connect from (`EADDRNOTAVAIL`).
+    EphemeralPorts = 2,
+}
+
+impl LocalError {
+    const LABELS: [&'static str; 3] = ["fd_exhausted", "out_of_memory", "ephemeral_ports"];
+
+    /// The local cause of an I/O error, if it is one (Linux errno values).
+    pub fn of(e: &std::io::Error) -> Option<LocalError> {
+        match e.raw_os_error()? {
+            libc::EMFILE | libc::ENFILE => Some(LocalError::FdExhausted),
+            libc::ENOMEM | libc::ENOBUFS => Some(LocalError::OutOfMemory),
+            libc::EADDRNOTAVAIL => Some(LocalError::EphemeralPorts),
+            _ => None,
+        }
+    }
+
+    /// Its metric label.
+    pub fn as_str(self) -> &'static str {
+        Self::LABELS[self as usize]
+    }
 }
 
 /// The process-wide registry and the handles that are not per tenant.
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    unrouted: [Counter; 3],
+    unrouted: [Counter; 4],
     pub reloads_ok: Counter,
     pub reloads_error: Counter,
     pub generation: Gauge,
     pub notify_failures: Counter,
+    local_errors: [Counter; 3],
 }
 
 impl Metrics {
@@ -85,12 +133,14 @@ impl Metrics {
         let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
             recorder.register_counter(&key(name, labels), &META)
         };
-        let unrouted = ["no_host", "unknown_host", "misdirected"]
+        let unrouted = ["no_host", "unknown_host", "misdirected", "invalid_request"]
             .map(|r| counter(UNROUTED_TOTAL, &[("reason", r)]));
         let reloads_ok = counter(CONFIG_RELOADS_TOTAL, &[("result", "ok")]);
         let reloads_error = counter(CONFIG_RELOADS_TOTAL, &[("result", "error")]);
         let generation = recorder.register_gauge(&key(CONFIG_GENERATION, &[]), &META);
         let notify_failures = counter(NOTIFY_FAILURES_TOTAL, &[]);
+        let local_errors =
+            LocalError::LABELS.map(|r| counter(LOCAL_ERRORS_TOTAL, &[("reason", r)]));
         Arc::new(Metrics {
             recorder,
             handle,
@@ -99,12 +149,37 @@ impl Metrics {
             reloads_error,
             generation,
             notify_failures,
+            local_errors,
         })
+    }
+
+    /// Counts a failure of the proxy's own making.
+    pub fn local_error(&self, reason: LocalError) {
+        self.local_errors[reason as usize].increment(1);
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.handle.render()
+    }
+
+    /// The exposition without the series of tenants and endpoints that have
+    /// left the control state (SPEC section 10: an alert on a removed
+    /// endpoint must not fire forever). `live(tenant, endpoint)` says whether
+    /// a series' `tenant` label — and `endpoint` label, with its pool, when
+    /// the series has one — is still configured. The exporter cannot forget
+    /// a series, so they are left out here; a tenant that comes back
+    /// continues its counters.
+    pub fn render_live(&self, live: impl Fn(&str, Option<(&str, &str)>) -> bool) -> String {
+        let text = self.handle.render();
+        let mut out = String::with_capacity(text.len());
+        for line in text.lines() {
+            if line.starts_with('#') || series_is_live(line, &live) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Drains histogram samples into their buckets; the exporter leaves this
@@ -160,7 +235,7 @@ impl Metrics {
             duration: self
                 .recorder
                 .register_histogram(&with(REQUEST_DURATION_SECONDS, None), &META),
-            upstream_errors: ["connect", "timeout", "protocol"].map(|kind| {
+            upstream_errors: ["connect", "timeout", "protocol", "body"].map(|kind| {
                 self.recorder
                     .register_counter(&with(UPSTREAM_ERRORS_TOTAL, Some(("kind", kind))), &META)
             }),
@@ -209,7 +284,7 @@ impl TenantMetrics {
 pub struct PoolMetrics {
     requests: [Counter; 5],
     duration: Histogram,
-    upstream_errors: [Counter; 3],
+    upstream_errors: [Counter; 4],
     pub share: Gauge,
     /// Set from the SLO window when metrics are scraped.
     pub slo_error_rate: Gauge,
@@ -236,6 +311,27 @@ fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
     Key::from_parts(name, labels)
 }
 
+/// Whether a series line's `tenant` (and `pool`/`endpoint`) labels are live.
+/// Label values here are tenant names and endpoint addresses, which hold
+/// no quote or backslash, so the first `"` ends each value.
+fn series_is_live(line: &str, live: &impl Fn(&str, Option<(&str, &str)>) -> bool) -> bool {
+    // `name` is the label with its `="`, found after `{` or `,`.
+    let label = |name: &str| {
+        let at = line
+            .match_indices(name)
+            .find(|(i, _)| *i > 0 && matches!(line.as_bytes()[i - 1], b'{' | b','))?
+            .0;
+        let start = at + name.len();
+        let len = line[start..].find('"')?;
+        Some(&line[start..start + len])
+    };
+    let Some(tenant) = label("tenant=\"") else {
+        return true;
+    };
+    let endpoint = label("pool=\"").zip(label("endpoint=\""));
+    live(tenant, endpoint)
+}
+
 fn describe(r: &PrometheusRecorder) {
     let counters = [
         (
@@ -260,6 +356,10 @@ fn describe(r: &PrometheusRecorder) {
         (
             NOTIFY_FAILURES_TOTAL,
             "Webhook notifications that could not be delivered.",
+        ),
+        (
+            LOCAL_ERRORS_TOTAL,
+            "Failures of the proxy itself (out of file descriptors, memory or ports), answered 503.",
         ),
     ];
     for (name, help) in counters {
@@ -292,4 +392,42 @@ fn describe(r: &PrometheusRecorder) {
         Some(Unit::Seconds),
         "Time from request to the last byte of the response.".into(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_of_removed_tenants_and_endpoints_are_left_out() {
+        let live = |t: &str, e: Option<(&str, &str)>| {
+            t == "shop" && e.is_none_or(|(pool, addr)| pool == "blue" && addr == "10.0.0.1:80")
+        };
+        let keep = |line: &str| series_is_live(line, &live);
+        assert!(keep("turnout_config_generation 3"));
+        assert!(keep(r#"turnout_unrouted_total{reason="no_host"} 1"#));
+        assert!(keep(
+            r#"turnout_requests_total{tenant="shop",pool="blue",code="2xx"} 5"#
+        ));
+        assert!(!keep(
+            r#"turnout_requests_total{tenant="gone",pool="blue",code="2xx"} 5"#
+        ));
+        assert!(keep(
+            r#"turnout_endpoint_healthy{tenant="shop",pool="blue",endpoint="10.0.0.1:80"} 1"#
+        ));
+        assert!(!keep(
+            r#"turnout_endpoint_healthy{tenant="shop",pool="blue",endpoint="10.0.0.9:80"} 0"#
+        ));
+        assert!(!keep(
+            r#"turnout_endpoint_healthy{tenant="shop",pool="green",endpoint="10.0.0.1:80"} 0"#
+        ));
+    }
+
+    #[test]
+    fn local_causes_are_recognised() {
+        let e = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(LocalError::of(&e), Some(LocalError::FdExhausted));
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(LocalError::of(&refused), None);
+    }
 }

@@ -179,22 +179,48 @@ impl IdlePool {
 }
 
 /// A connection lent to one exchange, carried by the response body. It
-/// returns to its endpoint's pool only through [`Lease::finished`]; dropped
-/// otherwise, it closes (hyper cannot reuse a half-read response).
+/// returns to its endpoint's pool only through [`Lease::finished`] (or a
+/// successful [`Lease::rescue`]); dropped otherwise, it closes (hyper
+/// cannot reuse a half-read response).
 pub struct Lease {
     sender: Sender,
     endpoint: Arc<Endpoint>,
     /// For a request with a body: whether all of it has gone out.
     upload: Option<Arc<AtomicBool>>,
+    /// Whether the rest of the response may be read off in the background
+    /// when the client goes away (see [`rescue`]).
+    rescuable: bool,
 }
 
 impl Lease {
-    pub fn new(sender: Sender, endpoint: Arc<Endpoint>, upload: Option<Arc<AtomicBool>>) -> Lease {
+    /// Lends `sender`, a connection to `endpoint`, to one exchange.
+    pub fn new(
+        sender: Sender,
+        endpoint: Arc<Endpoint>,
+        upload: Option<Arc<AtomicBool>>,
+        rescuable: bool,
+    ) -> Lease {
         Lease {
             sender,
             endpoint,
             upload,
+            rescuable,
         }
+    }
+
+    /// The client went away with `rest` of the response unread: when the
+    /// exchange is rescuable, read it off in the background (at most
+    /// [`RESCUE_BYTES`] within [`RESCUE_TIME`]) and keep the connection;
+    /// otherwise close it.
+    pub fn rescue(self, rest: Incoming) {
+        if !self.rescuable || self.upload.is_some() {
+            return;
+        }
+        tokio::spawn(async move {
+            if drain(rest).await {
+                self.finished();
+            }
+        });
     }
 
     /// The response body ended cleanly: the connection can serve again,
@@ -210,6 +236,97 @@ impl Lease {
         self.endpoint.connections.put(self.sender);
     }
 }
+
+/// How long an abandoned exchange may take to finish in the background
+/// before its connection is closed instead.
+pub const RESCUE_TIME: Duration = Duration::from_secs(2);
+/// How much of an abandoned response is read off before closing is the
+/// cheaper way out.
+pub const RESCUE_BYTES: usize = 256 * 1024;
+
+/// Reads `body` to its end within the rescue limits; true when it ended
+/// cleanly, so its connection can serve again.
+async fn drain(mut body: Incoming) -> bool {
+    use http_body_util::BodyExt as _;
+    let read = async {
+        let mut left = RESCUE_BYTES;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                let Some(rest) = left.checked_sub(data.len()) else {
+                    return false;
+                };
+                left = rest;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(RESCUE_TIME, read)
+        .await
+        .unwrap_or(false)
+}
+
+/// A send in progress, boxed so that it can outlive its request.
+type PendingSend = Pin<Box<dyn Future<Output = SendResult> + Send>>;
+
+/// The wait for a response head that a client may abandon (an HTTP/2 stream
+/// reset: the "rapid reset" pattern). Dropped before the head arrived, the
+/// exchange goes on in the background, bounded by [`RESCUE_TIME`] and
+/// [`RESCUE_BYTES`], and its connection returns to the pool, so a reset
+/// costs no upstream connection (SPEC section 11). Only bodiless requests
+/// are rescued: a half-sent body cannot be finished for a client that is
+/// gone.
+pub struct Rescuable {
+    exchange: Option<PendingSend>,
+    endpoint: Arc<Endpoint>,
+}
+
+impl Rescuable {
+    /// Wraps `exchange`, a send to `endpoint`.
+    pub fn new<F>(exchange: F, endpoint: Arc<Endpoint>) -> Rescuable
+    where
+        F: Future<Output = SendResult> + Send + 'static,
+    {
+        Rescuable {
+            exchange: Some(Box::pin(exchange)),
+            endpoint,
+        }
+    }
+}
+
+impl Future for Rescuable {
+    type Output = SendResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SendResult> {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Poll::Pending;
+        };
+        let result = std::task::ready!(exchange.as_mut().poll(cx));
+        self.exchange = None;
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for Rescuable {
+    fn drop(&mut self) {
+        let Some(exchange) = self.exchange.take() else {
+            return;
+        };
+        let endpoint = Arc::clone(&self.endpoint);
+        tokio::spawn(async move {
+            let answered = tokio::time::timeout(RESCUE_TIME, exchange).await;
+            if let Ok(Ok((response, sender))) = answered
+                && drain(response.into_body()).await
+            {
+                endpoint.connections.put(sender);
+            }
+        });
+    }
+}
+
+/// What [`send`] comes back with: the response and the connection it came
+/// on, or why there is none.
+pub type SendResult = Result<(Response<Incoming>, Sender), SendError>;
 
 /// Opens a connection to `address` and starts its connection task.
 async fn connect(address: &str, timeout: Duration) -> std::io::Result<Sender> {
@@ -242,12 +359,12 @@ async fn connect(address: &str, timeout: Duration) -> std::io::Result<Sender> {
 /// again (bodiless, idempotent method) — what nginx and Go's client do. Only
 /// then is the request head copied.
 pub async fn send(
-    pool: &IdlePool,
-    address: &str,
+    endpoint: Arc<Endpoint>,
     connect_timeout: Duration,
     mut request: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Sender), SendError> {
-    let mut reused = pool.take();
+) -> SendResult {
+    let address = &*endpoint.address;
+    let mut reused = endpoint.connections.take();
     loop {
         let fresh = reused.is_none();
         let may_be_stale = reused

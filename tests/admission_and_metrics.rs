@@ -17,7 +17,7 @@ async fn over_max_inflight_is_503_with_retry_after() {
             &slow,
             &slow,
             (1, 0),
-            "max_inflight = 2\nrequest_timeout = \"20s\"",
+            "max_inflight = 2\nrequest_timeout = \"4s\"",
         ),
         tenant("calm", r#"["calm.test"]"#, &other, &other, (1, 0), ""),
     ]
@@ -63,7 +63,10 @@ async fn over_max_inflight_is_503_with_retry_after() {
     for h in hanging {
         h.abort();
     }
-    // When the clients go away, the slots come back.
+    // When the clients go away, the slots come back: at once over HTTP/2;
+    // over HTTP/1.1 a client that closed its side may only have half-closed
+    // it (and still wait for the answer, RFC 9112 §9.6), so the slot is
+    // held until `request_timeout` at the latest.
     wait_until(Duration::from_secs(10), "slots freed", || async {
         proxy
             .running

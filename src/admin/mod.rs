@@ -326,7 +326,17 @@ impl Admin {
             }
         }
         metrics.run_upkeep();
-        let mut resp = Response::new(Full::new(Bytes::from(metrics.render())));
+        // Series of tenants and endpoints no longer configured are left out.
+        let text = metrics.render_live(|tenant, endpoint| {
+            let Some(t) = table.tenant(tenant) else {
+                return false;
+            };
+            endpoint.is_none_or(|(pool, address)| {
+                Color::parse(pool)
+                    .is_some_and(|c| t.endpoints(c).iter().any(|e| &*e.address == address))
+            })
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

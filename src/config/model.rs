@@ -266,11 +266,20 @@ pub struct TokenConfig {
     pub tenants: Option<Vec<String>>,
 }
 
+/// `[listen]`: where turnout serves, and the process-wide client
+/// connection limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listen {
+    /// Plain HTTP/1.1 and h2c.
     pub http: SocketAddr,
+    /// TLS with SNI, when configured.
     pub https: Option<SocketAddr>,
+    /// The admin API and `/metrics`.
     pub admin: SocketAddr,
+    /// A client connection with no request in flight is closed after this
+    /// long (SPEC section 11; nginx's `keepalive_timeout`, Envoy's
+    /// `idle_timeout`). Default 60 s.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -30,6 +30,8 @@ pub struct RawListen {
     pub http: Option<String>,
     pub https: Option<String>,
     pub admin: Option<String>,
+    /// Idle keep-alive client connections close after this (`"60s"`).
+    pub idle_timeout: Option<String>,
 }
 
 /// The keys of `[defaults]`; each may be repeated in a tenant.

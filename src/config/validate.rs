@@ -23,6 +23,9 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 const MAX_WEIGHT: i64 = 1_000_000;
 /// Longer durations are surely mistakes, and would overflow clock arithmetic.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// `[listen] idle_timeout` when the file does not set it (SPEC section 11;
+/// nginx's `keepalive_timeout` is 75 s).
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct Problems(pub Vec<(KeyPath, String)>);
@@ -56,6 +59,13 @@ pub fn validate(raw: RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<C
         .https
         .as_deref()
         .and_then(|s| parse_addr(&mut p, &listen_path.key("https"), s));
+    let idle_timeout = duration(
+        &mut p,
+        &listen_path,
+        "idle_timeout",
+        raw.listen.idle_timeout.as_deref(),
+        DEFAULT_IDLE_TIMEOUT,
+    );
 
     let defaults = settings(
         &mut p,
@@ -106,7 +116,12 @@ pub fn validate(raw: RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<C
         return Err(p);
     };
     let config = Config {
-        listen: Listen { http, https, admin },
+        listen: Listen {
+            http,
+            https,
+            admin,
+            idle_timeout,
+        },
         defaults,
         tenants,
         tokens,

@@ -20,10 +20,12 @@ use tokio::time::Sleep;
 
 use crate::config::Color;
 use crate::metrics::UpstreamError;
-use crate::route::endpoint::InflightGuard;
+use crate::route::endpoint::{Endpoint, InflightGuard};
 use crate::route::{Admission, Tenant};
+use crate::server::conn::DeadlineGuard;
 use crate::upstream::Lease;
 
+/// The error type of every body the proxy sends.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What to log per request when the tenant has `access_log = true`.
@@ -31,6 +33,36 @@ pub struct AccessLog {
     pub method: http::Method,
     pub path: String,
     pub client: std::net::IpAddr,
+}
+
+impl AccessLog {
+    /// Writes the request's line (SPEC section 2: one line per request,
+    /// whatever its outcome). `pool` and `endpoint` are `-` when the
+    /// request never got that far.
+    pub fn write(
+        &self,
+        tenant: &Tenant,
+        pool: Option<Color>,
+        endpoint: Option<&Endpoint>,
+        status: u16,
+        elapsed: std::time::Duration,
+        bytes_out: u64,
+    ) {
+        tracing::info!(
+            target: "turnout::access",
+            time = %humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+            tenant = tenant.name(),
+            pool = pool.map_or("-", Color::as_str),
+            endpoint = endpoint.map_or("-", |e| &*e.address),
+            method = %self.method,
+            path = %self.path.escape_debug(),
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes_out,
+            client = %self.client,
+            "request"
+        );
+    }
 }
 
 /// One request's claim on tenant and endpoint, settled when it drops.
@@ -41,8 +73,17 @@ pub struct Exchange {
     pub status: u16,
     pub bytes_out: u64,
     pub endpoint: Option<InflightGuard>,
+    /// The endpoint last tried when none answered.
+    pub tried: Option<Arc<Endpoint>>,
+    /// Whether the outcome is evidence about the pool: false for the
+    /// proxy's own failures (SPEC section 6).
+    pub judged: bool,
+    /// The upstream failed after the response head (`kind="body"`).
+    pub body_failed: bool,
     pub access_log: Option<AccessLog>,
     pub _admission: Admission,
+    /// The request's deadline, registered with its client connection.
+    pub _deadline: Option<DeadlineGuard>,
 }
 
 impl Drop for Exchange {
@@ -53,25 +94,23 @@ impl Drop for Exchange {
             .metrics()
             .pool(self.pool)
             .record(self.status, elapsed);
-        self.tenant.observe(self.pool, self.status, elapsed, now);
+        if self.judged {
+            // A body cut short is the pool's failure, whatever the status.
+            let status = if self.body_failed { 502 } else { self.status };
+            self.tenant.observe(self.pool, status, elapsed, now);
+        }
         if let Some(log) = &self.access_log {
-            let endpoint = self
-                .endpoint
-                .as_ref()
-                .map_or("-", |g| g.endpoint().address.as_ref());
-            tracing::info!(
-                target: "turnout::access",
-                time = %humantime::format_rfc3339_millis(std::time::SystemTime::now()),
-                tenant = self.tenant.name(),
-                pool = self.pool.as_str(),
+            let endpoint = match (&self.endpoint, &self.tried) {
+                (Some(g), _) => Some(&**g.endpoint()),
+                (None, tried) => tried.as_deref(),
+            };
+            log.write(
+                &self.tenant,
+                Some(self.pool),
                 endpoint,
-                method = %log.method,
-                path = %log.path,
-                status = self.status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                bytes_out = self.bytes_out,
-                client = %log.client,
-                "request"
+                self.status,
+                elapsed,
+                self.bytes_out,
             );
         }
     }
@@ -79,9 +118,10 @@ impl Drop for Exchange {
 
 pin_project_lite::pin_project! {
     /// Every response the proxy sends: an upstream's streamed body or a
-    /// proxy-made one.
+    /// proxy-made one. Dropped before its end (the client went away) with a
+    /// rescuable lease, the rest of the upstream body is read off in the
+    /// background so the connection can serve again (`upstream::rescue`).
     pub struct ProxyBody {
-        #[pin]
         inner: Either<Incoming, Full<Bytes>>,
         // Made at the body's first wait: most bodies never wait, and a timer
         // costs a runtime-handle lookup to make and a wheel entry to arm.
@@ -91,6 +131,18 @@ pin_project_lite::pin_project! {
         exchange: Option<Exchange>,
         // The upstream connection, back to its pool once the body is read.
         lease: Option<Lease>,
+    }
+
+    impl PinnedDrop for ProxyBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(lease) = this.lease.take() {
+                let rest = std::mem::replace(this.inner, Either::Right(Full::new(Bytes::new())));
+                if let Either::Left(body) = rest {
+                    lease.rescue(body);
+                }
+            }
+        }
     }
 }
 
@@ -141,7 +193,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
+        match Pin::new(&mut *this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
                     ex.bytes_out += data.len() as u64;
@@ -154,12 +206,9 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                if let Some(ex) = this.exchange.as_ref() {
-                    ex.tenant
-                        .metrics()
-                        .pool(ex.pool)
-                        .upstream_error(UpstreamError::Protocol);
-                }
+                body_failed(this.exchange);
+                // A connection whose response broke is not reused.
+                this.lease.take();
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
@@ -175,12 +224,8 @@ impl Body for ProxyBody {
                 if let Some(deadline) = this.deadline.as_pin_mut()
                     && deadline.poll(cx).is_ready()
                 {
-                    if let Some(ex) = this.exchange.as_ref() {
-                        ex.tenant
-                            .metrics()
-                            .pool(ex.pool)
-                            .upstream_error(UpstreamError::Timeout);
-                    }
+                    body_failed(this.exchange);
+                    this.lease.take();
                     return Poll::Ready(Some(Err("upstream body exceeded request_timeout".into())));
                 }
                 Poll::Pending
@@ -194,6 +239,18 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The upstream failed after the response head: the pool's error
+/// (`turnout_upstream_errors_total{kind="body"}`, SPEC section 6).
+fn body_failed(exchange: &mut Option<Exchange>) {
+    if let Some(ex) = exchange.as_mut() {
+        ex.body_failed = true;
+        ex.tenant
+            .metrics()
+            .pool(ex.pool)
+            .upstream_error(UpstreamError::Body);
     }
 }
 

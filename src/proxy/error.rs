@@ -5,14 +5,16 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
+use super::authority::Refusal;
 use super::body::ProxyBody;
-use crate::metrics::UpstreamError;
+use crate::metrics::{LocalError, UpstreamError};
 
 /// Why the proxy answered a request itself.
 #[derive(Debug)]
 pub enum ProxyError {
-    /// No `Host` / `:authority`, or an unusable one.
-    NoHost,
+    /// No host, two hosts, an invalid one, or a target turnout does not
+    /// forward (`proxy::authority`).
+    Refused(Refusal),
     /// No tenant owns the host.
     UnknownHost(String),
     /// Over TLS, the host belongs to another tenant than the SNI name.
@@ -25,15 +27,19 @@ pub enum ProxyError {
     NoHealthyEndpoint,
     /// The upstream could not be reached, or broke the exchange.
     Upstream(UpstreamError),
+    /// The proxy itself failed (out of file descriptors, memory, ports).
+    Local(LocalError),
 }
 
 impl ProxyError {
+    /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoHost => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(Refusal::Connect) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Refused(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            ProxyError::Overloaded | ProxyError::NoHealthyEndpoint => {
+            ProxyError::Overloaded | ProxyError::NoHealthyEndpoint | ProxyError::Local(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::PreviewForbidden => StatusCode::FORBIDDEN,
@@ -44,7 +50,12 @@ impl ProxyError {
 
     fn message(&self) -> Bytes {
         let text: &'static str = match self {
-            ProxyError::NoHost => "missing or invalid Host header\n",
+            ProxyError::Refused(Refusal::NoHost | Refusal::InvalidHost) => {
+                "missing, repeated or invalid Host header\n"
+            }
+            ProxyError::Refused(Refusal::Connect) => "CONNECT is not served by this proxy\n",
+            ProxyError::Refused(Refusal::InvalidTarget) => "invalid request target\n",
+            ProxyError::Local(_) => "the proxy is out of resources, retry shortly\n",
             ProxyError::Misdirected => "this host is not served on this TLS connection\n",
             ProxyError::UnknownHost(host) => {
                 return Bytes::from(format!("no tenant serves host {host}\n"));
@@ -56,7 +67,9 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Timeout) => {
                 "upstream did not answer within request_timeout\n"
             }
-            ProxyError::Upstream(UpstreamError::Protocol) => "upstream broke the HTTP exchange\n",
+            ProxyError::Upstream(UpstreamError::Protocol | UpstreamError::Body) => {
+                "upstream broke the HTTP exchange\n"
+            }
         };
         Bytes::from_static(text.as_bytes())
     }
@@ -71,7 +84,7 @@ impl ProxyError {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, ProxyError::Overloaded) {
+        if matches!(self, ProxyError::Overloaded | ProxyError::Local(_)) {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp

@@ -1,5 +1,5 @@
-//! Forwarding one request upstream: header hygiene, the upstream URI, the
-//! timeout and the single retry.
+//! Forwarding one request upstream: header hygiene both ways, the upstream
+//! URI, message framing, the timeout and the single retry.
 
 use std::sync::Arc;
 
@@ -11,27 +11,32 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 use super::ConnInfo;
+use super::error::ProxyError;
 use crate::config::Color;
-use crate::metrics::UpstreamError;
+use crate::metrics::{LocalError, UpstreamError};
 use crate::route::Tenant;
 use crate::route::endpoint::{self, Endpoint, InflightGuard};
-use crate::upstream::{self, Lease, SendError, Upload};
+use crate::upstream::{self, Lease, Rescuable, SendError, Upload};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// The hop-by-hop headers of RFC 9110 §7.6.1 that are always removed.
+/// The hop-by-hop headers of RFC 9110 §7.6.1 (and RFC 7540 §3.2's
+/// `HTTP2-Settings`) that are always removed. `Trailer` is not one: it
+/// names the trailer fields end to end, and hyper sends an HTTP/1.1
+/// client only the trailers it lists (SPEC section 4.5).
 static HOP_BY_HOP: [&HeaderName; 7] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &header::TE,
-    &header::TRAILER,
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
+    &HTTP2_SETTINGS,
 ];
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named in
@@ -86,23 +91,50 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .map(str::trim)
 }
 
-/// Rewrites the client's request head for the upstream.
+/// Whether the request's `TE` lists `trailers` (RFC 9110 §10.1.4).
+fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
+/// Rewrites the client's request head for the upstream: hop-by-hop
+/// headers out (`TE: trailers` kept, as gRPC needs), the authoritative
+/// `host` as `Host` (`proxy::authority`), an HTTP/2 request's `cookie`
+/// fields joined into one (RFC 9113 §8.2.3), a `Content-Length` that does
+/// not frame the body dropped, `X-Forwarded-*` set.
 pub fn prepare(
     parts: &mut Parts,
     conn: &ConnInfo,
     host: HeaderValue,
     upgrade: Option<HeaderValue>,
+    body_length: Option<u64>,
 ) {
     let headers = &mut parts.headers;
+    let trailers = wants_trailers(headers);
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Both framings (RFC 9112 §6.1): the chunked one is what hyper read.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     remove_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(protocol) = upgrade {
         super::upgrade::restore(headers, protocol);
     }
-    // HTTP/2 carries the host in `:authority`; upstreams speak HTTP/1.1 and
-    // need it as `Host`.
-    if !headers.contains_key(header::HOST) {
-        headers.insert(header::HOST, host.clone());
+    if parts.version == Version::HTTP_2 {
+        join_cookies(headers);
     }
+    fix_length(headers, body_length);
+    headers.insert(header::HOST, host.clone());
     let forwarded_for = if headers.contains_key(&X_FORWARDED_FOR) {
         // Every earlier hop, however many header lines they came in.
         let mut v = Vec::new();
@@ -119,6 +151,56 @@ pub fn prepare(
     headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
     headers.insert(X_FORWARDED_HOST.clone(), host);
     parts.version = Version::HTTP_11;
+}
+
+/// HTTP/2 sends each cookie as a field of its own; HTTP/1.1 allows one
+/// `Cookie` line, the pairs joined by `"; "` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for more in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(more.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Keeps `Content-Length` only when it is the body's real length: a body
+/// framed otherwise (chunked, or an HTTP/2 stream) must not reach an
+/// HTTP/1.1 peer with a length that does not match it (RFC 9112 §6.3).
+/// `exact` is the body's exact length when its framing gives one.
+pub fn fix_length(headers: &mut HeaderMap, exact: Option<u64>) {
+    let Some(declared) = headers.get(header::CONTENT_LENGTH) else {
+        return;
+    };
+    match exact {
+        Some(n) if declared.to_str().ok().and_then(|d| d.parse().ok()) == Some(n) => {}
+        Some(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+}
+
+/// Rewrites the upstream's response head for the client: hop-by-hop
+/// headers out, and a `Content-Length` that does not frame the body (an
+/// upstream that sent it beside chunked framing) dropped — chunked framing
+/// wins (RFC 9112 §6.3). `body` is the upstream body, whose framing hyper
+/// read; a bodiless answer (HEAD, 204, 304) keeps its length as sent.
+pub fn prepare_response<B: http_body::Body>(headers: &mut HeaderMap, body: &B) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    } else if !body.is_end_stream() {
+        fix_length(headers, body.size_hint().exact());
+    }
+    remove_hop_by_hop(headers);
 }
 
 /// The request target for the upstream: origin-form (`/path?query`), as
@@ -144,9 +226,20 @@ pub struct Answer {
     pub lease: Lease,
 }
 
+/// Why no answer came back, and the endpoint last tried (for the access
+/// log).
+pub struct Failure {
+    pub error: ProxyError,
+    pub tried: Arc<Endpoint>,
+}
+
 /// Sends the request to `first`, retrying once on another endpoint of the
 /// same pool when no connection could be opened and the request has no
 /// body (SPEC §4, item 6; retries on the same endpoint are `upstream::send`'s).
+/// A connection the proxy could not open for a reason of its own (out of
+/// file descriptors, ports) is a local failure: not the endpoint's, not
+/// retried. `rescuable`: the exchange may finish in the background when the
+/// client abandons it (`upstream::Rescuable`).
 pub async fn send(
     tenant: &Arc<Tenant>,
     pool: Color,
@@ -154,9 +247,11 @@ pub async fn send(
     mut parts: Parts,
     body: Incoming,
     deadline: tokio::time::Instant,
-) -> Result<Answer, UpstreamError> {
+    rescuable: bool,
+) -> Result<Answer, Failure> {
     use http_body::Body as _;
     let bodiless = body.is_end_stream();
+    let rescuable = rescuable && bodiless;
     let metrics = tenant.metrics().pool(pool);
     parts.uri = origin_form(std::mem::take(&mut parts.uri));
     let (upstream_body, upload) = if bodiless {
@@ -171,21 +266,29 @@ pub async fn send(
     let connect_timeout = tenant.config.settings.connect_timeout;
     loop {
         let guard = endpoint.start();
-        let sent = upstream::send(
-            &endpoint.connections,
-            &endpoint.address,
-            connect_timeout,
-            request,
-        );
-        match tokio::time::timeout_at(deadline, sent).await {
+        let sent = upstream::send(Arc::clone(&endpoint), connect_timeout, request);
+        let answered = if rescuable {
+            let sent = Rescuable::new(sent, Arc::clone(&endpoint));
+            tokio::time::timeout_at(deadline, sent).await
+        } else {
+            tokio::time::timeout_at(deadline, sent).await
+        };
+        let kind = match answered {
             Ok(Ok((response, sender))) => {
                 return Ok(Answer {
                     response,
-                    lease: Lease::new(sender, Arc::clone(&endpoint), upload),
+                    lease: Lease::new(sender, Arc::clone(&endpoint), upload, rescuable),
                     endpoint: guard,
                 });
             }
             Ok(Err(SendError::Connect(e, unsent))) => {
+                if let Some(local) = LocalError::of(&e) {
+                    tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "no upstream connection: the proxy is out of resources");
+                    return Err(Failure {
+                        error: ProxyError::Local(local),
+                        tried: endpoint,
+                    });
+                }
                 metrics.upstream_error(UpstreamError::Connect);
                 tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "upstream connect failed");
                 let next = (bodiless && !retried)
@@ -196,19 +299,24 @@ pub async fn send(
                         request = *unsent;
                         endpoint = n;
                         retried = true;
+                        continue;
                     }
-                    None => return Err(UpstreamError::Connect),
+                    None => UpstreamError::Connect,
                 }
             }
             Ok(Err(SendError::Exchange(e))) => {
                 metrics.upstream_error(UpstreamError::Protocol);
                 tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "upstream exchange failed");
-                return Err(UpstreamError::Protocol);
+                UpstreamError::Protocol
             }
             Err(_elapsed) => {
                 metrics.upstream_error(UpstreamError::Timeout);
-                return Err(UpstreamError::Timeout);
+                UpstreamError::Timeout
             }
-        }
+        };
+        return Err(Failure {
+            error: ProxyError::Upstream(kind),
+            tried: endpoint,
+        });
     }
 }

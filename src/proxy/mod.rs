@@ -4,6 +4,7 @@
 //! `Proxy::handle` reads top to bottom as those steps. It loads the routing
 //! table once, keeps only its tenant's `Arc`, and never takes a lock.
 
+pub mod authority;
 pub mod body;
 pub mod error;
 pub mod forward;
@@ -23,6 +24,8 @@ use crate::metrics::{Metrics, Rejected, Unrouted};
 use crate::route::pool::PoolChoice;
 use crate::route::{Endpoint, RoutingTable, Tenant, endpoint, host, pool};
 use crate::server::Tunnels;
+use crate::server::conn::ConnState;
+use authority::Refusal;
 use body::{AccessLog, Exchange, ProxyBody};
 use error::ProxyError;
 
@@ -38,16 +41,25 @@ pub struct ConnInfo {
     pub proto: HeaderValue,
     /// The TLS server name the client asked for.
     pub sni: Option<Arc<str>>,
+    /// What the connection's requests share with its timer (`server::conn`).
+    pub state: Arc<ConnState>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool, sni: Option<Arc<str>>) -> ConnInfo {
+    /// The facts of a connection from `peer`; `sni` over TLS.
+    pub fn new(
+        peer: SocketAddr,
+        tls: bool,
+        sni: Option<Arc<str>>,
+        state: Arc<ConnState>,
+    ) -> ConnInfo {
         let ip = peer.ip().to_string();
         ConnInfo {
             peer,
             client_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             sni,
+            state,
         }
     }
 }
@@ -86,24 +98,40 @@ impl Proxy {
                 return err.into_response();
             }
         };
-        let Some(admission) = tenant.admit() else {
-            tenant.metrics().rejected(Rejected::MaxInflight);
-            return ProxyError::Overloaded.into_response();
-        };
-        let (pool, preview, new_cookie) = match pool::choose(&tenant, preview, req.headers()) {
-            PoolChoice::Pool { pool, preview } => (pool, preview, None),
-            PoolChoice::NewCookie { pool, key } => (pool, false, Some(key)),
-            PoolChoice::PreviewForbidden => {
-                tenant.metrics().rejected(Rejected::PreviewToken);
-                return ProxyError::PreviewForbidden.into_response();
-            }
-        };
-        let (pool, endpoint) = pick_endpoint(&tenant, pool, preview);
         let access_log = tenant.config.settings.access_log.then(|| AccessLog {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             client: conn.peer.ip(),
         });
+        // Turned away before a pool is chosen: in the access log and
+        // `turnout_rejected_total` only (SPEC sections 2 and 10).
+        let turned_away = |reason: Rejected, err: ProxyError| {
+            tenant.metrics().rejected(reason);
+            let resp = err.into_response();
+            if let Some(log) = &access_log {
+                log.write(
+                    &tenant,
+                    None,
+                    None,
+                    resp.status().as_u16(),
+                    started.elapsed(),
+                    0,
+                );
+            }
+            resp
+        };
+        let Some(admission) = tenant.admit() else {
+            return turned_away(Rejected::MaxInflight, ProxyError::Overloaded);
+        };
+        let (pool, preview, new_cookie) = match pool::choose(&tenant, preview, req.headers()) {
+            PoolChoice::Pool { pool, preview } => (pool, preview, None),
+            PoolChoice::NewCookie { pool, key } => (pool, false, Some(key)),
+            PoolChoice::PreviewForbidden => {
+                return turned_away(Rejected::PreviewToken, ProxyError::PreviewForbidden);
+            }
+        };
+        let (pool, endpoint) = pick_endpoint(&tenant, pool, preview);
+        let deadline = started + tenant.config.settings.request_timeout;
         let mut exchange = Exchange {
             tenant: Arc::clone(&tenant),
             pool,
@@ -111,8 +139,12 @@ impl Proxy {
             status: 0,
             bytes_out: 0,
             endpoint: None,
+            tried: None,
+            judged: true,
+            body_failed: false,
             access_log,
             _admission: admission,
+            _deadline: Some(conn.state.deadline(deadline)),
         };
         let Some(endpoint) = endpoint else {
             return settle(ProxyError::NoHealthyEndpoint.into_response(), exchange);
@@ -122,19 +154,40 @@ impl Proxy {
         // side of the tunnel is taken before the request moves on.
         let upgrade = upgrade::requested(&req);
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let http2 = req.version() == Version::HTTP_2;
         let (mut parts, body) = req.into_parts();
-        forward::prepare(&mut parts, conn, host, upgrade);
-        let deadline =
-            tokio::time::Instant::from_std(started + tenant.config.settings.request_timeout);
-        let mut answer = match forward::send(&tenant, pool, endpoint, parts, body, deadline).await {
+        let body_length = http_body::Body::size_hint(&body).exact();
+        forward::prepare(&mut parts, conn, host, upgrade.clone(), body_length);
+        let deadline = tokio::time::Instant::from_std(deadline);
+        // An HTTP/2 client can reset a stream and carry on: its abandoned
+        // exchanges finish in the background (`upstream::Rescuable`).
+        let sent = forward::send(&tenant, pool, endpoint, parts, body, deadline, http2).await;
+        let mut answer = match sent {
             Ok(answer) => answer,
-            Err(kind) => return settle(ProxyError::Upstream(kind).into_response(), exchange),
+            Err(failure) => {
+                if let ProxyError::Local(reason) = failure.error {
+                    self.metrics.local_error(reason);
+                    exchange.judged = false;
+                }
+                exchange.tried = Some(failure.tried);
+                return settle(failure.error.into_response(), exchange);
+            }
         };
-        if let Some(client_side) = client_side
-            && answer.response.status() == http::StatusCode::SWITCHING_PROTOCOLS
-        {
-            exchange.status = 101;
+        if answer.response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let agreed = upgrade
+                .as_ref()
+                .is_some_and(|asked| upgrade::agreed(asked, &answer.response));
             exchange.endpoint = Some(answer.endpoint);
+            let (Some(client_side), true) = (client_side, agreed) else {
+                // A switch the client did not ask for: never passed on.
+                tenant
+                    .metrics()
+                    .pool(pool)
+                    .upstream_error(crate::metrics::UpstreamError::Protocol);
+                let err = ProxyError::Upstream(crate::metrics::UpstreamError::Protocol);
+                return settle(err.into_response(), exchange);
+            };
+            exchange.status = 101;
             let upstream_side = hyper::upgrade::on(&mut answer.response);
             let response = upgrade::switching_response(&answer.response, pool);
             upgrade::spawn_tunnel(client_side, upstream_side, exchange, self.tunnels.open());
@@ -142,7 +195,7 @@ impl Proxy {
         }
 
         let (mut head, body) = answer.response.into_parts();
-        forward::remove_hop_by_hop(&mut head.headers);
+        forward::prepare_response(&mut head.headers, &body);
         head.headers
             .insert(X_TURNOUT_POOL.clone(), pool_header(pool));
         if let (Some(key), Some(StickyKey::Cookie(name))) = (new_cookie, &tenant.config.sticky) {
@@ -158,27 +211,22 @@ impl Proxy {
         )
     }
 
-    /// Host → tenant, with the host value to forward as `X-Forwarded-Host`.
+    /// Host → tenant, with the authoritative host (`authority::of`) to
+    /// forward as `Host` and `X-Forwarded-Host`.
     #[allow(clippy::type_complexity)]
     fn tenant_for(
         &self,
         req: &Request<Incoming>,
         conn: &ConnInfo,
     ) -> Result<(Arc<Tenant>, bool, HeaderValue), (Unrouted, ProxyError)> {
-        let no_host = || (Unrouted::NoHost, ProxyError::NoHost);
-        // HTTP/2 names the host in `:authority` (SPEC 4.1); HTTP/1.1 in `Host`.
-        let authority = || {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        };
-        let header = || req.headers().get(http::header::HOST).cloned();
-        let raw = if req.version() == Version::HTTP_2 {
-            authority().or_else(header)
-        } else {
-            header().or_else(authority)
-        }
-        .ok_or_else(no_host)?;
+        let raw = authority::of(req).map_err(|refusal| {
+            let reason = match refusal {
+                Refusal::NoHost => Unrouted::NoHost,
+                _ => Unrouted::InvalidRequest,
+            };
+            (reason, ProxyError::Refused(refusal))
+        })?;
+        let no_host = || (Unrouted::NoHost, ProxyError::Refused(Refusal::NoHost));
         let raw_str = raw.to_str().map_err(|_| no_host())?;
         let mut buf = String::new();
         let host = host::normalize(raw_str, &mut buf).ok_or_else(no_host)?;

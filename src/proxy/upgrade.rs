@@ -5,6 +5,12 @@
 //! The request's exchange — its tenant slot, endpoint in-flight count and
 //! metrics — lives as long as the tunnel, so an open WebSocket counts
 //! against `max_inflight`, and the drain waits for it.
+//!
+//! `h2c` is never an upgrade through turnout (SPEC section 4.5): a tunnel
+//! would carry HTTP/2 streams past routing and accounting, so the token is
+//! dropped (with `HTTP2-Settings`) and the request proxied as a plain one.
+//! An upstream `101` is accepted only for a protocol the client asked for;
+//! any other is the upstream breaking the exchange (502).
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
@@ -16,7 +22,8 @@ use super::body::{Exchange, ProxyBody};
 use crate::config::Color;
 use crate::server::TunnelGuard;
 
-/// The protocol an HTTP/1.1 request asks to switch to, if it does.
+/// The protocols an HTTP/1.1 request asks to switch to, if it does, with
+/// `h2c` left out.
 pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11
         || !super::forward::connection_tokens(req.headers())
@@ -24,7 +31,47 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     {
         return None;
     }
-    req.headers().get(header::UPGRADE).cloned()
+    let mut upgrades = req.headers().get_all(header::UPGRADE).iter();
+    let value = upgrades.next()?;
+    if upgrades.next().is_some() {
+        // One `Upgrade` line is what clients send; several are refused
+        // rather than guessed at.
+        return None;
+    }
+    let text = value.to_str().ok()?;
+    if !tokens(text).any(is_h2c) {
+        return Some(value.clone());
+    }
+    let rest: Vec<&str> = tokens(text).filter(|t| !is_h2c(t)).collect();
+    if rest.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&rest.join(", ")).ok()
+}
+
+/// Whether an upstream's `101` switches to a protocol the client asked for
+/// (`requested`'s value); the protocol names compare without their
+/// versions' case (RFC 9110 §7.8).
+pub fn agreed<B>(requested: &HeaderValue, response: &Response<B>) -> bool {
+    let Some(chosen) = response
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Ok(asked) = requested.to_str() else {
+        return false;
+    };
+    tokens(chosen).all(|c| tokens(asked).any(|a| a.eq_ignore_ascii_case(c)))
+}
+
+fn tokens(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
+fn is_h2c(token: &str) -> bool {
+    token.eq_ignore_ascii_case("h2c")
 }
 
 /// Puts back the two headers hop-by-hop removal took from an upgrade.

@@ -2,12 +2,14 @@
 //! drain.
 //!
 //! hyper-util's `auto` builder serves HTTP/1.1 and HTTP/2 (h2c with prior
-//! knowledge on the plain listener, ALPN on the TLS one) with upgrades; its
-//! `GracefulShutdown` lets open connections finish their requests when the
-//! process drains. Upgraded connections (WebSocket) have left hyper by then,
-//! so they are counted in `Tunnels` and waited for separately.
+//! knowledge on the plain listener, ALPN on the TLS one) with upgrades. Each
+//! connection is driven by `conn::drive`, which bounds what a client can
+//! hold (SPEC section 11) and shuts it down gracefully when the process
+//! drains. Open connections and upgraded tunnels (WebSocket), which leave
+//! hyper once upgraded, are counted so the drain can wait for both.
 
-use std::convert::Infallible;
+pub mod conn;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,29 +21,30 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::{LocalError, Metrics};
 use crate::proxy::{ConnInfo, Proxy};
+pub use conn::HEAD_TIMEOUT as HEADER_READ_TIMEOUT;
+use conn::{ConnState, Counted, Watched};
 
-/// A request head must arrive whole within this time (SPEC section 11); a
-/// TLS handshake too.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head accepted; beyond it the client gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// HTTP/2 streams one client connection may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// HTTP/2 streams a client may reset before being sent `GOAWAY` (the
 /// "rapid reset" attack, CVE-2023-44487); hyper's default, set explicitly.
+/// It counts resets of streams not yet handed to turnout; those reset
+/// after are judged by `conn` (Envoy's premature-reset rule).
 pub const MAX_PENDING_RESET_STREAMS: usize = 20;
-/// How long a draining listener's last accepted connections get to send
-/// their first request before idle connections are closed.
-const ACCEPT_LINGER: Duration = Duration::from_millis(500);
 /// Queued connections a listener holds before the kernel refuses more.
 const BACKLOG: u32 = 4096;
+/// The longest pause of the accept loop after the process ran out of file
+/// descriptors (or memory); it starts at 10 ms and doubles.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// `tls`: hyper's own advice — TLS streams write vectors poorly, so the
 /// response head and a small body are copied into one buffer instead.
@@ -50,7 +53,13 @@ fn builder(tls: bool) -> auto::Builder<TokioExecutor> {
     b.http1()
         .writev(!tls)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper's timer would also run while a kept-alive connection idles,
+        // closing it after 10 s; `conn::Watched` times heads from their
+        // first byte instead (SPEC section 11).
+        .header_read_timeout(None)
+        // A client that sends its request and then shuts its writing side
+        // (`shutdown(SHUT_WR)`) still gets the response.
+        .half_close(true)
         .max_buf_size(MAX_HEAD_BYTES);
     b.http2()
         .timer(TokioTimer::new())
@@ -77,29 +86,48 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// How connections of a listener start.
 #[derive(Clone)]
 pub enum Transport {
+    /// HTTP/1.1 and h2c.
     Plain,
+    /// TLS first, then HTTP/1.1 or HTTP/2 by ALPN.
     Tls(TlsAcceptor),
 }
 
-/// Upgraded connections still open, for the drain to wait on.
+/// How a listener's connections are served.
+#[derive(Clone)]
+pub struct ServeSettings {
+    /// How long open connections get to finish once the listener stops;
+    /// zero closes them at once (the admin API).
+    pub drain: Duration,
+    /// `[listen] idle_timeout`.
+    pub idle_timeout: Duration,
+    /// Where accept failures of the process's own making are counted.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// Things still open — connections, or upgraded tunnels — for the drain to
+/// wait on.
 #[derive(Default)]
-pub struct Tunnels {
+pub struct OpenCount {
     open: AtomicUsize,
     closed: Notify,
 }
 
-impl Tunnels {
-    /// Counts a tunnel open until the guard drops.
-    pub fn open(self: &Arc<Self>) -> TunnelGuard {
+/// Upgraded connections (WebSocket) still open.
+pub type Tunnels = OpenCount;
+
+impl OpenCount {
+    /// Counts one open until the guard drops.
+    pub fn open(self: &Arc<Self>) -> OpenGuard {
         self.open.fetch_add(1, Ordering::AcqRel);
-        TunnelGuard(Arc::clone(self))
+        OpenGuard(Arc::clone(self))
     }
 
+    /// How many are open now.
     pub fn count(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
-    /// Resolves when no tunnel is open.
+    /// Resolves when none is open.
     pub async fn all_closed(&self) {
         loop {
             let notified = self.closed.notified();
@@ -111,9 +139,13 @@ impl Tunnels {
     }
 }
 
-pub struct TunnelGuard(Arc<Tunnels>);
+/// One open connection or tunnel.
+pub struct OpenGuard(Arc<OpenCount>);
 
-impl Drop for TunnelGuard {
+/// The guard of an open tunnel.
+pub type TunnelGuard = OpenGuard;
+
+impl Drop for OpenGuard {
     fn drop(&mut self) {
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.closed.notify_waiters();
@@ -122,13 +154,16 @@ impl Drop for TunnelGuard {
 }
 
 /// Accepts connections until `stop` turns true, serving each with `handler`;
-/// then waits up to `drain` for open connections (and tunnels) to finish.
+/// then waits up to `settings.drain` for open connections (and tunnels) to
+/// finish. When the process is out of file descriptors, the accept loop
+/// pauses (10 ms, doubling up to 1 s) and counts the failure as a local
+/// error; it resumes as soon as descriptors are free again.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     transport: Transport,
     handler: H,
     mut stop: watch::Receiver<bool>,
-    drain: Duration,
+    settings: ServeSettings,
     tunnels: Option<Arc<Tunnels>>,
 ) where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
@@ -137,37 +172,52 @@ pub async fn serve<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = Arc::new(builder(matches!(transport, Transport::Tls(_))));
-    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(OpenCount::default());
+    let mut backoff = Duration::ZERO;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff = Duration::ZERO;
+                    pair
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let local = LocalError::of(&e);
+                    if let (Some(reason), Some(m)) = (local, &settings.metrics) {
+                        m.local_error(reason);
+                    }
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                    if backoff == Duration::from_millis(10) {
+                        tracing::warn!(error = %e, "accept failed; pausing the listener");
+                    }
+                    tokio::time::sleep(backoff).await;
                     continue;
                 }
             },
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let (builder, handler, transport, watcher) = (
+        let (builder, handler, transport, stop) = (
             Arc::clone(&builder),
             handler.clone(),
             transport.clone(),
-            graceful.watcher(),
+            stop.clone(),
         );
+        let open = connections.open();
+        let idle_timeout = settings.idle_timeout;
         tokio::spawn(async move {
+            let state = ConnState::new();
             let result = match transport {
                 Transport::Plain => {
-                    let info = ConnInfo::new(peer, false, None);
-                    serve_connection(&builder, stream, info, handler, watcher).await
+                    let info = ConnInfo::new(peer, false, None, Arc::clone(&state));
+                    let io = Watched::new(stream, Arc::clone(&state));
+                    serve_connection(&builder, io, info, handler, idle_timeout, stop).await
                 }
                 Transport::Tls(acceptor) => match handshake(&acceptor, stream).await {
                     Ok((tls, sni)) => {
-                        let info = ConnInfo::new(peer, true, sni);
-                        serve_connection(&builder, tls, info, handler, watcher).await
+                        let info = ConnInfo::new(peer, true, sni, Arc::clone(&state));
+                        let io = Watched::new(tls, Arc::clone(&state));
+                        serve_connection(&builder, io, info, handler, idle_timeout, stop).await
                     }
                     Err(e) => Err(e),
                 },
@@ -175,21 +225,19 @@ pub async fn serve<H, F, B>(
             if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
+            drop(open);
         });
     }
     drop(listener);
     let drained = async {
-        // Connections accepted just before the listener closed may not have
-        // had their request read yet, and hyper's graceful shutdown closes a
-        // connection that is between requests. Let those requests arrive.
-        tokio::time::sleep(ACCEPT_LINGER).await;
-        graceful.shutdown().await;
+        connections.all_closed().await;
         if let Some(t) = &tunnels {
             t.all_closed().await;
         }
     };
-    if tokio::time::timeout(drain, drained).await.is_err() {
-        tracing::warn!(?drain, "drain timeout passed with connections still open");
+    if tokio::time::timeout(settings.drain, drained).await.is_err() && !settings.drain.is_zero() {
+        let open = connections.count() + tunnels.as_ref().map_or(0, |t| t.count());
+        tracing::warn!(drain = ?settings.drain, open, "drain timeout passed with connections still open");
     }
 }
 
@@ -211,7 +259,8 @@ async fn serve_connection<I, H, F, B>(
     io: I,
     info: ConnInfo,
     handler: H,
-    watcher: hyper_util::server::graceful::Watcher,
+    idle_timeout: Duration,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -220,35 +269,20 @@ where
     B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let service = service_fn(move |req| Infallibly {
-        inner: handler(req, info.clone()),
+    let state = Arc::clone(&info.state);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let guard = info.state.request(req.version() == http::Version::HTTP_2);
+        Counted::new(handler(req, info.clone()), guard)
     });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    watcher.watch(conn).await
-}
-
-pin_project_lite::pin_project! {
-    /// A handler's future as the `Result` hyper's services return. Not an
-    /// `async` block: that would hold the handler's future twice (as captured
-    /// value and as awaitee), and hyper moves the whole future once per
-    /// request.
-    struct Infallibly<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F: Future> Future for Infallibly<F> {
-    type Output = Result<F::Output, Infallible>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        self.project().inner.poll(cx).map(Ok)
-    }
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    conn::drive(
+        conn,
+        |conn| conn.graceful_shutdown(),
+        &state,
+        idle_timeout,
+        stop,
+    )
+    .await
 }
 
 /// Resolves once `stop` turns true or its sender is gone.
@@ -262,9 +296,9 @@ pub async fn serve_proxy(
     transport: Transport,
     proxy: Arc<Proxy>,
     stop: watch::Receiver<bool>,
-    drain: Duration,
+    settings: ServeSettings,
 ) {
     let tunnels = Arc::clone(&proxy.tunnels);
     let handler = move |req, info: ConnInfo| Arc::clone(&proxy).handle(req, info);
-    serve(listener, transport, handler, stop, drain, Some(tunnels)).await;
+    serve(listener, transport, handler, stop, settings, Some(tunnels)).await;
 }
