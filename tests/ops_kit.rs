@@ -1,9 +1,20 @@
 //! The operations kit stays true to the product: every metric the dashboard
-//! and the alert rules use exists, and every shipped control file validates.
-//! (promtool tests the alerts themselves; see .ci/run.)
+//! and the alert rules use exists, every shipped control file validates, and
+//! the container kit (Dockerfile, compose file, `docker run` examples,
+//! Kubernetes manifests) runs turnout the way it needs: control directory
+//! mounted, images named in full, the Pod Security "restricted" profile.
+//! (promtool tests the alerts themselves and kubernetes-validate checks the
+//! manifests against the Kubernetes schemas; see .ci/run.)
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::path::Path;
+
+#[path = "ops_kit/k8s.rs"]
+mod k8s;
+#[path = "ops_kit/yaml.rs"]
+mod yaml;
+
+use yaml::*;
 
 use turnout::metrics::*;
 
@@ -68,7 +79,7 @@ fn dashboards_and_alerts_use_only_real_metrics() {
 #[test]
 fn shipped_control_files_validate() {
     let env = |var: &str| (var == "TURNOUT_DEPLOYER_TOKEN").then(|| "secret".to_owned());
-    let path = root("docker/turnout.toml");
+    let path = root("docker/control/turnout.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     turnout::config::parse(&text, &path, &env).unwrap_or_else(|e| panic!("{e}"));
 
@@ -81,4 +92,164 @@ fn shipped_control_files_validate() {
         .collect();
     turnout::config::parse(&embedded, Path::new("configmap/turnout.toml"), &env)
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+// ---------------------------------------------------------------------------
+// The container kit: compose file, Dockerfile, docs and Kubernetes manifests.
+// (The manifests' schemas are checked by kubernetes-validate in .ci/run; these
+// tests check what a schema cannot: the Pod Security profile, the image's
+// user, mounts that let write-back work.)
+
+/// `registry/…/name:tag` (or `@digest`): a name buildah, podman and CRI-O
+/// resolve without a registries.conf search list.
+fn fully_qualified(image: &str) -> bool {
+    let Some((registry, rest)) = image.split_once('/') else {
+        return false;
+    };
+    let named_registry = registry.contains(['.', ':']) || registry == "localhost";
+    let tagged = rest.contains('@') || rest.rsplit('/').next().unwrap().contains(':');
+    named_registry && tagged
+}
+
+/// The Dockerfile's stages as (base image, stage name), in order.
+fn dockerfile_stages() -> Vec<(String, Option<String>)> {
+    let text = std::fs::read_to_string(root("docker/Dockerfile")).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let name = (words.len() == 3 && words[1].eq_ignore_ascii_case("as")).then(|| words[2]);
+            (words[0].to_owned(), name.map(str::to_owned))
+        })
+        .collect()
+}
+
+/// The runtime user of the image: (uid, gid) from its numeric `USER`.
+fn image_user() -> (String, String) {
+    let text = std::fs::read_to_string(root("docker/Dockerfile")).unwrap();
+    let user = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .next_back()
+        .unwrap();
+    let (uid, gid) = user.trim().split_once(':').expect("USER uid:gid");
+    for id in [uid, gid] {
+        assert!(
+            id.parse::<u32>().is_ok_and(|n| n > 0),
+            "USER {user}: not a numeric non-root id"
+        );
+    }
+    for (flag, id) in [("--uid", uid), ("--gid", gid)] {
+        assert!(
+            text.contains(&format!("{flag} {id} ")),
+            "the image creates no {flag} {id}"
+        );
+    }
+    (uid.to_owned(), gid.to_owned())
+}
+
+#[test]
+fn dockerfile_names_base_images_in_full_and_runs_as_a_numeric_user() {
+    let stages = dockerfile_stages();
+    assert!(stages.len() >= 2, "a build stage and a runtime stage");
+    let mut earlier: Vec<&str> = Vec::new();
+    for (base, name) in &stages {
+        let ok = earlier.contains(&base.as_str()) || fully_qualified(base);
+        assert!(
+            ok,
+            "FROM {base}: not fully qualified (docker.io/library/...)"
+        );
+        earlier.extend(name.as_deref());
+    }
+    image_user();
+}
+
+#[test]
+fn compose_mounts_directories_and_names_images_in_full() {
+    let compose = &yaml_docs("docker/compose.yml")[0];
+    let services: std::collections::BTreeSet<&str> = compose
+        .iter()
+        .filter_map(|(p, _)| p.strip_prefix("services.")?.split('.').next())
+        .collect();
+    assert!(services.contains("turnout") && services.contains("prometheus"));
+    for service in &services {
+        if let Some(image) = get(compose, &format!("services.{service}.image")) {
+            assert!(
+                fully_qualified(image),
+                "{service}: image {image} is not fully qualified"
+            );
+        }
+        for volume in items(compose, &format!("services.{service}.volumes")) {
+            let source = volume.split(':').next().unwrap();
+            if source.starts_with(['.', '/']) {
+                let host = root("docker").join(source);
+                assert!(
+                    host.is_dir(),
+                    "{service} bind-mounts {source}, not a directory: a file mount breaks the \
+                     rename of write-back (EBUSY) and hides editors' replacements"
+                );
+            }
+        }
+    }
+    // turnout's --config names a file inside its mounted directory, and that
+    // file is the shipped playground control file.
+    let command = flow_list(get(compose, "services.turnout.command").unwrap());
+    let at = command.iter().position(|a| a == "--config").unwrap();
+    let config = &command[at + 1];
+    let found = items(compose, "services.turnout.volumes")
+        .into_iter()
+        .find_map(|v| {
+            let mut parts = v.split(':');
+            let (source, target) = (parts.next()?, parts.next()?);
+            let inside = config.strip_prefix(target)?.strip_prefix('/')?;
+            Some(root("docker").join(source).join(inside))
+        });
+    let host_file = found.unwrap_or_else(|| panic!("{config} is in no mounted directory"));
+    assert_eq!(
+        host_file.canonicalize().unwrap(),
+        root("docker/control/turnout.toml").canonicalize().unwrap()
+    );
+}
+
+#[test]
+fn docker_run_examples_mount_the_control_directory() {
+    let mut mounts = Vec::new();
+    for file in ["docker/README.md", "README.md"] {
+        let text = std::fs::read_to_string(root(file))
+            .unwrap()
+            .replace("\\\n", " ");
+        for line in text
+            .lines()
+            .filter(|l| l.contains("docker run ") || l.contains("podman run "))
+        {
+            let words: Vec<String> = line.split_whitespace().map(unquote).collect();
+            for pair in words
+                .windows(2)
+                .filter(|w| w[0] == "-v" || w[0] == "--volume")
+            {
+                let target = pair[1].split(':').nth(1).unwrap_or_default().to_owned();
+                assert!(
+                    !target.ends_with(".toml"),
+                    "{file}: `{line}` bind-mounts a single file; mount its directory"
+                );
+                mounts.push((file, target, line.to_owned()));
+            }
+            // An explicit --config names a file in a mounted directory.
+            if let Some(at) = words.iter().position(|w| w == "--config") {
+                let config = &words[at + 1];
+                let inside = mounts
+                    .iter()
+                    .filter(|(_, _, l)| l == line)
+                    .any(|(_, target, _)| config.starts_with(&format!("{target}/")));
+                assert!(
+                    inside,
+                    "{file}: `{line}`: {config} is in no mounted directory"
+                );
+            }
+        }
+    }
+    assert!(
+        mounts.iter().any(|(_, target, _)| target == "/etc/turnout"),
+        "no `docker run` example mounts the control directory at /etc/turnout: {mounts:?}"
+    );
 }
