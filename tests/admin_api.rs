@@ -246,7 +246,7 @@ async fn events_record_source_actor_and_reason() {
     assert_eq!(rollback["reason"], "bad release");
     assert_eq!(rollback["to"], serde_json::json!({"blue": 100, "green": 0}));
     assert_eq!(file["source"], "file");
-    assert!(file["actor"].is_null());
+    assert_eq!(file.get("actor"), Some(&serde_json::Value::Null));
     assert_eq!(file["reason"], "control file changed: weights");
     assert!(
         canary["seq"].as_u64() < rollback["seq"].as_u64()
