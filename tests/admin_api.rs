@@ -90,6 +90,13 @@ async fn auth_and_validation_matrix() {
     let r = put(Some(OPS), "shop", r#"{"blue": 0, "green": 0}"#).await;
     assert_eq!(r.status, 400);
     assert!(json(&r)["error"].as_str().unwrap().contains("both be 0"));
+    let r = put(Some(OPS), "shop", r#"{"blue": 1, "green": 1000001}"#).await;
+    assert_eq!(r.status, 400);
+    let error = json(&r)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("green weight must be at most 1000000"),
+        "{error}"
+    );
     let huge = format!(
         "{{\"reason\": \"{}\", \"blue\": 1, \"green\": 1}}",
         "x".repeat(70 * 1024)
