@@ -34,10 +34,7 @@ fn tenant(i: usize) -> TenantConfig {
         preview_hosts: vec![],
         preview_token: None,
         stable: Color::Blue,
-        weights: Weights {
-            blue: 90,
-            green: 10,
-        },
+        weights: Weights::new(90, 10).unwrap(),
         sticky: None,
         pools: [
             vec![

@@ -221,7 +221,10 @@ async fn execute(admin: &Admin, command: CtlCommand, json: bool) -> Result<u8, C
             force,
             reason,
         } => {
-            let mut body = serde_json::json!({ "blue": blue, "green": green });
+            // Checked here too, so a pipeline learns of `0 0` without a server.
+            let weights = crate::config::Weights::new(blue, green)
+                .map_err(|e| CtlError(format!("{tenant}: {e}")))?;
+            let mut body = serde_json::json!(weights);
             if let Some(r) = reason {
                 body["reason"] = Value::String(r);
             }

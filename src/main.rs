@@ -180,8 +180,8 @@ fn summary(config: &Config) -> String {
             t.name,
             hosts.join(", "),
             t.stable,
-            t.weights.blue,
-            t.weights.green,
+            t.weights.blue(),
+            t.weights.green(),
             t.pool(config::Color::Blue).len(),
             t.pool(config::Color::Green).len(),
             if t.preview_hosts.is_empty() {

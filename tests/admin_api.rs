@@ -90,6 +90,13 @@ async fn auth_and_validation_matrix() {
     let r = put(Some(OPS), "shop", r#"{"blue": 0, "green": 0}"#).await;
     assert_eq!(r.status, 400);
     assert!(json(&r)["error"].as_str().unwrap().contains("both be 0"));
+    let r = put(Some(OPS), "shop", r#"{"blue": 1, "green": 1000001}"#).await;
+    assert_eq!(r.status, 400);
+    let error = json(&r)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("green weight must be at most 1000000"),
+        "{error}"
+    );
     let huge = format!(
         "{{\"reason\": \"{}\", \"blue\": 1, \"green\": 1}}",
         "x".repeat(70 * 1024)
@@ -246,7 +253,7 @@ async fn events_record_source_actor_and_reason() {
     assert_eq!(rollback["reason"], "bad release");
     assert_eq!(rollback["to"], serde_json::json!({"blue": 100, "green": 0}));
     assert_eq!(file["source"], "file");
-    assert!(file["actor"].is_null());
+    assert_eq!(file.get("actor"), Some(&serde_json::Value::Null));
     assert_eq!(file["reason"], "control file changed: weights");
     assert!(
         canary["seq"].as_u64() < rollback["seq"].as_u64()

@@ -173,3 +173,121 @@ async fn admin_probes_and_tenant_views() {
     let err: serde_json::Value = serde_json::from_slice(&missing.body).unwrap();
     assert!(err["error"].as_str().unwrap().contains("nope"));
 }
+
+#[tokio::test]
+async fn every_series_of_the_contract_is_exported_from_the_start() {
+    let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let proxy = spawn_proxy(&tenant(
+        "shop",
+        r#"["shop.test"]"#,
+        &blue,
+        &green,
+        (90, 10),
+        "",
+    ))
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the first health probes",
+        || async { blue.health_hits() >= 1 && green.health_hits() >= 1 },
+    )
+    .await;
+    let text = proxy.admin_get("/metrics").await.text();
+    // SPEC section 10, before any traffic: every series a dashboard or an
+    // alert reads is there (at 0), so "equals 0" means "nothing happened".
+    let mut zero = vec![
+        r#"turnout_config_reloads_total{result="error"}"#.to_owned(),
+        "turnout_notify_failures_total".to_owned(),
+        r#"turnout_inflight_requests{tenant="shop"}"#.to_owned(),
+        r#"turnout_reverts_total{tenant="shop"}"#.to_owned(),
+    ];
+    for reason in ["no_host", "unknown_host", "misdirected"] {
+        zero.push(format!(r#"turnout_unrouted_total{{reason="{reason}"}}"#));
+    }
+    for reason in ["max_inflight", "preview_token"] {
+        zero.push(format!(
+            r#"turnout_rejected_total{{tenant="shop",reason="{reason}"}}"#
+        ));
+    }
+    for pool in ["blue", "green"] {
+        zero.push(format!(
+            r#"turnout_failovers_total{{tenant="shop",from="{pool}"}}"#
+        ));
+        zero.push(format!(
+            r#"turnout_slo_error_rate{{tenant="shop",pool="{pool}"}}"#
+        ));
+        for code in ["2xx", "3xx", "4xx", "5xx"] {
+            zero.push(format!(
+                r#"turnout_requests_total{{tenant="shop",pool="{pool}",code="{code}"}}"#
+            ));
+        }
+        for kind in ["connect", "timeout", "protocol"] {
+            zero.push(format!(
+                r#"turnout_upstream_errors_total{{tenant="shop",pool="{pool}",kind="{kind}"}}"#
+            ));
+        }
+    }
+    for series in &zero {
+        assert_eq!(metric_value(&text, series), 0.0, "{series}");
+    }
+    assert_eq!(metric_value(&text, "turnout_config_generation"), 1.0);
+    // The first load counts as a reload.
+    assert_eq!(
+        metric_value(&text, r#"turnout_config_reloads_total{result="ok"}"#),
+        1.0
+    );
+    for (pool, share, up) in [("blue", 90.0, &blue), ("green", 10.0, &green)] {
+        let share_series = format!(r#"turnout_pool_share{{tenant="shop",pool="{pool}"}}"#);
+        assert_eq!(metric_value(&text, &share_series), share);
+        let healthy = format!(
+            r#"turnout_endpoint_healthy{{tenant="shop",pool="{pool}",endpoint="{}"}}"#,
+            up.addr
+        );
+        assert_eq!(metric_value(&text, &healthy), 1.0);
+    }
+}
+
+#[tokio::test]
+async fn a_missing_series_fails_the_test_and_names_the_similar_ones() {
+    let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let proxy = spawn_proxy(&tenant(
+        "shop",
+        r#"["shop.test"]"#,
+        &blue,
+        &green,
+        (90, 10),
+        "",
+    ))
+    .await;
+    let text = proxy.admin_get("/metrics").await.text();
+    // Labels match in any order.
+    assert_eq!(
+        metric_or_absent(&text, r#"turnout_pool_share{pool="blue",tenant="shop"}"#),
+        Some(90.0)
+    );
+    // Absence is an answer only when asked for.
+    let misspelled = r#"turnout_reject_total{tenant="shop",reason="max_inflight"}"#;
+    assert_eq!(metric_or_absent(&text, misspelled), None);
+    assert_eq!(proxy.metric_or_absent(misspelled).await, None);
+    let unknown_tenant = r#"turnout_rejected_total{tenant="shpo",reason="max_inflight"}"#;
+    assert_eq!(metric_or_absent(&text, unknown_tenant), None);
+    for (series, similar) in [
+        (
+            misspelled,
+            r#"turnout_rejected_total{tenant="shop",reason="max_inflight"}"#,
+        ),
+        (
+            unknown_tenant,
+            r#"turnout_rejected_total{tenant="shop",reason="preview_token"}"#,
+        ),
+    ] {
+        let text = text.clone();
+        let panic = std::panic::catch_unwind(move || metric_value(&text, series))
+            .expect_err("a missing series must fail the test");
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            message.contains(series) && message.contains(similar),
+            "{message}"
+        );
+    }
+}

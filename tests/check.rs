@@ -68,6 +68,18 @@ fn rejects_zero_weights_with_its_location() {
 }
 
 #[test]
+fn rejects_out_of_range_weights_each_at_its_key() {
+    let text = GOOD.replace("blue = 1, green = 0", "blue = -1, green = 1000001");
+    let (ok, _, err, _path, _dir) = check_text(&text);
+    assert!(!ok);
+    for pool in ["blue", "green"] {
+        let expected = format!("tenants.a.weights.{pool}: must be between 0 and 1000000");
+        assert!(err.contains(&expected), "wanted {expected}\ngot {err}");
+    }
+    assert!(!err.contains("both be 0"), "{err}");
+}
+
+#[test]
 fn rejects_an_unknown_key_with_its_location() {
     let text = GOOD.replace("stable = \"blue\"", "stable = \"blue\"\nstabel = \"green\"");
     let (ok, _, err, path, _dir) = check_text(&text);

@@ -203,4 +203,12 @@ async fn a_bad_token_or_an_unreachable_admin_is_a_clear_error() {
         "{}",
         out.stderr
     );
+    // Weights that can never be applied are refused before any call.
+    let out = ctl(dead, Some("s3cret"), &["weights", "shop", "0", "0"]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("shop: weights must not both be 0"),
+        "{}",
+        out.stderr
+    );
 }

@@ -354,6 +354,10 @@ async fn a_response_with_trailers_hands_its_connection_back() {
     );
 }
 
+/// Longer than `upstream::MAY_BE_STALE_AFTER` (1 s): a pooled connection
+/// idle this long may have been closed by the upstream's keep-alive timer.
+const IDLE_PAST_STALE: Duration = Duration::from_millis(1100);
+
 #[tokio::test]
 async fn an_idle_connection_closed_under_a_get_is_retried_once() {
     use std::sync::atomic::Ordering;
@@ -365,13 +369,15 @@ async fn an_idle_connection_closed_under_a_get_is_retried_once() {
     // Idle long enough for an upstream keep-alive timer to be the cause
     // (upstream::MAY_BE_STALE_AFTER is 1 s); the upstream then drops the
     // connection as the request arrives: the GET goes again on a new one.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The idle time is the input under test, not a wait for something.
+    tokio::time::sleep(IDLE_PAST_STALE).await;
     let r = proxy.get("shop.test", "/").await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
     let before = accepted.load(Ordering::Relaxed);
 
-    // A POST is not idempotent: it is not sent twice.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A POST is not idempotent: it is not sent twice, although its
+    // connection idled just as long.
+    tokio::time::sleep(IDLE_PAST_STALE).await;
     let req = Request::post(proxy.http_url("/"))
         .header("host", "shop.test")
         .body(Full::default())

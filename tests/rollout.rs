@@ -45,12 +45,17 @@ struct Traffic(Arc<AtomicBool>);
 
 impl Traffic {
     fn start(proxy: &Arc<TestProxy>) -> Traffic {
+        Traffic::to(proxy, "shop.test")
+    }
+
+    /// Traffic to `host`.
+    fn to(proxy: &Arc<TestProxy>, host: &'static str) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         for _ in 0..2 {
             let (proxy, stop) = (Arc::clone(proxy), Arc::clone(&stop));
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    proxy.get("shop.test", "/").await;
+                    proxy.get(host, "/").await;
                 }
             });
         }
@@ -104,7 +109,7 @@ async fn a_healthy_candidate_is_ramped_and_promoted() {
     let v = view(&proxy).await;
     assert_eq!(v["status"], "steady");
     assert_eq!(v["weights"], serde_json::json!({"blue": 0, "green": 100}));
-    assert!(v["rollout"].is_null());
+    assert_eq!(v.get("rollout"), Some(&serde_json::Value::Null));
     let text = std::fs::read_to_string(&proxy.path).unwrap();
     assert!(
         text.contains("stable = \"green\"") && !text.contains("progress"),
@@ -151,7 +156,7 @@ async fn a_failing_candidate_aborts_the_rollout() {
         (v["stable"].as_str(), v["weights"].clone()),
         (Some("blue"), serde_json::json!({"blue": 100, "green": 0}))
     );
-    assert!(v["rollout"].is_null());
+    assert_eq!(v.get("rollout"), Some(&serde_json::Value::Null));
     let text = std::fs::read_to_string(&proxy.path).unwrap();
     assert!(
         !text.contains("progress") && text.contains("stable = \"blue\""),
@@ -206,18 +211,35 @@ async fn a_restart_mid_rollout_resumes_it() {
 #[tokio::test]
 async fn an_inconclusive_verdict_holds_the_ramp() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let config = ramped(
+    let steps = "steps = [10, 100]\ninterval = \"100ms\"\nbake = \"100ms\"\n";
+    // A reference tenant with the same ramp and a reachable `min_requests`,
+    // started after shop's: once it is promoted, shop's ramp has been
+    // judged on several ticks with its interval long past.
+    let reference = tenant(
+        "reference",
+        r#"["reference.test"]"#,
         &b,
         &g,
-        "{ min_requests = 100000 }",
-        "steps = [10, 100]\ninterval = \"100ms\"\nbake = \"100ms\"\n",
+        (100, 0),
+        &format!("slo = {{ min_requests = 5 }}\n\n[tenants.reference.rollout]\n{steps}"),
     );
+    let config = ramped(&b, &g, "{ min_requests = 100000 }", steps) + &reference;
     let proxy = start_ramp(&config).await;
-    let traffic = Traffic::start(&proxy);
-    // Ten times the step interval, with traffic: still at step 1.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    drop(traffic);
+    let r = proxy
+        .admin("POST", "/v1/tenants/reference/rollout", None, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let traffic = (
+        Traffic::start(&proxy),
+        Traffic::to(&proxy, "reference.test"),
+    );
+    wait_until(WAIT, "the reference ramp to be promoted", || async {
+        json(&proxy.admin_get("/v1/tenants/reference").await)["stable"] == "green"
+    })
+    .await;
+    // Meanwhile shop, with traffic, is still at step 1.
     let v = view(&proxy).await;
+    drop(traffic);
     assert_eq!(v["verdict"], "inconclusive");
     assert_eq!(
         (v["status"].as_str(), v["rollout"]["step"].as_u64()),

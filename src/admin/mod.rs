@@ -183,24 +183,11 @@ impl Admin {
                         "a body {\"blue\": B, \"green\": G} is required",
                     )
                 })?;
-                if body.blue == 0 && body.green == 0 {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "weights must not both be 0",
-                    ));
-                }
-                if body.blue > 1_000_000 || body.green > 1_000_000 {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "a weight must be at most 1000000",
-                    ));
-                }
+                let weights = crate::config::Weights::new(body.blue, body.green)
+                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
                 let change = Change::SetWeights {
                     tenant: (*name).to_owned(),
-                    weights: crate::config::Weights {
-                        blue: body.blue,
-                        green: body.green,
-                    },
+                    weights,
                     if_match,
                     force,
                 };

@@ -20,7 +20,6 @@ use super::raw::*;
 /// process environment.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-const MAX_WEIGHT: i64 = 1_000_000;
 /// Longer durations are surely mistakes, and would overflow clock arithmetic.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// `[listen] idle_timeout` when the file does not set it (SPEC section 11;
@@ -404,22 +403,7 @@ fn tenant(
         Color::Blue
     });
 
-    let wp = path.key("weights");
-    let weight = |p: &mut Problems, key: &str, v: i64| -> u32 {
-        if (0..=MAX_WEIGHT).contains(&v) {
-            v as u32
-        } else {
-            p.add(wp.key(key), format!("must be between 0 and {MAX_WEIGHT}"));
-            0
-        }
-    };
-    let weights = Weights {
-        blue: weight(p, "blue", rt.weights.blue),
-        green: weight(p, "green", rt.weights.green),
-    };
-    if rt.weights.blue == 0 && rt.weights.green == 0 {
-        p.add(wp, "weights must not both be 0");
-    }
+    let weights = weights(p, &path.key("weights"), rt.weights, stable);
 
     let sticky = rt.sticky.and_then(|s| sticky(p, &path.key("sticky"), s));
 
@@ -493,6 +477,35 @@ fn valid_endpoint(ep: &str) -> bool {
         Ok(a) => a.port_u16().is_some_and(|p| p > 0) && !a.host().is_empty() && !ep.contains('@'),
         Err(_) => false,
     }
+}
+
+/// The file's `weights`, each out-of-range value located at its own key and
+/// `{0, 0}` at the table. After a problem the tenant gets all traffic on
+/// `stable`, a placeholder that is never applied (the file is refused).
+fn weights(p: &mut Problems, wp: &KeyPath, raw: RawWeights, stable: Color) -> Weights {
+    let mut weight = |pool: Color, v: i64| {
+        let w = u32::try_from(v).ok().filter(|w| *w <= Weights::MAX);
+        if w.is_none() {
+            let message = format!("must be between 0 and {}", Weights::MAX);
+            p.add(wp.key(pool.as_str()), message);
+        }
+        w
+    };
+    let (blue, green) = (
+        weight(Color::Blue, raw.blue),
+        weight(Color::Green, raw.green),
+    );
+    let (Some(blue), Some(green)) = (blue, green) else {
+        return Weights::all_on(stable);
+    };
+    Weights::new(blue, green).unwrap_or_else(|e| {
+        let at = match e {
+            WeightsError::BothZero => wp.clone(),
+            WeightsError::TooLarge(pool) => wp.key(pool.as_str()),
+        };
+        p.add(at, e.to_string());
+        Weights::all_on(stable)
+    })
 }
 
 fn sticky(p: &mut Problems, path: &KeyPath, raw: RawSticky) -> Option<StickyKey> {

@@ -37,8 +37,8 @@ pub fn edit(text: &str, edits: &[TenantEdit]) -> Result<String, String> {
                 .get_mut("weights")
                 .and_then(Item::as_table_like_mut)
                 .ok_or_else(|| format!("tenant `{}` has no weights table", e.tenant))?;
-            set(weights, "blue", Value::from(i64::from(w.blue)));
-            set(weights, "green", Value::from(i64::from(w.green)));
+            set(weights, "blue", Value::from(i64::from(w.blue())));
+            set(weights, "green", Value::from(i64::from(w.green())));
         }
         if let Some(stable) = e.stable {
             set(tenant, "stable", Value::from(stable.as_str()));
@@ -168,16 +168,13 @@ mod tests {
             &[
                 TenantEdit {
                     tenant: "shop".into(),
-                    weights: Some(Weights {
-                        blue: 70,
-                        green: 30,
-                    }),
+                    weights: Some(Weights::new(70, 30).unwrap()),
                     stable: Some(Color::Green),
                     progress: None,
                 },
                 TenantEdit {
                     tenant: "other".into(),
-                    weights: Some(Weights { blue: 5, green: 95 }),
+                    weights: Some(Weights::new(5, 95).unwrap()),
                     ..Default::default()
                 },
             ],

@@ -106,7 +106,7 @@ impl EventLog {
 fn fmt_weights(w: Option<Weights>) -> String {
     w.map_or_else(
         || "-".to_owned(),
-        |w| format!("blue={} green={}", w.blue, w.green),
+        |w| format!("blue={} green={}", w.blue(), w.green()),
     )
 }
 

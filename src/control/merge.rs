@@ -80,37 +80,19 @@ mod tests {
     fn running_value_survives_an_untouched_key() {
         let file = config(90, 10, "\"b:1\"");
         let mut running = file.clone();
-        running.tenant_mut("t").unwrap().weights = Weights {
-            blue: 100,
-            green: 0,
-        };
+        running.tenant_mut("t").unwrap().weights = Weights::new(100, 0).unwrap();
         // The file is re-read unchanged: the in-memory revert stays.
         let merged = merge(&running, &file, file.clone());
-        assert_eq!(
-            weights(&merged),
-            Weights {
-                blue: 100,
-                green: 0
-            }
-        );
+        assert_eq!(weights(&merged), Weights::new(100, 0).unwrap());
     }
 
     #[test]
     fn a_key_the_file_changed_takes_the_files_value() {
         let file = config(90, 10, "\"b:1\"");
         let mut running = file.clone();
-        running.tenant_mut("t").unwrap().weights = Weights {
-            blue: 100,
-            green: 0,
-        };
+        running.tenant_mut("t").unwrap().weights = Weights::new(100, 0).unwrap();
         let merged = merge(&running, &file, config(50, 50, "\"b:1\""));
-        assert_eq!(
-            weights(&merged),
-            Weights {
-                blue: 50,
-                green: 50
-            }
-        );
+        assert_eq!(weights(&merged), Weights::new(50, 50).unwrap());
         assert_eq!(merged.tenant("t").unwrap().stable, Color::Blue);
     }
 
@@ -118,18 +100,9 @@ mod tests {
     fn the_file_wins_when_the_merge_would_be_invalid() {
         let file = config(100, 0, "\"b:1\"");
         let mut running = file.clone();
-        running.tenant_mut("t").unwrap().weights = Weights {
-            blue: 50,
-            green: 50,
-        };
+        running.tenant_mut("t").unwrap().weights = Weights::new(50, 50).unwrap();
         // The file empties the green pool the running weights send traffic to.
         let merged = merge(&running, &file, config(100, 0, ""));
-        assert_eq!(
-            weights(&merged),
-            Weights {
-                blue: 100,
-                green: 0
-            }
-        );
+        assert_eq!(weights(&merged), Weights::new(100, 0).unwrap());
     }
 }

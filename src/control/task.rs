@@ -729,17 +729,12 @@ impl Plan {
 }
 
 fn all_on(pool: Color) -> Weights {
-    share_weights(pool.other(), 100)
+    Weights::all_on(pool)
 }
 
 /// Weights giving the candidate (the pool other than `stable`) `percent`.
 fn share_weights(stable: Color, percent: u32) -> Weights {
-    let mut w = Weights::default();
-    match stable {
-        Color::Blue => (w.blue, w.green) = (100 - percent, percent),
-        Color::Green => (w.green, w.blue) = (100 - percent, percent),
-    }
-    w
+    Weights::split(stable, percent)
 }
 
 /// Progress at `step`, starting now (to the second, as the file keeps it).

@@ -96,10 +96,11 @@ impl Tenant {
         }
     }
 
-    /// A pool drawn at random by weight.
+    /// A pool drawn at random by weight (`Weights` are never both 0, so the
+    /// range is never empty).
     pub fn draw(&self) -> Color {
         let w = self.config.weights;
-        if fastrand::u32(..w.total()) < w.blue {
+        if fastrand::u32(..w.total()) < w.blue() {
             Color::Blue
         } else {
             Color::Green
