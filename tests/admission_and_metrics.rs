@@ -201,8 +201,11 @@ async fn every_series_of_the_contract_is_exported_from_the_start() {
         r#"turnout_inflight_requests{tenant="shop"}"#.to_owned(),
         r#"turnout_reverts_total{tenant="shop"}"#.to_owned(),
     ];
-    for reason in ["no_host", "unknown_host", "misdirected"] {
+    for reason in ["no_host", "unknown_host", "misdirected", "invalid_request"] {
         zero.push(format!(r#"turnout_unrouted_total{{reason="{reason}"}}"#));
+    }
+    for reason in ["fd_exhausted", "out_of_memory", "ephemeral_ports"] {
+        zero.push(format!(r#"turnout_local_errors_total{{reason="{reason}"}}"#));
     }
     for reason in ["max_inflight", "preview_token"] {
         zero.push(format!(
@@ -221,7 +224,7 @@ async fn every_series_of_the_contract_is_exported_from_the_start() {
                 r#"turnout_requests_total{{tenant="shop",pool="{pool}",code="{code}"}}"#
             ));
         }
-        for kind in ["connect", "timeout", "protocol"] {
+        for kind in ["connect", "timeout", "protocol", "body"] {
             zero.push(format!(
                 r#"turnout_upstream_errors_total{{tenant="shop",pool="{pool}",kind="{kind}"}}"#
             ));

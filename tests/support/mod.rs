@@ -486,6 +486,15 @@ pub struct BinaryProxy {
     pub admin_addr: SocketAddr,
     /// The control file's directory, when this process owns it.
     pub dir: Option<tempfile::TempDir>,
+    /// Every line the process wrote to stderr (its log), as it comes.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl BinaryProxy {
+    /// The log lines written so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
 }
 
 /// Runs `target/.../turnout` on a control file with `tenants`, with extra
@@ -522,8 +531,10 @@ pub async fn spawn_binary_at(
     }
     let mut child = cmd.spawn().unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let started = tokio::time::timeout(Duration::from_secs(20), async {
         while let Ok(Some(line)) = lines.next_line().await {
+            log.lock().unwrap().push(line.clone());
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["message"] == "turnout serving" {
                 return Some(v);
@@ -535,14 +546,20 @@ pub async fn spawn_binary_at(
     .ok()
     .flatten()
     .expect("turnout did not report that it is serving");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep reading stderr so the child never blocks on a full pipe.
+    let kept = Arc::clone(&log);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
     let addr = |k: &str| started[k].as_str().unwrap().parse().unwrap();
     BinaryProxy {
         child,
         http_addr: addr("http_addr"),
         admin_addr: addr("admin_addr"),
         dir,
+        log,
     }
 }
 
