@@ -175,6 +175,42 @@ async fn an_https_webhook_gets_the_revert_with_the_url_host_as_sni() {
     assert_eq!(proxy.metric("turnout_notify_failures_total").await, 0.0);
 }
 
+#[tokio::test]
+async fn a_changed_ca_bundle_is_read_again() {
+    let (right, wrong) = (TestCa::new(), TestCa::new());
+    let receiver = spawn_receiver(right.server("localhost")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("hook-ca.pem");
+    wrong.write(&ca_file);
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let notify = format!(
+        "webhook = \"https://localhost:{}/hook\"\nca = \"hook-ca.pem\"",
+        receiver.addr.port()
+    );
+    let proxy = spawn_proxy_in(dir, "", &reverting(&b, &g, &notify)).await;
+    // The bundle is replaced as certificate tools do: written beside, renamed.
+    let tmp = ca_file.with_extension("new");
+    right.write(&tmp);
+    std::fs::rename(&tmp, &ca_file).unwrap();
+    wait_until(WAIT, "the new bundle applied", || async {
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&proxy.admin_get("/v1/config").await.body).unwrap();
+        cfg["generation"] == 2
+    })
+    .await;
+    g.set_failing(true);
+    wait_until(WAIT, "the revert", || async {
+        proxy.get("shop.test", "/").await;
+        proxy.weights("shop").await == (100, 0)
+    })
+    .await;
+    wait_until(WAIT, "the notification", || async {
+        !receiver.got.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(proxy.metric("turnout_notify_failures_total").await, 0.0);
+}
+
 /// Reverts with `notify` and expects the delivery to `receiver` to fail on
 /// its certificate: tried, never delivered, counted once.
 async fn expect_refused(receiver: &Receiver, dir: tempfile::TempDir, notify: &str) {
