@@ -19,7 +19,9 @@ use crate::config::{self, Config, ConfigError};
 /// every parsed version gets. Cheap to clone into each piece of work.
 #[derive(Clone)]
 pub struct Disk {
+    /// The control file as given on the command line (a link stays a link).
     pub path: PathBuf,
+    /// Applied to every version read, as at start-up.
     pub overrides: ListenOverrides,
 }
 

@@ -337,7 +337,7 @@ impl ControlTask {
 
     /// Edits the file on disk and replaces it; returns the written text and
     /// its parsed state, or `None` (logged) when the file cannot be written.
-    async fn write_through(&mut self, edits: Vec<TenantEdit>) -> Option<(String, Config)> {
+    async fn write_through(&self, edits: Vec<TenantEdit>) -> Option<(String, Config)> {
         let result = self
             .disk
             .run(move |disk| disk.write_through(&edits))
