@@ -60,7 +60,7 @@ fn table(tenants: usize) -> RoutingTable {
         defaults: Settings::default(),
         tenants: (0..tenants).map(|i| Arc::new(tenant(i))).collect(),
         tokens: vec![],
-        notify_webhook: None,
+        notify: None,
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     Registry::new(Metrics::new(), tx).build(Arc::new(config), 1)

@@ -1,5 +1,7 @@
 //! The control file is live: each way of replacing it is picked up, bad
-//! versions are refused without harm, and reloads drop no request.
+//! versions are refused without harm, and reloads drop no request. Its
+//! file work never stalls requests, and what a killed writer leaves behind
+//! is cleaned up.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod support;
@@ -7,8 +9,10 @@ mod support;
 use std::os::unix::fs::symlink;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use support::*;
 
 /// How long a file change may take to apply in these tests. The promise is
@@ -226,4 +230,181 @@ async fn sighup_rereads_the_file() {
         tenant_weights(&client(), proc.admin_addr, "shop").await,
         (90, 10)
     );
+}
+
+async fn last_error(proxy: &TestProxy) -> Option<String> {
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&proxy.admin_get("/v1/config").await.body).unwrap();
+    cfg["last_error"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn the_good_file_back_after_an_unreadable_or_empty_one_clears_the_error() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), "")).await;
+    let good = std::fs::read_to_string(&proxy.path).unwrap();
+    let aside = proxy.dir.path().join("aside.toml");
+    let ok = r#"turnout_config_reloads_total{result="ok"}"#;
+    // The same text comes back each time: only the failure in between differs.
+    let breakages: [(&str, &dyn Fn()); 2] = [
+        ("cannot read", &|| {
+            std::fs::rename(&proxy.path, &aside).unwrap()
+        }),
+        ("the control file is empty", &|| {
+            std::fs::write(&proxy.path, "").unwrap()
+        }),
+    ];
+    for (round, (error, break_it)) in breakages.into_iter().enumerate() {
+        break_it();
+        wait_until(APPLIED, error, || async {
+            last_error(&proxy).await.is_some_and(|e| e.contains(error))
+        })
+        .await;
+        std::fs::write(&proxy.path, &good).unwrap();
+        wait_until(APPLIED, "the error cleared by the good file", || async {
+            last_error(&proxy).await.is_none()
+        })
+        .await;
+        // Counted as the successful reload it is.
+        assert_eq!(proxy.metric(ok).await, 2.0 + round as f64);
+        assert_eq!(proxy.weights("shop").await, (90, 10));
+    }
+}
+
+/// `METHOD path` with a JSON body on a binary's admin API; the status and
+/// the JSON answer.
+async fn admin_call(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// GET `/` with `Host: shop.test` on a binary's proxy port; the body.
+async fn shop_get(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    addr: std::net::SocketAddr,
+) -> String {
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header("host", "shop.test")
+        .body(Full::default())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test]
+async fn temporary_files_of_killed_writers_are_removed_and_live_ones_kept() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("turnout.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{}",
+            tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
+        ),
+    )
+    .unwrap();
+    // What `kill -9` between write and rename leaves: `.NAME.PID.RAND.tmp`.
+    // No PID above 2^22 ever runs on Linux; this test's own process does.
+    let at = |name: String| dir.path().join(name);
+    let dead = at(".turnout.toml.9999999.0badc0de.tmp".into());
+    let live = at(format!(".turnout.toml.{}.00c0ffee.tmp", std::process::id()));
+    let other = at(".notes.toml.9999999.0badc0de.tmp".into());
+    for f in [&dead, &live, &other] {
+        std::fs::write(f, "[tenants.half").unwrap();
+    }
+    let proc = spawn_binary_at(None, &path, &[], &[]).await;
+    wait_until(
+        APPLIED,
+        "the stale temporary file removed at start",
+        || async { !dead.exists() },
+    )
+    .await;
+    assert!(
+        live.exists(),
+        "the temporary file of a live writer was removed"
+    );
+    assert!(other.exists(), "another file's temporary file was removed");
+
+    // Before each write-through too.
+    let dead_again = at(".turnout.toml.9999998.12345678.tmp".into());
+    std::fs::write(&dead_again, "[tenants.half").unwrap();
+    let (status, change) = admin_call(
+        proc.admin_addr,
+        "PUT",
+        "/v1/tenants/shop/weights?force=true",
+        r#"{"blue": 60, "green": 40}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{change}");
+    assert_eq!(change["persisted"], true);
+    assert!(!dead_again.exists(), "left behind by the write-through");
+    assert!(live.exists() && other.exists());
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("blue = 60, green = 40")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_flow_while_a_write_through_waits_for_the_lock() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    // One runtime worker: file work done on it would stall every request.
+    let proc = spawn_binary(
+        &tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), ""),
+        &[("TOKIO_WORKER_THREADS", "1")],
+    )
+    .await;
+    let dir = proc.dir.as_ref().unwrap().path();
+    // Another replica in the middle of its write: the lock is taken.
+    let lock = std::fs::File::create(dir.join(".turnout.toml.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let admin = proc.admin_addr;
+    let change = tokio::spawn(async move {
+        admin_call(
+            admin,
+            "PUT",
+            "/v1/tenants/shop/weights?force=true",
+            r#"{"blue": 0, "green": 100}"#,
+        )
+        .await
+    });
+    let client = client();
+    // Traffic moves first; then the control task waits for the lock.
+    wait_until(APPLIED, "the new split", || async {
+        shop_get(&client, proc.http_addr).await == "green"
+    })
+    .await;
+    let mut answered = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !change.is_finished() && Instant::now() < deadline {
+        assert_eq!(shop_get(&client, proc.http_addr).await, "green");
+        answered += 1;
+    }
+    let (status, outcome) = change.await.unwrap();
+    assert_eq!(status, 200, "{outcome}");
+    // It did wait for the lock, and gave up: the change is in memory only.
+    assert_eq!(outcome["persisted"], false);
+    assert!(
+        answered >= 20,
+        "only {answered} requests answered while the write-through waited"
+    );
+    drop(lock);
 }

@@ -24,6 +24,17 @@ async fn view(proxy: &TestProxy) -> serde_json::Value {
     json(&proxy.admin_get("/v1/tenants/shop").await)
 }
 
+/// Waits until the last of shop's events satisfies `done`. An automatic
+/// change is visible in the view at once, its event once it is written
+/// through (file work runs off the runtime, just after the swap).
+async fn wait_event(proxy: &TestProxy, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    wait_until(WAIT, what, || async {
+        let events = json(&proxy.admin_get("/v1/events?tenant=shop").await);
+        events.as_array().unwrap().last().is_some_and(&done)
+    })
+    .await;
+}
+
 /// A tenant at 100/0 with a ramp table.
 fn ramped(b: &Upstream, g: &Upstream, slo: &str, rollout: &str) -> String {
     let extra = format!("slo = {slo}\n\n[tenants.shop.rollout]\n{rollout}");
@@ -110,6 +121,10 @@ async fn a_healthy_candidate_is_ramped_and_promoted() {
     assert_eq!(v["status"], "steady");
     assert_eq!(v["weights"], serde_json::json!({"blue": 0, "green": 100}));
     assert_eq!(v.get("rollout"), Some(&serde_json::Value::Null));
+    wait_event(&proxy, "the promotion's event", |e| {
+        e["reason"] == "promoted: green is now the stable pool"
+    })
+    .await;
     let text = std::fs::read_to_string(&proxy.path).unwrap();
     assert!(
         text.contains("stable = \"green\"") && !text.contains("progress"),
@@ -157,6 +172,7 @@ async fn a_failing_candidate_aborts_the_rollout() {
         (Some("blue"), serde_json::json!({"blue": 100, "green": 0}))
     );
     assert_eq!(v.get("rollout"), Some(&serde_json::Value::Null));
+    wait_event(&proxy, "the revert's event", |e| e["source"] == "slo").await;
     let text = std::fs::read_to_string(&proxy.path).unwrap();
     assert!(
         !text.contains("progress") && text.contains("stable = \"blue\""),
@@ -274,6 +290,10 @@ async fn promote_without_a_rollout_table_bakes_for_the_slo_window() {
     })
     .await;
     drop(traffic);
+    wait_event(&proxy, "the promotion's event", |e| {
+        e["reason"] == "promoted: green is now the stable pool"
+    })
+    .await;
     assert!(
         std::fs::read_to_string(&proxy.path)
             .unwrap()

@@ -212,6 +212,12 @@ async fn a_failing_candidate_is_reverted_with_bounded_damage() {
         "{errors} client-visible errors"
     );
     assert_eq!(proxy.weights("shop").await, (100, 0));
+    // The revert's event is recorded once it is written through (file work
+    // runs off the runtime, just after the swap).
+    wait_until(WAIT, "the revert's event", || async {
+        !json(&proxy.admin_get("/v1/events?tenant=shop").await)[0].is_null()
+    })
+    .await;
     let text = std::fs::read_to_string(&proxy.path).unwrap();
     assert!(
         text.contains("weights = { blue = 100, green = 0 }"),
@@ -254,6 +260,11 @@ async fn a_revert_held_in_memory_latches_until_a_new_intent() {
     wait_until(WAIT, "the revert", || async {
         proxy.get("shop.test", "/").await;
         proxy.weights("shop").await == (100, 0)
+    })
+    .await;
+    // Its event is recorded once the write-through was tried.
+    wait_until(WAIT, "the revert's event", || async {
+        !json(&proxy.admin_get("/v1/events").await)[0].is_null()
     })
     .await;
     let events = json(&proxy.admin_get("/v1/events").await);
@@ -323,6 +334,11 @@ async fn a_slow_candidate_breaks_max_p99() {
     wait_until(WAIT, "the latency revert", || async {
         proxy.get("shop.test", "/").await;
         proxy.weights("shop").await == (100, 0)
+    })
+    .await;
+    // Its event is recorded once it is written through.
+    wait_until(WAIT, "the revert's event", || async {
+        !json(&proxy.admin_get("/v1/events").await)[0].is_null()
     })
     .await;
     let events = json(&proxy.admin_get("/v1/events").await);

@@ -369,7 +369,26 @@ pub struct Config {
     /// a change does not copy every tenant.
     pub tenants: Vec<std::sync::Arc<TenantConfig>>,
     pub tokens: Vec<TokenConfig>,
-    pub notify_webhook: Option<String>,
+    /// `[notify]`: where `slo` and `rollout` events are POSTed.
+    pub notify: Option<Webhook>,
+}
+
+/// A webhook receiver (`[notify]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    /// An absolute `http://` or `https://` URL.
+    pub url: String,
+    /// `ca`: the only roots an `https://` receiver's certificate may chain
+    /// to; the system's trust store when absent.
+    pub ca: Option<CaBundle>,
+}
+
+/// Trusted root certificates loaded from a PEM file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    /// In file order; at least one.
+    pub roots: std::sync::Arc<[rustls::pki_types::CertificateDer<'static>]>,
 }
 
 impl Config {

@@ -88,6 +88,8 @@ pub struct RawToken {
 #[serde(deny_unknown_fields)]
 pub struct RawNotify {
     pub webhook: String,
+    /// A PEM bundle, relative to the control file's directory.
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -99,17 +99,9 @@ pub fn validate(raw: RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<C
         env,
     );
 
-    let notify_webhook = raw.notify.and_then(|n| {
-        if n.webhook.starts_with("http://") || n.webhook.starts_with("https://") {
-            Some(n.webhook)
-        } else {
-            p.add(
-                root.key("notify").key("webhook"),
-                "must be an http:// or https:// URL",
-            );
-            None
-        }
-    });
+    let notify = raw
+        .notify
+        .and_then(|n| webhook(&mut p, &root.key("notify"), n, base_dir));
 
     let (Some(http), Some(admin)) = (http, admin) else {
         return Err(p);
@@ -124,12 +116,70 @@ pub fn validate(raw: RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<C
         defaults,
         tenants,
         tokens,
-        notify_webhook,
+        notify,
     };
     if let Some(problem) = config.admin_exposure_problem() {
         p.add(listen_path.key("admin"), problem);
     }
     if p.0.is_empty() { Ok(config) } else { Err(p) }
+}
+
+/// `[notify]`: an absolute http(s) URL, and a CA bundle (for https only)
+/// that must load.
+fn webhook(p: &mut Problems, path: &KeyPath, n: RawNotify, base_dir: &Path) -> Option<Webhook> {
+    let https = n.webhook.starts_with("https://");
+    let has_host = n
+        .webhook
+        .parse::<http::Uri>()
+        .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+    if !(https || n.webhook.starts_with("http://")) || !has_host {
+        p.add(
+            path.key("webhook"),
+            "must be an http:// or https:// URL with a host",
+        );
+        return None;
+    }
+    let ca = match n.ca {
+        None => None,
+        Some(_) if !https => {
+            p.add(path.key("ca"), "applies to https:// webhooks only");
+            return None;
+        }
+        Some(file) => match ca_bundle(&base_dir.join(file)) {
+            Ok(bundle) => Some(bundle),
+            Err(message) => {
+                p.add(path.key("ca"), message);
+                return None;
+            }
+        },
+    };
+    Some(Webhook { url: n.webhook, ca })
+}
+
+fn ca_bundle(file: &Path) -> Result<CaBundle, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", file.display()))?;
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", file.display()));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for (i, cert) in roots.iter().enumerate() {
+        store.add(cert.clone()).map_err(|e| {
+            format!(
+                "certificate {} of {} is not a usable root: {e}",
+                i + 1,
+                file.display()
+            )
+        })?;
+    }
+    Ok(CaBundle {
+        path: file.to_owned(),
+        roots: roots.into(),
+    })
 }
 
 fn addr(

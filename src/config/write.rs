@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use toml_edit::{DocumentMut, Item, TableLike, Value};
 
@@ -95,7 +96,7 @@ fn beside(target: &Path, suffix: &str) -> PathBuf {
 }
 
 const LOCK_ATTEMPTS: u32 = 50;
-const LOCK_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+const LOCK_PAUSE: Duration = Duration::from_millis(10);
 
 /// Holds the write lock of a control file while it lives.
 pub struct WriteLock {
@@ -127,6 +128,10 @@ pub fn lock(path: &Path) -> std::io::Result<WriteLock> {
 
 /// Writes `text` beside the file, syncs it, and renames it over the file, so
 /// a reader sees the old file or the new one, never half of one.
+///
+/// The temporary file is `.NAME.PID.RAND.tmp` (PID in decimal, RAND eight
+/// hex digits); a writer killed before the rename leaves it behind, for
+/// [`remove_stale_temps`] to find.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let target = target(path);
     // Unique per writer: replicas never share a temporary file.
@@ -153,6 +158,73 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A temporary file at least this old is left over whoever wrote it: a
+/// write-through takes milliseconds, or a few seconds on a slow disk.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// Removes the temporary files of [`write_atomically`] that a killed writer
+/// (kill -9, OOM, power loss) left beside the file at `path`; returns the
+/// removed paths. Call it with the [`WriteLock`] held, so no replica is
+/// between its write and its rename.
+///
+/// A file is removed when its writer's process is gone (no `/proc/PID`),
+/// when the writer is this process (which is not writing: it holds the
+/// lock), or when it is older than [`STALE_TEMP_AGE`] (the PID may have been
+/// reused, or belongs to another PID namespace). The temporary file of a
+/// live process, fresh, is kept: a writer that did not take the lock may
+/// still rename it. Files of other names are never touched.
+pub fn remove_stale_temps(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let target = target(path);
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(Vec::new());
+    };
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let proc_mounted = Path::new("/proc/self").exists();
+    let now = SystemTime::now();
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(&dir)? {
+        let entry = entry?;
+        let Some(pid) = temp_writer(&name, &entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| now.duration_since(at).unwrap_or_default() >= STALE_TEMP_AGE);
+        let writer_gone = proc_mounted && !Path::new(&format!("/proc/{pid}")).exists();
+        if pid == std::process::id() || writer_gone || old {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed.push(entry.path()),
+                // Another replica cleaned it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The writer's PID when `file` is a temporary file of `write_atomically`
+/// for the control file `name` (`.NAME.PID.RAND.tmp`).
+fn temp_writer(name: &str, file: &str) -> Option<u32> {
+    let middle = file
+        .strip_prefix('.')?
+        .strip_prefix(name)?
+        .strip_prefix('.')?
+        .strip_suffix(".tmp")?;
+    let (pid, rand) = middle.split_once('.')?;
+    let hex = rand.len() == 8 && rand.bytes().all(|b| b.is_ascii_hexdigit());
+    let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    if hex && digits {
+        pid.parse().ok()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +296,60 @@ mod tests {
             }],
         );
         assert!(e.unwrap_err().contains("nope"));
+    }
+
+    #[test]
+    fn knows_its_own_temporary_files_only() {
+        let name = "turnout.toml";
+        assert_eq!(
+            temp_writer(name, ".turnout.toml.4242.0a1b2c3d.tmp"),
+            Some(4242)
+        );
+        for other in [
+            ".turnout.toml.lock",
+            ".turnout.toml.bak.4242.0a1b2c3d.tmp",
+            ".turnout.toml.4242.0a1b2c3.tmp",
+            ".turnout.toml.42x2.0a1b2c3d.tmp",
+            ".turnout.toml..0a1b2c3d.tmp",
+            "turnout.toml.4242.0a1b2c3d.tmp",
+            ".other.toml.4242.0a1b2c3d.tmp",
+        ] {
+            assert_eq!(temp_writer(name, other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn removes_temporary_files_of_dead_writers_and_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("turnout.toml");
+        fs::write(&path, "x").unwrap();
+        let at = |name: &str| dir.path().join(name);
+        // No PID above 2^22 ever runs on Linux.
+        let dead = at(".turnout.toml.9999999.00000001.tmp");
+        let own = at(&format!(
+            ".turnout.toml.{}.00000002.tmp",
+            std::process::id()
+        ));
+        // PID 1 is always alive.
+        let live = at(".turnout.toml.1.00000003.tmp");
+        let live_but_old = at(".turnout.toml.1.00000004.tmp");
+        let unrelated = at(".turnout.toml.swp");
+        for f in [&dead, &own, &live, &live_but_old, &unrelated] {
+            fs::write(f, "partial").unwrap();
+        }
+        fs::File::options()
+            .write(true)
+            .open(&live_but_old)
+            .unwrap()
+            .set_modified(SystemTime::now() - STALE_TEMP_AGE - Duration::from_secs(1))
+            .unwrap();
+        let mut removed = remove_stale_temps(&path).unwrap();
+        removed.sort();
+        let mut expected = vec![dead, own, live_but_old];
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert!(live.exists() && unrelated.exists() && path.exists());
+        assert!(remove_stale_temps(&path).unwrap().is_empty());
     }
 
     #[test]

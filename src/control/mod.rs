@@ -9,6 +9,7 @@
 //! the state it owns; the admin API reads history and status through the
 //! small `Shared` block.
 
+mod disk;
 pub mod events;
 pub mod merge;
 mod task;

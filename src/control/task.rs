@@ -2,21 +2,24 @@
 //!
 //! Besides the requests of `Control::submit`, it takes SLO breaches from the
 //! request path and ticks a clock for rollouts, all in one loop, so no two
-//! changes ever race.
+//! changes ever race. Its file work (read, validate, lock, write, rename)
+//! runs on the blocking pool (`disk.rs`) and is awaited, so a slow disk
+//! delays the next change, never a request.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
+use super::disk::Disk;
 use super::events::{Event, EventLog};
 use super::merge::merge;
 use super::{Change, ChangeError, Control, Origin, Outcome, ReloadStatus, Request, Shared, Source};
 use crate::app::ListenOverrides;
-use crate::config::write::{self, TenantEdit};
+use crate::config::write::TenantEdit;
 use crate::config::{self, Color, Config, RolloutProgress, TenantConfig, Weights};
 use crate::health;
 use crate::notify::Notifier;
@@ -46,8 +49,8 @@ pub struct Parts {
 }
 
 struct ControlTask {
-    path: PathBuf,
-    overrides: ListenOverrides,
+    /// The control file, and the file work done on it off the runtime.
+    disk: Disk,
     registry: Arc<Registry>,
     proxy: Arc<Proxy>,
     health: Arc<health::Checker>,
@@ -57,8 +60,9 @@ struct ControlTask {
     running: Arc<Config>,
     /// The last version of the file that parsed and validated.
     file: Config,
-    /// The text last read from the file, valid or not.
-    file_text: String,
+    /// The text last read from the file, valid or not; `None` after a read
+    /// that failed, so whatever is read next is looked at.
+    file_text: Option<String>,
     generation: u64,
     /// Candidate requests completed when the current rollout step began.
     step_marks: HashMap<String, u64>,
@@ -87,8 +91,10 @@ pub fn spawn(parts: Parts) -> Control {
     let mut breaches = parts.breaches;
     let mut stop = parts.stop;
     let mut task = ControlTask {
-        path: parts.path,
-        overrides: parts.overrides,
+        disk: Disk {
+            path: parts.path,
+            overrides: parts.overrides,
+        },
         registry: parts.registry,
         proxy: parts.proxy,
         health: parts.health,
@@ -96,26 +102,30 @@ pub fn spawn(parts: Parts) -> Control {
         shared: Arc::clone(&shared),
         file: (*running).clone(),
         running,
-        file_text: parts.text,
+        file_text: Some(parts.text),
         generation: table.generation,
         step_marks: HashMap::new(),
         watcher: None,
     };
     let control = Control { tx, shared };
-    task.watcher = super::watch::spawn(&task.path, control.clone());
+    task.watcher = Some(super::watch::spawn(task.path(), control.clone()));
     task.watch_tls_files();
     tokio::spawn(async move {
+        // Temporary files of a writer killed mid-write (kill -9) go first.
+        if let Err(error) = task.disk.run(Disk::clean_up).await {
+            tracing::warn!(%error, "stale temporary files not looked for");
+        }
         let mut tick = tokio::time::interval(ROLLOUT_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 req = rx.recv() => {
                     let Some(req) = req else { break };
-                    let result = task.handle(req.change, &req.origin);
+                    let result = task.handle(req.change, &req.origin).await;
                     let _ = req.reply.send(result);
                 }
-                Some(breach) = breaches.recv() => task.revert(breach),
-                _ = tick.tick() => task.advance_rollouts(),
+                Some(breach) = breaches.recv() => task.revert(breach).await,
+                _ = tick.tick() => task.advance_rollouts().await,
                 _ = crate::server::stopped(&mut stop) => break,
             }
         }
@@ -125,9 +135,9 @@ pub fn spawn(parts: Parts) -> Control {
 }
 
 impl ControlTask {
-    fn handle(&mut self, change: Change, origin: &Origin) -> Result<Outcome, ChangeError> {
+    async fn handle(&mut self, change: Change, origin: &Origin) -> Result<Outcome, ChangeError> {
         match change {
-            Change::Reload { forced } => self.reload(forced),
+            Change::Reload { forced } => self.reload(forced).await,
             Change::SetWeights {
                 tenant,
                 weights,
@@ -142,6 +152,7 @@ impl ControlTask {
                     origin,
                     "weights set",
                 )
+                .await
             }
             Change::Rollback { tenant, if_match } => {
                 self.check_generation(if_match)?;
@@ -152,6 +163,7 @@ impl ControlTask {
                     origin,
                     "rollback to the stable pool",
                 )
+                .await
             }
             Change::StartRollout { tenant, force } => {
                 let t = self.tenant(&tenant)?;
@@ -168,7 +180,7 @@ impl ControlTask {
                     "rollout started: step 1/{} at {first}%",
                     rollout.steps.len()
                 );
-                let outcome = self.set(&tenant, plan, origin, &reason)?;
+                let outcome = self.set(&tenant, plan, origin, &reason).await?;
                 self.mark_step(&tenant);
                 Ok(outcome)
             }
@@ -196,7 +208,7 @@ impl ControlTask {
                     }
                 };
                 let has_table = t.rollout.is_some();
-                let outcome = self.set(&tenant, plan, origin, &reason)?;
+                let outcome = self.set(&tenant, plan, origin, &reason).await?;
                 if !has_table {
                     self.bakes().insert(tenant.clone(), SystemTime::now());
                 }
@@ -252,7 +264,7 @@ impl ControlTask {
 
     /// Applies a plan to one tenant: validate, write through, apply, and fold
     /// in whatever else the file on disk holds.
-    fn set(
+    async fn set(
         &mut self,
         tenant: &str,
         plan: Plan,
@@ -298,7 +310,7 @@ impl ControlTask {
         };
         // Traffic moves first; the file (a lock, a write, two fsyncs) after.
         let previous = self.swap(next, origin.source);
-        let written = self.write_through(&[edit]);
+        let written = self.write_through(vec![edit]).await;
         let applied = match previous {
             Some(previous) => self.record(&previous, &origin, written.is_some()),
             None => {
@@ -309,6 +321,11 @@ impl ControlTask {
         let Some((text, file)) = written else {
             return Ok(applied);
         };
+        if self.shared.status().last_error.is_some() {
+            // The file was read and is valid again (fixed before the watcher
+            // saw it): that ends the reload error, as a reload would.
+            self.reload_succeeded();
+        }
         // The file may hold more than our edit (another replica's change not
         // yet seen): merge it like any other file change.
         let folded = self.fold_file(text, file);
@@ -320,71 +337,72 @@ impl ControlTask {
 
     /// Edits the file on disk and replaces it; returns the written text and
     /// its parsed state, or `None` (logged) when the file cannot be written.
-    fn write_through(&mut self, edits: &[TenantEdit]) -> Option<(String, Config)> {
-        let result = (|| {
-            let _lock = write::lock(&self.path).map_err(|e| format!("cannot lock: {e}"))?;
-            let text =
-                std::fs::read_to_string(&self.path).map_err(|e| format!("cannot read: {e}"))?;
-            let edited = write::edit(&text, edits)?;
-            let parsed = self
-                .parse(&edited)
-                .map_err(|e| format!("the edited file would not validate: {e}"))?;
-            write::write_atomically(&self.path, &edited)
-                .map_err(|e| format!("cannot write: {e}"))?;
-            Ok::<_, String>((edited, parsed))
-        })();
+    async fn write_through(&self, edits: Vec<TenantEdit>) -> Option<(String, Config)> {
+        let result = self
+            .disk
+            .run(move |disk| disk.write_through(&edits))
+            .await
+            .and_then(|written| written);
         match result {
             Ok(written) => Some(written),
             Err(error) => {
-                tracing::warn!(path = %self.path.display(), %error, "change kept in memory only: the control file was not updated");
+                tracing::warn!(path = %self.path().display(), %error, "change kept in memory only: the control file was not updated");
                 None
             }
         }
     }
 
-    fn parse(&self, text: &str) -> Result<Config, config::ConfigError> {
-        let mut parsed = config::parse(text, &self.path, &|var| std::env::var(var).ok())?;
-        self.overrides
-            .apply(&mut parsed)
-            .map_err(|problem| config::ConfigError::general(&self.path, problem))?;
-        Ok(parsed)
+    fn path(&self) -> &Path {
+        &self.disk.path
     }
 
-    fn reload(&mut self, forced: bool) -> Result<Outcome, ChangeError> {
+    async fn reload(&mut self, forced: bool) -> Result<Outcome, ChangeError> {
         let metrics = Arc::clone(&self.proxy.metrics);
-        let text = match std::fs::read_to_string(&self.path) {
+        let read = self.disk.run(Disk::read).await;
+        let text = match read.unwrap_or_else(|lost| Err(self.disk.error(lost))) {
             Ok(t) => t,
-            Err(e) => {
-                let error = config::ConfigError::unreadable(&self.path, &e);
+            Err(error) => {
+                // Nothing was read: whatever the file holds next is news,
+                // even the text it held before.
+                self.file_text = None;
                 return Err(self.reload_failed(error, &metrics));
             }
         };
         // An unchanged file may still name changed certificates.
-        let has_tls = self.running.tenants.iter().any(|t| t.tls.is_some());
-        if !forced && text == self.file_text && !has_tls {
+        let has_tls = self.running.tenants.iter().any(|t| t.tls.is_some())
+            || self.running.notify.as_ref().is_some_and(|n| n.ca.is_some());
+        if !forced && self.file_text.as_ref() == Some(&text) && !has_tls {
+            // The same text as last time, valid or not: its verdict stands
+            // (a failed one is still in `last_error`).
             return Ok(self.outcome(false));
         }
+        self.file_text = Some(text.clone());
         if text.trim().is_empty() {
             // Most likely caught between a truncate and a write; never a
             // reason to drop every tenant.
-            let error =
-                config::ConfigError::general(&self.path, "the control file is empty".to_owned());
+            let error = self.disk.error("the control file is empty".to_owned());
             return Err(self.reload_failed(error, &metrics));
         }
-        match self.parse(&text) {
-            Ok(file) => {
-                metrics.reloads_ok.increment(1);
-                let mut status = self.shared.status();
-                status.last_reload = Some(SystemTime::now());
-                status.last_error = None;
-                drop(status);
+        let parsed = self
+            .disk
+            .run(move |disk| disk.parse(&text).map(|file| (text, file)))
+            .await;
+        match parsed.unwrap_or_else(|lost| Err(self.disk.error(lost))) {
+            Ok((text, file)) => {
+                self.reload_succeeded();
                 Ok(self.fold_file(text, file))
             }
-            Err(error) => {
-                self.file_text = text;
-                Err(self.reload_failed(error, &metrics))
-            }
+            Err(error) => Err(self.reload_failed(error, &metrics)),
         }
+    }
+
+    /// A valid version of the file was read: the reload error, if any, is
+    /// over.
+    fn reload_succeeded(&mut self) {
+        self.proxy.metrics.reloads_ok.increment(1);
+        let mut status = self.shared.status();
+        status.last_reload = Some(SystemTime::now());
+        status.last_error = None;
     }
 
     fn reload_failed(
@@ -393,7 +411,7 @@ impl ControlTask {
         metrics: &crate::metrics::Metrics,
     ) -> ChangeError {
         metrics.reloads_error.increment(1);
-        tracing::error!(path = %self.path.display(), error = %error, "control file not applied; the last good state keeps serving");
+        tracing::error!(path = %self.path().display(), error = %error, "control file not applied; the last good state keeps serving");
         let mut status = self.shared.status();
         status.last_reload = Some(SystemTime::now());
         status.last_error = Some(error.to_string());
@@ -410,7 +428,7 @@ impl ControlTask {
         }
         let merged = merge(&self.running, &self.file, file.clone());
         self.file = file;
-        self.file_text = text;
+        self.file_text = Some(text);
         let persisted = merged == self.file;
         self.apply(merged, &Origin::file(), persisted)
     }
@@ -474,14 +492,14 @@ impl ControlTask {
     /// Records the events of a change already swapped in.
     fn record(&mut self, previous: &Config, origin: &Origin, persisted: bool) -> Outcome {
         let events = describe(previous, &self.running, origin, persisted, self.generation);
-        let webhook = self.running.notify_webhook.clone();
+        let webhook = self.running.notify.clone();
         let mut log = self.shared.events();
         for event in events {
             let recorded = log.record(event);
-            if let Some(url) = &webhook
+            if let Some(hook) = &webhook
                 && matches!(recorded.source, Source::Slo | Source::Rollout)
             {
-                self.notifier.send(url, recorded);
+                self.notifier.send(hook, recorded);
             }
         }
         drop(log);
@@ -489,10 +507,17 @@ impl ControlTask {
         self.outcome(true)
     }
 
+    /// Watches the certificate files the running state names (tenants'
+    /// and the webhook's CA bundle), so their changes reload too.
     fn watch_tls_files(&mut self) {
         if let Some(w) = self.watcher.as_mut() {
             let files = self.running.tenants.iter().filter_map(|t| t.tls.as_ref());
-            w.ensure(files.flat_map(|f| [f.cert.as_path(), f.key.as_path()]));
+            let ca = self.running.notify.iter().filter_map(|n| n.ca.as_ref());
+            w.ensure(
+                files
+                    .flat_map(|f| [f.cert.as_path(), f.key.as_path()])
+                    .chain(ca.map(|c| c.path.as_path())),
+            );
         }
     }
 
@@ -516,7 +541,7 @@ impl ControlTask {
     }
 
     /// The SLO guard's revert: all traffic to stable, through the one path.
-    fn revert(&mut self, breach: Breach) {
+    async fn revert(&mut self, breach: Breach) {
         let table = self.proxy.table.load_full();
         let Some(tenant) = table.tenant(&breach.tenant) else {
             return;
@@ -531,7 +556,7 @@ impl ControlTask {
                 reason: Some(breach.reason.clone()),
             };
             let plan = Plan::weights(all_on(stable)).ends_ramp();
-            match self.set(&breach.tenant, plan, &origin, "slo breach") {
+            match self.set(&breach.tenant, plan, &origin, "slo breach").await {
                 Ok(_) => {
                     state.metrics.reverts.increment(1);
                     tracing::warn!(tenant = %breach.tenant, pool = candidate.as_str(), reason = %breach.reason, "candidate reverted: SLO breached");
@@ -547,7 +572,7 @@ impl ControlTask {
 
     /// Moves every running ramp (and promote bake) along when its time has
     /// come and its SLO holds.
-    fn advance_rollouts(&mut self) {
+    async fn advance_rollouts(&mut self) {
         let now = SystemTime::now();
         let ramps: Vec<(String, usize, SystemTime)> = self
             .running
@@ -559,7 +584,7 @@ impl ControlTask {
             })
             .collect();
         for (tenant, step, since) in ramps {
-            self.advance(&tenant, step, since, now);
+            self.advance(&tenant, step, since, now).await;
         }
         let bakes: Vec<(String, SystemTime)> =
             self.bakes().iter().map(|(t, s)| (t.clone(), *s)).collect();
@@ -573,13 +598,13 @@ impl ControlTask {
                 continue;
             }
             let window = t.settings.slo.window;
-            if elapsed(since, now) >= window && self.ready_to_move(&tenant) {
-                self.finish_promotion(&tenant);
+            if elapsed(since, now) >= window && self.ready_to_move(&tenant).await {
+                self.finish_promotion(&tenant).await;
             }
         }
     }
 
-    fn advance(&mut self, tenant: &str, step: usize, since: SystemTime, now: SystemTime) {
+    async fn advance(&mut self, tenant: &str, step: usize, since: SystemTime, now: SystemTime) {
         let Some(t) = self.running.tenant(tenant) else {
             return;
         };
@@ -593,7 +618,8 @@ impl ControlTask {
         if t.weights != share_weights(stable, share) {
             // The split was changed outside the ramp (a file edit, another
             // replica): that decision ends the ramp.
-            self.end_ramp(tenant, "rollout ended: the weights were changed outside it");
+            self.end_ramp(tenant, "rollout ended: the weights were changed outside it")
+                .await;
             return;
         }
         let hold = if share < 100 {
@@ -601,11 +627,11 @@ impl ControlTask {
         } else {
             rollout.bake
         };
-        if elapsed(since, now) < hold || !self.ready_to_move(tenant) {
+        if elapsed(since, now) < hold || !self.ready_to_move(tenant).await {
             return;
         }
         if share >= 100 {
-            self.finish_promotion(tenant);
+            self.finish_promotion(tenant).await;
             return;
         }
         let next = step + 1;
@@ -621,7 +647,7 @@ impl ControlTask {
                 rollout.steps.len()
             )),
         };
-        if let Err(e) = self.set(tenant, plan, &origin, "rollout step") {
+        if let Err(e) = self.set(tenant, plan, &origin, "rollout step").await {
             tracing::error!(%tenant, error = %e, "rollout step failed");
         }
         self.mark_step(tenant);
@@ -629,7 +655,7 @@ impl ControlTask {
 
     /// The candidate may move on: its verdict is `ok` and it has served at
     /// least `min_requests` since the step began.
-    fn ready_to_move(&mut self, tenant: &str) -> bool {
+    async fn ready_to_move(&mut self, tenant: &str) -> bool {
         let table = self.proxy.table.load();
         let Some(t) = table.tenant(tenant) else {
             return false;
@@ -648,21 +674,21 @@ impl ControlTask {
                     reason,
                 };
                 drop(table);
-                self.revert(breach);
+                self.revert(breach).await;
                 false
             }
         }
     }
 
     /// Stops a ramp without touching the weights.
-    fn end_ramp(&mut self, tenant: &str, reason: &str) {
+    async fn end_ramp(&mut self, tenant: &str, reason: &str) {
         let origin = Origin {
             source: Source::Rollout,
             actor: None,
             reason: Some(reason.to_owned()),
         };
         let plan = Plan::default().progress(None);
-        if let Err(e) = self.set(tenant, plan, &origin, reason) {
+        if let Err(e) = self.set(tenant, plan, &origin, reason).await {
             tracing::error!(%tenant, error = %e, "ending the rollout failed");
         }
         self.step_marks.remove(tenant);
@@ -677,7 +703,7 @@ impl ControlTask {
     }
 
     /// The bake is over: the candidate becomes the stable pool.
-    fn finish_promotion(&mut self, tenant: &str) {
+    async fn finish_promotion(&mut self, tenant: &str) {
         let Some(t) = self.running.tenant(tenant) else {
             return;
         };
@@ -692,7 +718,7 @@ impl ControlTask {
             actor: None,
             reason: Some(format!("promoted: {new_stable} is now the stable pool")),
         };
-        if let Err(e) = self.set(tenant, plan, &origin, "promoted") {
+        if let Err(e) = self.set(tenant, plan, &origin, "promoted").await {
             tracing::error!(%tenant, error = %e, "promotion failed");
         }
         self.bakes().remove(tenant);

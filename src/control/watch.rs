@@ -24,24 +24,45 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// ...but never longer than this after the first event.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
-/// Keeps the OS watch alive; dropping it stops watching.
+/// The handle of the watch: dropping it stops watching.
+///
+/// The OS watch itself (`notify`'s watcher) lives in a task of its own, and
+/// every call on it runs on the blocking pool: adding a watch resolves links
+/// on the filesystem and waits for `notify`'s own thread to answer, which a
+/// runtime worker must not do.
 pub struct Watcher {
-    inner: notify::RecommendedWatcher,
-    watched: std::collections::HashSet<PathBuf>,
+    dirs: mpsc::UnboundedSender<Vec<PathBuf>>,
 }
 
 impl Watcher {
     /// Also watches the directories `paths` live in (and their links'
     /// targets'): certificate files can live beside the control file or
-    /// anywhere else.
+    /// anywhere else. Returns at once; the watch is added in the background.
     pub fn ensure<'p>(&mut self, paths: impl IntoIterator<Item = &'p Path>) {
+        let paths: Vec<PathBuf> = paths.into_iter().map(Path::to_owned).collect();
+        if !paths.is_empty() {
+            // Fails only when the owner task is gone (a runtime shutting down).
+            let _ = self.dirs.send(paths);
+        }
+    }
+}
+
+/// The OS watch and the directories it already covers.
+struct Inner {
+    watcher: notify::RecommendedWatcher,
+    watched: std::collections::HashSet<PathBuf>,
+}
+
+impl Inner {
+    /// Blocking: resolves links and adds watches.
+    fn ensure(&mut self, paths: &[PathBuf]) {
         for path in paths {
             for dir in watched_dirs(path) {
                 let key = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
                 if !self.watched.insert(key) {
                     continue;
                 }
-                if let Err(e) = self.inner.watch(&dir, RecursiveMode::NonRecursive) {
+                if let Err(e) = self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
                 }
             }
@@ -50,28 +71,60 @@ impl Watcher {
 }
 
 /// Watches the directories the control file lives in and reloads on change.
-/// Returns `None` (logged) when the OS refuses a watch; SIGHUP and the admin
+/// When the OS refuses a watch it says so in the log; SIGHUP and the admin
 /// API still reload then.
-pub fn spawn(path: &Path, control: Control) -> Option<Watcher> {
+pub fn spawn(path: &Path, control: Control) -> Watcher {
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    let (dirs, mut wanted) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let wake = tx.clone();
-    let inner = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            // A full channel already holds a pending wake-up: nothing lost.
-            let _ = tx.try_send(());
+    let path = path.to_owned();
+    tokio::spawn(async move {
+        let created = tokio::task::spawn_blocking(move || {
+            let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok() {
+                    // A full channel already holds a pending wake-up: nothing lost.
+                    let _ = tx.try_send(());
+                }
+            });
+            watcher.map(|watcher| {
+                let mut inner = Inner {
+                    watcher,
+                    watched: Default::default(),
+                };
+                inner.ensure(&[path]);
+                inner
+            })
+        })
+        .await;
+        let created = created
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let mut inner = match created {
+            Ok(inner) => inner,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch the control file; reload with SIGHUP or the admin API");
+                return;
+            }
+        };
+        // An edit made between the first read and the watch being in place
+        // would otherwise wait for the next one: look once now.
+        let _ = wake.try_send(());
+        while let Some(paths) = wanted.recv().await {
+            match tokio::task::spawn_blocking(move || {
+                inner.ensure(&paths);
+                inner
+            })
+            .await
+            {
+                Ok(back) => inner = back,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the file watch failed; reload with SIGHUP or the admin API");
+                    return;
+                }
+            }
         }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the control file; reload with SIGHUP or the admin API");
-            return None;
-        }
-    };
-    let mut watcher = Watcher {
-        inner,
-        watched: Default::default(),
-    };
-    watcher.ensure([path]);
+        // The handle was dropped: `inner` goes, and the OS watch with it.
+    });
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             let give_up = tokio::time::Instant::now() + DEBOUNCE_MAX;
@@ -90,10 +143,7 @@ pub fn spawn(path: &Path, control: Control) -> Option<Watcher> {
             }
         }
     });
-    // An edit made between the first read and the watch being in place
-    // would otherwise wait for the next one: look once now.
-    let _ = wake.try_send(());
-    Some(watcher)
+    Watcher { dirs }
 }
 
 /// The file's own directory, and its final target's if a link leads elsewhere.
