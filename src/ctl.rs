@@ -2,8 +2,8 @@
 //!
 //! Every subcommand is one or two admin calls; `--wait` follows a rollout by
 //! polling the tenant view and turns its outcome into the exit code, so a
-//! pipeline step can gate on it: 0 when the candidate became stable, 2 when
-//! it was reverted, 3 when the ramp ended any other way, 1 for errors.
+//! pipeline step can gate on it (see [`EXIT_CODES_HELP`]). Each outcome has
+//! a code of its own: a usage error must never read as a revert.
 
 use std::time::Duration;
 
@@ -16,24 +16,43 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-/// How often `--wait` looks at the tenant.
-const POLL: Duration = Duration::from_millis(500);
-/// How long `--wait` waits for a revert's event (the file write comes first,
-/// and its lock wait is bounded at half a second).
-const REVERT_EVENT_POLL: Duration = Duration::from_millis(100);
-const REVERT_EVENT_TRIES: u32 = 30;
-/// The newest events looked through for it (others may follow it).
-const REVERT_EVENT_WINDOW: usize = 20;
+mod follow;
 
+/// Done: the call succeeded; with `--wait`, the candidate became stable.
 pub const EXIT_OK: u8 = 0;
+/// The call failed: the admin API refused it or could not be reached.
 pub const EXIT_ERROR: u8 = 1;
+/// `--wait`: the SLO guard reverted the candidate.
 pub const EXIT_REVERTED: u8 = 2;
+/// `--wait`: the rollout ended without a promotion (a rollback, new weights).
 pub const EXIT_ENDED: u8 = 3;
+/// The command line is wrong (an unknown flag, a missing or malformed
+/// argument): `EX_USAGE` of sysexits(3), the conventional code for it, and
+/// far from the codes above, so a typo in a pipeline never reads as a
+/// revert (clap's own default, 2, would). `turnout` uses it for every
+/// subcommand.
+pub const EXIT_USAGE: u8 = 64;
+/// `--wait --timeout`: the rollout was still running when the time was up
+/// (it keeps running). 124 is what timeout(1) exits with, so wrapping the
+/// command in `timeout` or not gives a pipeline the same code.
+pub const EXIT_TIMEOUT: u8 = 124;
 
+/// The exit codes, as `turnout ctl --help` lists them.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    done; with --wait: the candidate was promoted (it is now stable)
+  1    error: the admin API refused the call or could not be reached
+  2    --wait: the candidate was reverted (the SLO guard pulled it back)
+  3    --wait: the rollout ended without a promotion (rollback, new weights)
+  64   usage error: unknown flag, missing or malformed argument (EX_USAGE)
+  124  --wait --timeout: still running when the time was up (it keeps running)";
+
+/// `turnout ctl`: its flags and subcommand.
 #[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES_HELP)]
 pub struct CtlArgs {
-    /// The admin API.
-    #[arg(long, env = "TURNOUT_ADMIN", default_value = "http://127.0.0.1:9901")]
+    /// The admin API: an http:// URL.
+    #[arg(long, env = "TURNOUT_ADMIN", default_value = "http://127.0.0.1:9901", value_parser = parse_admin_url)]
     pub admin: String,
     /// Print the admin API's JSON instead of text.
     #[arg(long, global = true)]
@@ -42,6 +61,7 @@ pub struct CtlArgs {
     pub command: CtlCommand,
 }
 
+/// The admin calls `turnout ctl` makes.
 #[derive(Subcommand, Debug)]
 pub enum CtlCommand {
     /// Exit 0 when turnout is ready to serve (`/readyz`), 1 otherwise: for
@@ -63,9 +83,12 @@ pub enum CtlCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Start the tenant's configured ramp.
+    /// Start the tenant's configured ramp; while one runs, leave it as it is.
+    #[command(after_help = EXIT_CODES_HELP)]
     Rollout(StartArgs),
-    /// Candidate to 100, bake, then make it stable.
+    /// Candidate to 100, bake, then make it stable; while a bake runs, leave
+    /// it as it is.
+    #[command(after_help = EXIT_CODES_HELP)]
     Promote(StartArgs),
     /// All traffic to the stable pool now.
     Rollback {
@@ -85,14 +108,42 @@ pub enum CtlCommand {
 #[derive(Args, Debug)]
 pub struct StartArgs {
     tenant: String,
-    /// Follow it; exit 0 when promoted, 2 when reverted.
+    /// Follow it, one line per change of step (with --json one JSON document
+    /// per line); exit 0 when promoted, 2 when reverted, 3 when it ended
+    /// otherwise.
     #[arg(long)]
     wait: bool,
+    /// With --wait: give up after this long ("90s", "10m") and exit 124; the
+    /// rollout keeps running.
+    #[arg(long, requires = "wait", value_parser = parse_timeout, value_name = "DURATION")]
+    timeout: Option<Duration>,
     /// Even if the candidate has no healthy endpoint.
     #[arg(long)]
     force: bool,
     #[arg(long)]
     reason: Option<String>,
+}
+
+/// `--admin`: `http://host[:port]` and nothing more (the admin API speaks
+/// plain HTTP; a path would be dropped). A bad URL is a usage error.
+fn parse_admin_url(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text.parse().map_err(|e| format!("{e}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err("must be an http:// URL such as http://127.0.0.1:9901".to_owned());
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("must have no path, such as http://127.0.0.1:9901".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+/// `--timeout`: a humantime duration above zero.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d > Duration::ZERO => Ok(d),
+        Ok(_) => Err("must be greater than 0".to_owned()),
+        Err(e) => Err(format!("{e} (write it as \"90s\", \"10m\" or \"1h\")")),
+    }
 }
 
 /// A failed call, ready to print.
@@ -254,8 +305,8 @@ async fn execute(admin: &Admin, command: CtlCommand, json: bool) -> Result<u8, C
             );
             Ok(EXIT_OK)
         }
-        CtlCommand::Rollout(args) => start(admin, "rollout", args, json).await,
-        CtlCommand::Promote(args) => start(admin, "promote", args, json).await,
+        CtlCommand::Rollout(args) => follow::start(admin, "rollout", args, json).await,
+        CtlCommand::Promote(args) => follow::start(admin, "promote", args, json).await,
         CtlCommand::Events { tenant, limit } => {
             let mut path = format!("/v1/events?limit={limit}");
             if let Some(t) = tenant {
@@ -272,98 +323,6 @@ async fn execute(admin: &Admin, command: CtlCommand, json: bool) -> Result<u8, C
             Ok(EXIT_OK)
         }
     }
-}
-
-/// Starts a rollout or a promotion, and follows it with `--wait`.
-async fn start(admin: &Admin, action: &str, args: StartArgs, json: bool) -> Result<u8, CtlError> {
-    let StartArgs {
-        tenant,
-        wait,
-        force,
-        reason,
-    } = args;
-    let tenant = tenant.as_str();
-    let before = admin
-        .call(Method::GET, &format!("/v1/tenants/{tenant}"), None)
-        .await?;
-    let path = format!(
-        "/v1/tenants/{tenant}/{action}{}",
-        if force { "?force=true" } else { "" }
-    );
-    let answer = admin
-        .call(
-            Method::POST,
-            &path,
-            reason.map(|r| serde_json::json!({ "reason": r })),
-        )
-        .await?;
-    report(&answer, json, &format!("{tenant}: {action} started"));
-    if !wait {
-        return Ok(EXIT_OK);
-    }
-    follow(admin, tenant, &before, json).await
-}
-
-/// Polls the tenant until its ramp ends; prints each step.
-async fn follow(admin: &Admin, tenant: &str, before: &Value, json: bool) -> Result<u8, CtlError> {
-    let candidate = before["candidate"].as_str().unwrap_or_default().to_owned();
-    let mut last = String::new();
-    loop {
-        let view = admin
-            .call(Method::GET, &format!("/v1/tenants/{tenant}"), None)
-            .await?;
-        let line = if json {
-            view.to_string()
-        } else {
-            status_line(&view)
-        };
-        let state = format!("{} {} {}", view["status"], view["weights"], view["stable"]);
-        if state != last {
-            println!("{line}");
-            last = state;
-        }
-        if view["stable"].as_str() == Some(candidate.as_str()) {
-            if !json {
-                println!("{tenant}: promoted, {candidate} is now the stable pool");
-            }
-            return Ok(EXIT_OK);
-        }
-        match view["status"].as_str() {
-            Some("reverted") => {
-                let reason = revert_reason(admin, tenant, before).await;
-                eprintln!("turnout ctl: {tenant}: the candidate was reverted: {reason}");
-                return Ok(EXIT_REVERTED);
-            }
-            Some("ramping" | "baking") => {}
-            _ => {
-                eprintln!("turnout ctl: {tenant}: the rollout ended without a promotion");
-                return Ok(EXIT_ENDED);
-            }
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// The reason the SLO check gave for a revert since `before` (the tenant
-/// as it was when the rollout started). The tenant reads `reverted` as soon
-/// as its traffic has moved back; the event is recorded once the control
-/// file has been written, a moment later, so it is waited for.
-async fn revert_reason(admin: &Admin, tenant: &str, before: &Value) -> String {
-    let since = before["generation"].as_u64().unwrap_or(0);
-    let path = format!("/v1/events?tenant={tenant}&limit={REVERT_EVENT_WINDOW}");
-    for _ in 0..REVERT_EVENT_TRIES {
-        if let Ok(Value::Array(events)) = admin.call(Method::GET, &path, None).await {
-            let revert = events.iter().rev().find(|e| {
-                e["source"].as_str() == Some("slo")
-                    && e["generation"].as_u64().is_some_and(|g| g > since)
-            });
-            if let Some(reason) = revert.and_then(|e| e["reason"].as_str()) {
-                return reason.to_owned();
-            }
-        }
-        tokio::time::sleep(REVERT_EVENT_POLL).await;
-    }
-    "no reason recorded".to_owned()
 }
 
 fn status_line(t: &Value) -> String {
@@ -401,17 +360,35 @@ fn event_line(e: &Value) -> String {
         e["at"].as_str().unwrap_or("?"),
         e["tenant"].as_str().unwrap_or("-"),
         e["source"].as_str().unwrap_or("?"),
-        e["actor"].as_str().unwrap_or("-"),
+        printable(e["actor"].as_str().unwrap_or("-")),
         weights(&e["from"]),
         weights(&e["to"]),
         e["stable"].as_str().unwrap_or("-"),
-        e["reason"].as_str().unwrap_or(""),
+        printable(e["reason"].as_str().unwrap_or("")),
         if e["persisted"] == Value::Bool(false) {
             " (not persisted)"
         } else {
             ""
         },
     )
+}
+
+/// Free text from the server with control characters escaped, so it can
+/// neither break a line of output nor send a terminal sequence.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if crate::config::validate::log_unsafe_char(text).is_none() {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if crate::config::validate::is_log_unsafe(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 fn report(answer: &Value, json: bool, text: &str) {

@@ -18,11 +18,20 @@ use turnout::config::{self, Config};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit codes of every subcommand but `ctl` (which lists its own).
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    done (`check`: the file is valid; unset *_env secrets only warn)
+  1    error (`check`: the file is invalid; `run`: cannot start)
+  64   usage error: unknown flag, missing or malformed argument (EX_USAGE)
+`turnout ctl --help` lists the codes of `ctl`.";
+
 #[derive(Parser)]
 #[command(
     name = "turnout",
     version,
-    about = "A traffic-shifting edge proxy for blue/green delivery"
+    about = "A traffic-shifting edge proxy for blue/green delivery",
+    after_help = EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -79,7 +88,10 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(&e),
+    };
     init_logging(cli.log_format);
     match cli.command {
         Some(Command::Check { config }) => check(&config),
@@ -90,6 +102,19 @@ fn main() -> ExitCode {
         }
         Some(Command::Run(args)) => block_on(run(args)),
         None => block_on(run(cli.run)),
+    }
+}
+
+/// Prints clap's message and exits: 0 for `--help` and `--version`,
+/// `EX_USAGE` (64) for a usage error of any subcommand, not clap's 2,
+/// which `turnout ctl --wait` uses for "reverted".
+fn usage(e: &clap::Error) -> ExitCode {
+    // Nothing sensible is left to do when stdout or stderr is closed.
+    let _ = e.print();
+    if e.use_stderr() {
+        ExitCode::from(turnout::ctl::EXIT_USAGE)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -117,8 +142,45 @@ fn init_logging(format: LogFormat) {
         .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(escaped_fields()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Text-format fields with every character that could forge or hide a log
+/// line escaped (`\n`, `\u{1b}`, ...): field values carry text from outside
+/// (hosts, paths, file contents in errors), and the default format writes
+/// `%display` values as they are (SPEC §11). JSON lines are escaped by
+/// serde_json already.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use std::fmt::Write as _;
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        if field.name() != "message" {
+            write!(w, "{}=", field.name())?;
+        }
+        write!(Escaping(w), "{value:?}")
+    })
+    .delimited(" ")
+}
+
+/// Writes through, escaping what [`turnout::config::validate::is_log_unsafe`] names.
+struct Escaping<'a, W: std::fmt::Write>(&'a mut W);
+
+impl<W: std::fmt::Write> std::fmt::Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        use turnout::config::validate::is_log_unsafe;
+        if !s.chars().any(is_log_unsafe) {
+            return self.0.write_str(s);
+        }
+        for c in s.chars() {
+            if is_log_unsafe(c) {
+                write!(self.0, "{}", c.escape_default())?;
+            } else {
+                self.0.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -157,8 +219,18 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// SPEC §2: errors exit 1; a `*_env` secret missing from this environment is
+/// only a warning (files are checked where secrets are not, such as CI).
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load(path) {
+    let checked = config::load_for_check(path);
+    if let Some(warnings) = checked.warnings() {
+        eprintln!("{warnings}");
+        eprintln!(
+            "turnout: {} secret(s) not set in this environment: `turnout run` refuses to start without them",
+            checked.unset_secrets.len()
+        );
+    }
+    match checked.config {
         Ok(config) => {
             print!("{}", summary(&config));
             ExitCode::SUCCESS

@@ -451,3 +451,220 @@ fn an_exposed_admin_api_without_tokens_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_as_rfc_9110_writes_it() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let proxy = spawn_proxy(&format!(
+        "{}{}",
+        tokens(),
+        tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
+    ))
+    .await;
+    let get = |authorization: String| {
+        let proxy = &proxy;
+        async move {
+            let req = http::Request::get(proxy.admin_url("/v1/tenants/shop"))
+                .header("authorization", authorization)
+                .body(http_body_util::Full::default())
+                .unwrap();
+            proxy.send(req).await
+        }
+    };
+    // The scheme is case-insensitive (RFC 9110 §11.1) and one or more
+    // spaces separate it from the token (§11.4: `1*SP`).
+    for scheme in ["Bearer ", "bearer ", "BEARER ", "bEaReR ", "Bearer   "] {
+        let r = get(format!("{scheme}{OPS}")).await;
+        assert_eq!(r.status, 200, "`{scheme}`: {}", r.text());
+    }
+    // Not `auth-scheme 1*SP token68`, or not our scheme: 401 with the
+    // challenge RFC 9110 §11.6.1 requires.
+    for bad in [
+        format!("Basic {OPS}"),
+        format!("Bearer\t{OPS}"),
+        format!("Bearer{OPS}"),
+        format!("Bearers {OPS}"),
+        format!("Bearer {OPS} extra"),
+        "Bearer".to_owned(),
+    ] {
+        let r = get(bad.clone()).await;
+        assert_eq!(r.status, 401, "`{bad}`");
+        assert_eq!(
+            r.headers.get("www-authenticate").unwrap(),
+            "Bearer realm=\"turnout\""
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reason_that_could_forge_a_log_line_is_refused() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let proxy = spawn_proxy(&format!(
+        "{}{}",
+        tokens(),
+        tenant(
+            "shop",
+            r#"["shop.test"]"#,
+            &b,
+            &g,
+            (100, 0),
+            "[tenants.shop.rollout]\nsteps = [50, 100]\ninterval = \"1h\"\nbake = \"1h\"\n"
+        )
+    ))
+    .await;
+    let generation =
+        json(&proxy.admin("GET", "/v1/config", Some(OPS), None).await)["generation"].clone();
+    let forged = [
+        (
+            r#"ok\nINFO change applied seq=99 actor=root"#,
+            "U+000A at character 3",
+        ),
+        (r#"ok\r"#, "U+000D at character 3"),
+        (r#"\u0000"#, "U+0000 at character 1"),
+        (r#"\u001b[31mred"#, "U+001B at character 1"),
+        (r#"tab\there"#, "U+0009 at character 4"),
+        (r#"\u0085next line"#, "U+0085 at character 1"),
+        (r#"a\u2028b"#, "U+2028 at character 2"),
+        (r#"a\u202eb"#, "U+202E at character 2"),
+    ];
+    let calls = [
+        (
+            "PUT",
+            "/v1/tenants/shop/weights",
+            r#""blue": 90, "green": 10, "#,
+        ),
+        ("POST", "/v1/tenants/shop/rollback", ""),
+        ("POST", "/v1/tenants/shop/rollout", ""),
+        ("POST", "/v1/tenants/shop/promote", ""),
+    ];
+    for (method, path, fields) in calls {
+        for (reason, found) in forged {
+            let body = format!(r#"{{{fields}"reason": "{reason}"}}"#);
+            let r = proxy.admin(method, path, Some(OPS), Some(&body)).await;
+            assert_eq!(r.status, 400, "{method} {path} {body}: {}", r.text());
+            let error = json(&r)["error"].as_str().unwrap().to_owned();
+            assert!(
+                error.contains("reason must not contain control characters or line breaks")
+                    && error.contains(found),
+                "{error}"
+            );
+        }
+    }
+    let long = format!(r#"{{"reason": "{}"}}"#, "x".repeat(1025));
+    let r = proxy
+        .admin("POST", "/v1/tenants/shop/rollback", Some(OPS), Some(&long))
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        json(&r)["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1024 bytes")
+    );
+    // Nothing was applied or recorded.
+    let now = json(&proxy.admin("GET", "/v1/config", Some(OPS), None).await);
+    assert_eq!(now["generation"], generation);
+    assert_eq!(proxy.weights_with(OPS, "shop").await, (100, 0));
+    // Text that is merely not ASCII is a fine reason.
+    let r = proxy
+        .admin(
+            "PUT",
+            "/v1/tenants/shop/weights",
+            Some(OPS),
+            Some(r#"{"blue": 90, "green": 10, "reason": "déploiement 7 — ok ✓"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events = proxy
+        .admin("GET", "/v1/events?tenant=shop", Some(OPS), None)
+        .await;
+    assert!(events.text().contains("déploiement 7 — ok ✓"));
+}
+
+/// The turnout binary with text logs; returns it, its admin address and a
+/// receiver of its stderr lines.
+async fn spawn_text_logging(
+    path: &std::path::Path,
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
+        .args(["--log-format", "text", "run", "--config"])
+        .arg(path)
+        .env("TURNOUT_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    let admin = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = rx.recv().await {
+            if line.contains("turnout serving") {
+                let addr = line.split("admin_addr=").nth(1).unwrap();
+                return addr.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("turnout exited before serving");
+    })
+    .await
+    .expect("turnout did not report that it is serving");
+    (child, admin, rx)
+}
+
+#[tokio::test]
+async fn outside_text_in_a_text_log_line_stays_on_its_line() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("turnout.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{}",
+            tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
+        ),
+    )
+    .unwrap();
+    let (_child, admin, mut lines) = spawn_text_logging(&path).await;
+    // A value that carries a line break and a terminal sequence into the
+    // error the reload logs.
+    edit_file(
+        &path,
+        "stable = \"blue\"",
+        "stable = \"blue\"\nrequest_timeout = \"5s\\nFORGED ERROR all tenants dropped \\u001b[2J\"",
+    );
+    let c = client();
+    let req = http::Request::post(format!("http://{admin}/v1/config/reload"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = lines.recv().await.expect("turnout's stderr closed");
+            assert!(
+                !line.starts_with("FORGED"),
+                "a value from outside started a log line of its own: {line}"
+            );
+            if line.contains("control file not applied") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the failed reload was not logged");
+    assert!(
+        line.contains("`5s\\nFORGED ERROR all tenants dropped \\u{1b}[2J` is not a duration"),
+        "{line}"
+    );
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+}

@@ -212,3 +212,348 @@ async fn a_bad_token_or_an_unreachable_admin_is_a_clear_error() {
         out.stderr
     );
 }
+
+/// `turnout` with `args` and no admin API behind it.
+async fn turnout(args: &[&str]) -> Out {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
+        .args(args)
+        .env_remove("TURNOUT_TOKEN")
+        .env_remove("TURNOUT_ADMIN")
+        .output()
+        .await
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_usage_error_has_its_own_exit_code_never_the_revert_code() {
+    let (_held, dead) = refusing_port();
+    let admin = format!("http://{dead}");
+    for args in [
+        &["ctl", "--admin", &admin, "rollout", "shop", "--wiat"][..],
+        &["ctl", "--admin", &admin, "rollout"],
+        &["ctl", "--admin", &admin, "weights", "shop", "ninety", "10"],
+        &[
+            "ctl",
+            "--admin",
+            &admin,
+            "rollout",
+            "shop",
+            "--timeout",
+            "5s",
+        ],
+        &[
+            "ctl",
+            "--admin",
+            &admin,
+            "rollout",
+            "shop",
+            "--wait",
+            "--timeout",
+            "soon",
+        ],
+        &[
+            "ctl",
+            "--admin",
+            &admin,
+            "promote",
+            "shop",
+            "--wait",
+            "--timeout",
+            "0s",
+        ],
+        &["ctl", "--admin", "ftp://127.0.0.1:9901", "status"],
+        &["ctl", "--admin", &admin],
+        &["ctl", "--admin", &admin, "stauts"],
+        &["check", "--confg", "x.toml"],
+        &["run", "--listen-http", "not-an-address"],
+        &["--bogus"],
+        &["upstream"],
+    ] {
+        let out = turnout(args).await;
+        assert_eq!(out.code, 64, "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.is_empty(), "{args:?} explains itself");
+    }
+    // Help is not an error; it lists every exit code.
+    let out = turnout(&["ctl", "--help"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for line in [
+        "0    done",
+        "1    error",
+        "2    --wait: the candidate was reverted",
+        "3    --wait: the rollout ended without a promotion",
+        "64   usage error",
+        "124  --wait --timeout",
+    ] {
+        assert!(out.stdout.contains(line), "`{line}` in {}", out.stdout);
+    }
+    let out = turnout(&["ctl", "rollout", "--help"]).await;
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stdout.contains("--timeout <DURATION>") && out.stdout.contains("124  --wait"),
+        "{}",
+        out.stdout
+    );
+    let out = turnout(&["--help"]).await;
+    assert!(out.stdout.contains("64   usage error"), "{}", out.stdout);
+}
+
+/// A ramp of three steps, resumed from the file at step 2 (50%) or, with
+/// `step = 2`, baking at 100%. It cannot move without traffic.
+fn resumed(b: &Upstream, g: &Upstream, step: usize) -> String {
+    let weights = [(90, 10), (50, 50), (0, 100)][step];
+    let extra = format!(
+        "slo = {{ min_requests = 5 }}\n\n[tenants.shop.rollout]\nsteps = [10, 50, 100]\ninterval = \"300ms\"\nbake = \"300ms\"\nprogress = {{ step = {step}, since = \"2026-01-01T00:00:00Z\" }}\n"
+    );
+    format!(
+        "{}{}",
+        token_table("s3cret"),
+        tenant("shop", r#"["shop.test"]"#, b, g, weights, &extra)
+    )
+}
+
+async fn view(proxy: &TestProxy) -> serde_json::Value {
+    let r = proxy
+        .admin("GET", "/v1/tenants/shop", Some("s3cret"), None)
+        .await;
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+#[tokio::test]
+async fn a_second_rollout_leaves_the_running_one_at_its_step() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let proxy = spawn_proxy(&resumed(&b, &g, 1)).await;
+    let before = view(&proxy).await;
+    assert_eq!(before["status"], "ramping");
+    assert_eq!(before["rollout"]["step"], 2);
+
+    // Over HTTP: 200, nothing changed, the running rollout in the answer.
+    let r = proxy
+        .admin(
+            "POST",
+            "/v1/tenants/shop/rollout",
+            Some("s3cret"),
+            Some(r#"{"reason": "retried CI job"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(answer["changed"], false, "{answer}");
+    assert_eq!(answer["already_running"], true, "{answer}");
+    assert_eq!(answer["generation"], before["generation"], "{answer}");
+    assert_eq!(answer["rollout"]["step"], 2, "{answer}");
+    assert_eq!(answer["rollout"]["since"], "2026-01-01T00:00:00Z");
+
+    // Through ctl, as a retried pipeline step runs it.
+    let out = ctl(
+        proxy.running.admin_addr,
+        Some("s3cret"),
+        &["rollout", "shop"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("shop: rollout already running, left as it is, step 2/3 at 50%"),
+        "{}",
+        out.stdout
+    );
+    let after = view(&proxy).await;
+    assert_eq!(after["rollout"]["step"], 2, "{after}");
+    assert_eq!(after["rollout"]["since"], "2026-01-01T00:00:00Z");
+    assert_eq!(after["weights"], before["weights"]);
+    assert_eq!(after["generation"], before["generation"]);
+    // No event was recorded for the calls that changed nothing.
+    let r = proxy
+        .admin("GET", "/v1/events?tenant=shop", Some("s3cret"), None)
+        .await;
+    assert!(!r.text().contains("retried CI job"), "{}", r.text());
+
+    // `promote` moves a ramp below 100% on to the bake, once.
+    let r = proxy
+        .admin("POST", "/v1/tenants/shop/promote", Some("s3cret"), None)
+        .await;
+    let first: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(first["changed"], true, "{first}");
+    assert_eq!(first["status"], "baking", "{first}");
+    assert_eq!(first["rollout"]["step"], 3, "{first}");
+}
+
+#[tokio::test]
+async fn a_second_promote_leaves_the_bake_clock_alone() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    // With a rollout table: the bake is the ramp's last step.
+    let proxy = spawn_proxy(&resumed(&b, &g, 2)).await;
+    let before = view(&proxy).await;
+    assert_eq!(before["status"], "baking", "{before}");
+    let out = ctl(
+        proxy.running.admin_addr,
+        Some("s3cret"),
+        &["promote", "shop"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("promote already running, left as it is"),
+        "{}",
+        out.stdout
+    );
+    let after = view(&proxy).await;
+    assert_eq!(after["rollout"]["since"], "2026-01-01T00:00:00Z", "{after}");
+    assert_eq!(after["generation"], before["generation"]);
+    // A rollout while baking is the same: the running one is kept.
+    let r = proxy
+        .admin("POST", "/v1/tenants/shop/rollout", Some("s3cret"), None)
+        .await;
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(answer["already_running"], true, "{answer}");
+    assert_eq!(view(&proxy).await["weights"]["green"], 100);
+
+    // Without a rollout table: the bake is held in memory.
+    let (b2, g2) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let plain = spawn_proxy(&format!(
+        "{}{}",
+        token_table("s3cret"),
+        tenant(
+            "shop",
+            r#"["shop.test"]"#,
+            &b2,
+            &g2,
+            (100, 0),
+            "slo = { min_requests = 5 }\n"
+        )
+    ))
+    .await;
+    let promote = || plain.admin("POST", "/v1/tenants/shop/promote", Some("s3cret"), None);
+    let r = promote().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(first["already_running"], false, "{first}");
+    let since = first["rollout"]["since"].as_str().unwrap().to_owned();
+    // `since` has whole seconds: let one pass, so a restarted bake shows.
+    let started = humantime::parse_rfc3339(&since).unwrap();
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the next second",
+        || async {
+            std::time::SystemTime::now()
+                .duration_since(started)
+                .is_ok_and(|d| d >= std::time::Duration::from_secs(1))
+        },
+    )
+    .await;
+    let second: serde_json::Value = serde_json::from_slice(&promote().await.body).unwrap();
+    assert_eq!(second["changed"], false, "{second}");
+    assert_eq!(second["already_running"], true, "{second}");
+    assert_eq!(second["rollout"]["since"], since.as_str(), "{second}");
+    assert_eq!(second["generation"], first["generation"], "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_wait_gives_up_at_its_timeout_with_its_own_code() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    // No traffic: the ramp cannot move, `--wait` alone would wait forever.
+    let proxy = spawn_proxy(&ramped(&b, &g)).await;
+    let admin = proxy.running.admin_addr;
+    let started = std::time::Instant::now();
+    let out = ctl(
+        admin,
+        Some("s3cret"),
+        &["rollout", "shop", "--wait", "--timeout", "1s"],
+    )
+    .await;
+    assert_eq!(
+        out.code, 124,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert!(
+        out.stderr
+            .contains("shop: still ramping, step 1/2 at 50% after 1s; stopped waiting, the rollout keeps running"),
+        "{}",
+        out.stderr
+    );
+    // The first state is printed once, not once per poll.
+    assert_eq!(
+        out.stdout.lines().filter(|l| l.contains("ramping")).count(),
+        1,
+        "{}",
+        out.stdout
+    );
+    assert_eq!(view(&proxy).await["status"], "ramping");
+
+    // The same in NDJSON: the answer, the view, then the outcome.
+    let out = ctl(
+        admin,
+        Some("s3cret"),
+        &["--json", "rollout", "shop", "--wait", "--timeout", "700ms"],
+    )
+    .await;
+    assert_eq!(out.code, 124, "{}", out.stderr);
+    let docs: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(docs.len(), 3, "{}", out.stdout);
+    assert_eq!(docs[0]["already_running"], true);
+    assert_eq!(docs[1]["name"], "shop");
+    assert_eq!(docs[2]["outcome"], "timeout");
+    assert_eq!(docs[2]["exit_code"], 124);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_wait_prints_one_document_per_line() {
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let proxy = Arc::new(spawn_proxy(&ramped(&b, &g)).await);
+    let stop = traffic(&proxy);
+    let out = ctl(
+        proxy.running.admin_addr,
+        Some("s3cret"),
+        &["rollout", "shop", "--wait", "--json"],
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let docs: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON document: {e}: {l}"))
+        })
+        .collect();
+    let (first, last) = (&docs[0], &docs[docs.len() - 1]);
+    assert_eq!(first["changed"], true, "{first}");
+    assert_eq!(first["rollout"]["step"], 1, "{first}");
+    assert_eq!(last["outcome"], "promoted", "{last}");
+    assert_eq!(last["exit_code"], 0, "{last}");
+    let views = &docs[1..docs.len() - 1];
+    let statuses: Vec<&str> = views
+        .iter()
+        .map(|v| v["status"].as_str().unwrap())
+        .collect();
+    assert!(statuses.contains(&"ramping"), "{statuses:?}");
+    assert_eq!(views.last().unwrap()["stable"], "green");
+    // One line per change: no two views in a row alike.
+    for pair in views.windows(2) {
+        let key = |v: &serde_json::Value| {
+            (
+                v["status"].clone(),
+                v["weights"].clone(),
+                v["stable"].clone(),
+                v["rollout"]["step"].clone(),
+            )
+        };
+        assert_ne!(key(&pair[0]), key(&pair[1]), "{}", out.stdout);
+    }
+}

@@ -2,10 +2,17 @@
 //!
 //! Only SHA-256 digests of the tokens are held; a presented token is hashed
 //! and compared with each digest in constant time.
+//!
+//! The `Authorization` value is read by the grammar of RFC 9110 §11.4 and
+//! RFC 6750 §2.1, `credentials = auth-scheme 1*SP token68`: the scheme is
+//! matched case-insensitively (RFC 9110 §11.1), any number of spaces may
+//! separate it from the token, and the token must be `token68`. Leading and
+//! trailing whitespace is not part of a field value (RFC 9110 §5.5).
 
 use sha2::{Digest, Sha256};
 
 use crate::config::TokenConfig;
+use crate::config::secrets::is_token68;
 
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone)]
@@ -42,9 +49,7 @@ pub fn authenticate(
         });
     }
     let presented = authorization
-        .and_then(|v| v.strip_prefix(b"Bearer "))
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
+        .and_then(bearer_token)
         .ok_or(AuthError::Unauthenticated)?;
     let digest: [u8; 32] = Sha256::digest(presented).into();
     tokens
@@ -55,6 +60,30 @@ pub fn authenticate(
             scope: t.tenants.clone(),
         })
         .ok_or(AuthError::Unauthenticated)
+}
+
+/// The token of a `Bearer` credential, or `None` when `value` is not one.
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let value = trim_ows(value);
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    // `1*SP`: spaces only; a tab here is not in the grammar.
+    let token = &rest[rest.iter().position(|&b| b != b' ')?..];
+    is_token68(token).then_some(token)
+}
+
+/// Strips optional whitespace (`OWS = *( SP / HTAB )`) from both ends.
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
 }
 
 fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -97,5 +126,38 @@ mod tests {
             AuthError::Unauthenticated
         );
         assert!(authenticate(&[], None).unwrap().actor.is_none());
+    }
+
+    #[test]
+    fn reads_the_bearer_scheme_as_rfc_9110_writes_it() {
+        let tok = |v: &[u8]| bearer_token(v).map(|t| String::from_utf8_lossy(t).into_owned());
+        for accepted in [
+            &b"Bearer s3cret"[..],
+            b"bearer s3cret",
+            b"BEARER s3cret",
+            b"bEaReR s3cret",
+            b"Bearer    s3cret",
+            b" \tBearer s3cret \t",
+        ] {
+            assert_eq!(tok(accepted).as_deref(), Some("s3cret"), "{accepted:?}");
+        }
+        assert_eq!(tok(b"Bearer a-._~+/Z9==").as_deref(), Some("a-._~+/Z9=="));
+        for refused in [
+            &b"Bearer"[..],
+            b"Bearer ",
+            b"Bearers3cret",
+            b"Bearer\ts3cret",
+            b"Basic s3cret",
+            b"Bearer s3 cret",
+            b"Bearer s3cret!",
+            b"Bearer =abc",
+            b"Bearer ab=c",
+            b"Bearer ===",
+            b"Bearer s3cret\r\nX: y",
+            b"Bearerx s3cret",
+            b"",
+        ] {
+            assert_eq!(tok(refused), None, "{refused:?}");
+        }
     }
 }

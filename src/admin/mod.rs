@@ -7,25 +7,24 @@
 
 pub mod api;
 pub mod auth;
+pub mod input;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, IF_MATCH};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::config::Color;
 use crate::control::{Change, ChangeError, Control, Origin, Outcome, Source};
 use crate::proxy::Proxy;
 use auth::{AuthError, Caller};
-
-/// The largest admin request body accepted (SPEC section 11).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub use input::{MAX_BODY_BYTES, MAX_REASON_BYTES, ReasonBody, WeightsBody, decode};
+use input::{checked_reason, if_match, query_flag, query_value, read_json};
 
 /// What the admin API reads and writes through.
 pub struct Admin {
@@ -70,20 +69,18 @@ impl From<ChangeError> for ApiError {
 
 type ApiResponse = Response<Full<Bytes>>;
 
-/// `PUT /v1/tenants/{name}/weights`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WeightsBody {
-    pub blue: u32,
-    pub green: u32,
-    pub reason: Option<String>,
-}
-
-/// The optional body of the POST calls.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ReasonBody {
-    pub reason: Option<String>,
+/// The answer to `rollout` and `promote`: the change, and the tenant's
+/// status and rollout after it. Both calls are idempotent: while a rollout
+/// (or a promotion's bake) runs, the same call changes nothing and answers
+/// `changed: false` with the running rollout, its progress untouched.
+#[derive(Serialize)]
+struct RampAnswer {
+    #[serde(flatten)]
+    change: ChangeView,
+    /// True when the call found its rollout (or bake) running and left it.
+    already_running: bool,
+    status: &'static str,
+    rollout: Option<api::RolloutView>,
 }
 
 #[derive(Serialize)]
@@ -107,7 +104,17 @@ impl Admin {
     pub async fn handle(&self, req: Request<Incoming>) -> ApiResponse {
         match self.route(req).await {
             Ok(resp) => resp,
-            Err(e) => json(e.status, &serde_json::json!({ "error": e.message })),
+            Err(e) => {
+                let mut resp = json(e.status, &serde_json::json!({ "error": e.message }));
+                if e.status == StatusCode::UNAUTHORIZED {
+                    // RFC 9110 §11.6.1: a 401 names the scheme it wants.
+                    resp.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"turnout\""),
+                    );
+                }
+                resp
+            }
         }
     }
 
@@ -213,7 +220,21 @@ impl Admin {
                 } else {
                     Change::Promote { tenant, force }
                 };
-                self.change(change, caller, body.reason).await
+                let running_before = self.rollout_running(name);
+                let outcome = self.submit(change, caller, body.reason).await?;
+                let table = self.proxy.table.load();
+                let view = table
+                    .tenant(name)
+                    .map(|t| api::tenant_view(&table, t, self.control.shared.bake_started(name)));
+                Ok(json(
+                    StatusCode::OK,
+                    &RampAnswer {
+                        already_running: running_before && !outcome.changed,
+                        change: ChangeView::from(outcome),
+                        status: view.as_ref().map_or("steady", |v| v.status),
+                        rollout: view.and_then(|v| v.rollout),
+                    },
+                ))
             }
             (&Method::GET, ["events"]) => {
                 let query = req.uri().query();
@@ -278,13 +299,36 @@ impl Admin {
         caller: &Caller,
         reason: Option<String>,
     ) -> Result<ApiResponse, ApiError> {
+        let outcome = self.submit(change, caller, reason).await?;
+        Ok(json(StatusCode::OK, &ChangeView::from(outcome)))
+    }
+
+    /// Whether a ramp or a promotion's bake runs on `tenant` now.
+    fn rollout_running(&self, tenant: &str) -> bool {
+        let table = self.proxy.table.load();
+        let bake = self.control.shared.bake_started(tenant);
+        table.tenant(tenant).is_some_and(|t| {
+            bake.is_some()
+                || t.config
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| r.progress.is_some())
+        })
+    }
+
+    /// Sends an admin change to the control task, after checking its reason.
+    async fn submit(
+        &self,
+        change: Change,
+        caller: &Caller,
+        reason: Option<String>,
+    ) -> Result<Outcome, ApiError> {
         let origin = Origin {
             source: Source::Admin,
             actor: caller.actor.clone(),
-            reason,
+            reason: checked_reason(reason)?,
         };
-        let outcome = self.control.submit(change, origin).await?;
-        Ok(json(StatusCode::OK, &ChangeView::from(outcome)))
+        Ok(self.control.submit(change, origin).await?)
     }
 
     /// Refreshes the gauges that are cheaper to read at scrape time than to
@@ -343,78 +387,6 @@ fn scope(caller: &Caller, tenant: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `If-Match: "<generation>"` (quotes optional).
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(v) = headers.get(IF_MATCH) else {
-        return Ok(None);
-    };
-    v.to_str()
-        .ok()
-        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
-        .and_then(|s| s.parse().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "If-Match must be a generation number, such as \"12\"",
-            )
-        })
-}
-
-fn query_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
-    query?.split('&').find_map(|pair| {
-        pair.split_once('=')
-            .filter(|(k, _)| *k == key)
-            .map(|(_, v)| v)
-            .or((pair == key).then_some(""))
-    })
-}
-
-fn query_flag(query: Option<&str>, key: &str) -> bool {
-    matches!(query_value(query, key), Some("" | "true" | "1"))
-}
-
-/// Reads a JSON body of at most `MAX_BODY_BYTES`; `None` for an empty body.
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<Option<T>, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body over {MAX_BODY_BYTES} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(too_large());
-    }
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))
-            }
-        })?
-        .to_bytes();
-    decode(&body)
-}
-
-/// Decodes an admin request body; `None` for an empty one. Public for the
-/// fuzz targets: no byte string may make it panic.
-pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    serde_json::from_slice(body)
-        .map(Some)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
-}
-
 fn text(status: StatusCode, body: &'static str) -> ApiResponse {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
@@ -433,31 +405,4 @@ fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> ApiResponse {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_query_values() {
-        assert_eq!(query_value(Some("tenant=a&limit=5"), "limit"), Some("5"));
-        assert_eq!(query_value(Some("force"), "force"), Some(""));
-        assert_eq!(query_value(Some("forced=1"), "force"), None);
-        assert!(query_flag(Some("force=true"), "force"));
-        assert!(!query_flag(Some("force=false"), "force"));
-        assert!(!query_flag(None, "force"));
-    }
-
-    #[test]
-    fn parses_if_match() {
-        let mut h = HeaderMap::new();
-        assert_eq!(if_match(&h).unwrap(), None);
-        h.insert(IF_MATCH, HeaderValue::from_static("\"12\""));
-        assert_eq!(if_match(&h).unwrap(), Some(12));
-        h.insert(IF_MATCH, HeaderValue::from_static("7"));
-        assert_eq!(if_match(&h).unwrap(), Some(7));
-        h.insert(IF_MATCH, HeaderValue::from_static("\"x\""));
-        assert_eq!(if_match(&h).unwrap_err().status, StatusCode::BAD_REQUEST);
-    }
 }

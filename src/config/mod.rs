@@ -8,6 +8,7 @@
 pub mod locate;
 pub mod model;
 pub mod raw;
+pub mod secrets;
 pub mod tls;
 pub mod validate;
 pub mod write;
@@ -58,65 +59,161 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{}:{}:{}: ", self.file.display(), p.line, p.col)?;
-            if let Some(key) = &p.key {
-                write!(f, "{key}: ")?;
-            }
-            f.write_str(&p.message)?;
-        }
-        Ok(())
+        write_problems(f, &self.file, &self.problems, "")
     }
+}
+
+/// One `PATH:LINE:COL: [label]key: message` line per problem.
+fn write_problems(
+    f: &mut fmt::Formatter<'_>,
+    file: &Path,
+    problems: &[Problem],
+    label: &str,
+) -> fmt::Result {
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            writeln!(f)?;
+        }
+        write!(f, "{}:{}:{}: {label}", file.display(), p.line, p.col)?;
+        if let Some(key) = &p.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&p.message)?;
+    }
+    Ok(())
 }
 
 impl std::error::Error for ConfigError {}
 
 /// Reads and validates the control file at `path`, taking secrets from the
-/// process environment.
+/// process environment. A `*_env` key whose variable is unset is an error.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
     parse(&text, path, &|var| std::env::var(var).ok())
 }
 
-/// Validates control-file `text`; `path` names it in errors and anchors
-/// relative TLS paths.
+/// Validates control-file `text` for serving (`run`, reload): a `*_env` key
+/// whose variable is unset or empty is an error. `path` names the file in
+/// errors and anchors relative TLS paths.
 pub fn parse(text: &str, path: &Path, env: validate::EnvLookup<'_>) -> Result<Config, ConfigError> {
-    // Spans are only needed to report problems: a good file is parsed once.
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
-        let locator = Locator::new(text);
-        let offset = e.span().map_or(0, |s| s.start);
-        let (line, col) = locator.line_col(offset);
-        ConfigError {
+    let checked = parse_for_check(text, path, env);
+    let mut config = checked.config;
+    if !checked.unset_secrets.is_empty() {
+        let mut problems = match config {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems,
+        };
+        problems.extend(checked.unset_secrets);
+        // In file order, as an operator reads them.
+        problems.sort_by_key(|p| (p.line, p.col));
+        config = Err(ConfigError {
             file: path.to_owned(),
-            problems: vec![Problem {
-                line,
-                col,
-                key: locator.path_at(offset).map(|p| p.to_string()),
-                message: e.message().trim().to_owned(),
-            }],
+            problems,
+        });
+    }
+    config
+}
+
+/// What `turnout check` reports: the file's errors or its model, and apart
+/// from them the `*_env` keys whose secret is not in this environment.
+#[derive(Debug)]
+pub struct Checked {
+    /// The file, as named in every line.
+    pub file: PathBuf,
+    /// The model (built without the missing secrets, so only fit to be
+    /// summarised), or every error in the file.
+    pub config: Result<Config, ConfigError>,
+    /// Located `*_env` keys whose variable is unset or empty: warnings for
+    /// `check`, errors for `run` (SPEC §2).
+    pub unset_secrets: Vec<Problem>,
+}
+
+impl Checked {
+    /// The unset secrets as `PATH:LINE:COL: warning: key: message` lines;
+    /// `None` when there are none.
+    pub fn warnings(&self) -> Option<String> {
+        struct Warnings<'a>(&'a Path, &'a [Problem]);
+        impl fmt::Display for Warnings<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_problems(f, self.0, self.1, "warning: ")
+            }
         }
-    })?;
-    let base_dir = path.parent().unwrap_or(Path::new("."));
-    validate::validate(raw, base_dir, env).map_err(|problems| {
-        let locator = Locator::new(text);
-        ConfigError {
+        (!self.unset_secrets.is_empty())
+            .then(|| Warnings(&self.file, &self.unset_secrets).to_string())
+    }
+}
+
+/// Reads the control file at `path` and validates it as `turnout check`
+/// does, taking secrets from the process environment.
+pub fn load_for_check(path: &Path) -> Checked {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_for_check(&text, path, &|var| std::env::var(var).ok()),
+        Err(e) => Checked {
             file: path.to_owned(),
-            problems: problems
-                .0
-                .into_iter()
-                .map(|(key, message)| {
-                    let (line, col) = locator.position(&key);
-                    Problem {
+            config: Err(ConfigError::unreadable(path, &e)),
+            unset_secrets: Vec::new(),
+        },
+    }
+}
+
+/// Validates control-file `text`, keeping `*_env` keys whose variable is
+/// unset apart from the errors (see [`Checked`]).
+pub fn parse_for_check(text: &str, path: &Path, env: validate::EnvLookup<'_>) -> Checked {
+    // Spans are only needed to report problems: a good file is parsed once.
+    let raw: raw::RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let locator = Locator::new(text);
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, col) = locator.line_col(offset);
+            return Checked {
+                file: path.to_owned(),
+                config: Err(ConfigError {
+                    file: path.to_owned(),
+                    problems: vec![Problem {
                         line,
                         col,
-                        key: Some(key.to_string()).filter(|k| !k.is_empty()),
-                        message,
-                    }
-                })
-                .collect(),
+                        key: locator.path_at(offset).map(|p| p.to_string()),
+                        message: e.message().trim().to_owned(),
+                    }],
+                }),
+                unset_secrets: Vec::new(),
+            };
         }
-    })
+    };
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let (config, unset) = match validate::validate(raw, base_dir, env) {
+        // The common case: nothing to locate.
+        Ok(v) if v.unset_secrets.is_empty() => {
+            return Checked {
+                file: path.to_owned(),
+                config: Ok(v.config),
+                unset_secrets: Vec::new(),
+            };
+        }
+        Ok(v) => (Ok(v.config), v.unset_secrets),
+        Err(p) => (Err(p.errors), p.unset_secrets),
+    };
+    let locator = Locator::new(text);
+    let locate = |list: Vec<(locate::KeyPath, String)>| -> Vec<Problem> {
+        list.into_iter()
+            .map(|(key, message)| {
+                let (line, col) = locator.position(&key);
+                Problem {
+                    line,
+                    col,
+                    key: Some(key.to_string()).filter(|k| !k.is_empty()),
+                    message,
+                }
+            })
+            .collect()
+    };
+    Checked {
+        file: path.to_owned(),
+        config: config.map_err(|errors| ConfigError {
+            file: path.to_owned(),
+            problems: locate(errors),
+        }),
+        unset_secrets: locate(unset),
+    }
 }

@@ -10,11 +10,10 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw::*;
+use super::secrets::{secret, tokens};
 
 /// Looks up environment variables; a parameter so tests need not mutate the
 /// process environment.
@@ -26,17 +25,55 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// nginx's `keepalive_timeout` is 75 s).
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What validation found, each with its key path.
 #[derive(Default)]
-pub struct Problems(pub Vec<(KeyPath, String)>);
+pub struct Problems {
+    /// Errors: the file is refused.
+    pub errors: Vec<(KeyPath, String)>,
+    /// `*_env` keys whose variable is unset or empty. `run` and reload refuse
+    /// the file for them; `check` only warns, since the secrets are usually
+    /// absent where files are checked (a CI job; SPEC §2).
+    pub unset_secrets: Vec<(KeyPath, String)>,
+}
 
 impl Problems {
-    fn add(&mut self, path: KeyPath, message: impl Into<String>) {
-        self.0.push((path, message.into()));
+    pub(super) fn add(&mut self, path: KeyPath, message: impl Into<String>) {
+        self.errors.push((path, message.into()));
     }
 }
 
+/// A file without errors, and the `*_env` keys whose secret was not found.
+pub struct Validated {
+    /// The model. Built without the missing secrets: a token whose variable
+    /// is unset is left out, a tenant's missing preview token is `None`.
+    /// Only `check` may use it when `unset_secrets` is not empty.
+    pub config: Config,
+    /// As in [`Problems::unset_secrets`].
+    pub unset_secrets: Vec<(KeyPath, String)>,
+}
+
+/// The first character of `text` that could forge or hide a log line (see
+/// [`is_log_unsafe`]), with its index in characters.
+pub fn log_unsafe_char(text: &str) -> Option<(usize, char)> {
+    text.chars().enumerate().find(|&(_, c)| is_log_unsafe(c))
+}
+
+/// A character that could forge or hide a log line: a control character
+/// (C0, DEL, C1: CR and LF start a new line, ESC a terminal sequence), a
+/// Unicode line or paragraph separator, or a bidirectional override or
+/// isolate (which can make a line read otherwise than it is written;
+/// CVE-2021-42574).
+pub fn is_log_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Validates `raw`; `base_dir` anchors relative TLS paths.
-pub fn validate(raw: RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<Config, Problems> {
+pub fn validate(
+    raw: RawConfig,
+    base_dir: &Path,
+    env: EnvLookup<'_>,
+) -> Result<Validated, Problems> {
     let mut p = Problems::default();
     let root = KeyPath::root();
 
@@ -91,13 +128,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<C
         }
     }
 
-    let tokens = tokens(
-        &mut p,
-        &root.key("admin").key("tokens"),
-        raw.admin,
-        &tenants,
-        env,
-    );
+    let tokens_path = root.key("admin").key("tokens");
+    let tokens = tokens(&mut p, &tokens_path, raw.admin, &tenants, env);
 
     let notify = raw
         .notify
@@ -118,10 +150,26 @@ pub fn validate(raw: RawConfig, base_dir: &Path, env: EnvLookup<'_>) -> Result<C
         tokens,
         notify,
     };
-    if let Some(problem) = config.admin_exposure_problem() {
+    // A token whose secret is unset is still a configured token: the
+    // exposure rule is about the file, not about this environment.
+    let unresolved_token = p
+        .unset_secrets
+        .iter()
+        .any(|(k, _)| k.0.starts_with(&tokens_path.0));
+    if let Some(problem) = config
+        .admin_exposure_problem()
+        .filter(|_| !unresolved_token)
+    {
         p.add(listen_path.key("admin"), problem);
     }
-    if p.0.is_empty() { Ok(config) } else { Err(p) }
+    if p.errors.is_empty() {
+        Ok(Validated {
+            config,
+            unset_secrets: p.unset_secrets,
+        })
+    } else {
+        Err(p)
+    }
 }
 
 /// `[notify]`: an absolute http(s) URL, and a CA bundle (for https only)
@@ -393,7 +441,7 @@ fn tenant(
     env: EnvLookup<'_>,
     host_owner: &mut HashMap<HostPattern, String>,
 ) -> Option<TenantConfig> {
-    let before = p.0.len();
+    let before = p.errors.len();
     if !valid_tenant_name(&name) {
         p.add(
             path.clone(),
@@ -434,16 +482,7 @@ fn tenant(
     let preview_token = rt
         .preview_token_env
         .as_deref()
-        .and_then(|var| match env(var) {
-            Some(v) if !v.is_empty() => Some(v),
-            _ => {
-                p.add(
-                    path.key("preview_token_env"),
-                    format!("environment variable {var} is not set"),
-                );
-                None
-            }
-        });
+        .and_then(|var| secret(p, path.key("preview_token_env"), var, env));
 
     let stable = Color::parse(&rt.stable).unwrap_or_else(|| {
         p.add(
@@ -519,7 +558,7 @@ fn tenant(
     if let Some((color, message)) = tenant.empty_pool_in_use() {
         p.add(pp.key(color.as_str()), message);
     }
-    (p.0.len() == before).then_some(tenant)
+    (p.errors.len() == before).then_some(tenant)
 }
 
 fn valid_endpoint(ep: &str) -> bool {
@@ -635,69 +674,4 @@ fn rollout(p: &mut Problems, path: &KeyPath, raw: RawRollout) -> Rollout {
         bake: duration(p, path, "bake", Some(&raw.bake), Duration::from_secs(1)),
         progress,
     }
-}
-
-fn tokens(
-    p: &mut Problems,
-    path: &KeyPath,
-    raw: RawAdmin,
-    tenants: &[std::sync::Arc<TenantConfig>],
-    env: EnvLookup<'_>,
-) -> Vec<TokenConfig> {
-    let mut out = Vec::new();
-    for (name, t) in raw.tokens {
-        let tp = path.key(&name);
-        let sha256 = match (t.token_env, t.token_sha256) {
-            (Some(var), None) => match env(&var) {
-                Some(v) if !v.is_empty() => Some(Sha256::digest(v.as_bytes()).into()),
-                _ => {
-                    p.add(
-                        tp.key("token_env"),
-                        format!("environment variable {var} is not set"),
-                    );
-                    None
-                }
-            },
-            (None, Some(hex_digest)) => {
-                let parsed = hex::decode(hex_digest.trim())
-                    .ok()
-                    .and_then(|v| <[u8; 32]>::try_from(v).ok());
-                if parsed.is_none() {
-                    p.add(tp.key("token_sha256"), "must be 64 hexadecimal digits");
-                }
-                parsed
-            }
-            _ => {
-                p.add(
-                    tp.clone(),
-                    "set exactly one of `token_env` or `token_sha256`",
-                );
-                None
-            }
-        };
-        let scope = if t.tenants.iter().any(|s| s == "*") {
-            None
-        } else {
-            for (i, s) in t.tenants.iter().enumerate() {
-                if tenants
-                    .binary_search_by(|x| x.name.as_str().cmp(s))
-                    .is_err()
-                {
-                    p.add(tp.key("tenants").index(i), format!("no tenant named `{s}`"));
-                }
-            }
-            if t.tenants.is_empty() {
-                p.add(tp.key("tenants"), "list at least one tenant, or \"*\"");
-            }
-            Some(t.tenants)
-        };
-        if let Some(sha256) = sha256 {
-            out.push(TokenConfig {
-                name,
-                sha256,
-                tenants: scope,
-            });
-        }
-    }
-    out
 }

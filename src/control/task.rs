@@ -172,6 +172,12 @@ impl ControlTask {
                         "tenant {tenant} has no [tenants.{tenant}.rollout] table"
                     )));
                 };
+                // Idempotent: while a ramp runs (of this candidate, the one
+                // pool that is not stable) the same call changes nothing, so
+                // a retried pipeline step cannot pull traffic back to step 1.
+                if rollout.progress.is_some() {
+                    return Ok(self.outcome(false));
+                }
                 let first = rollout.steps[0];
                 let weights = share_weights(t.stable, first);
                 self.check_candidate(&tenant, weights, force)?;
@@ -187,6 +193,16 @@ impl ControlTask {
             Change::Promote { tenant, force } => {
                 let t = self.tenant(&tenant)?;
                 let weights = all_on(t.candidate());
+                // Idempotent like a rollout: a promotion already baking keeps
+                // its bake clock (a ramp below 100% is moved on to 100%).
+                let baking = t.rollout.as_ref().is_some_and(|r| {
+                    r.progress
+                        .as_ref()
+                        .is_some_and(|p| r.steps.get(p.step) == Some(&100))
+                }) || self.bakes().contains_key(&tenant);
+                if baking && t.weights == weights {
+                    return Ok(self.outcome(false));
+                }
                 self.check_candidate(&tenant, weights, force)?;
                 let (plan, reason) = match &t.rollout {
                     Some(r) => {
