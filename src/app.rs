@@ -114,7 +114,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         text,
         registry: Arc::clone(&registry),
         proxy: Arc::clone(&proxy),
-        health: Arc::new(health::Checker::default()),
+        health: Arc::new(health::Checker::new(Arc::clone(&metrics))),
         notifier: Notifier::spawn(Arc::clone(&metrics)),
         breaches,
         stop: admin_stopped.clone(),

@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::task::AbortHandle;
 
 use crate::config::{Color, HealthSettings};
-use crate::metrics::LocalError;
+use crate::metrics::{LocalError, Metrics};
 use crate::route::{Endpoint, RoutingTable};
 
 type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
@@ -41,10 +41,14 @@ pub struct Checker {
     /// Set after the first reconcile: endpoints added later are probed at
     /// once rather than at a random point of their interval.
     started: std::sync::atomic::AtomicBool,
+    /// Where probes the proxy could not send are counted.
+    metrics: Arc<Metrics>,
 }
 
-impl Default for Checker {
-    fn default() -> Self {
+impl Checker {
+    /// A checker with no probes yet; probes it cannot send for lack of
+    /// resources are counted in `metrics` (`turnout_local_errors_total`).
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Checker {
@@ -55,11 +59,10 @@ impl Default for Checker {
                 .pool_max_idle_per_host(1)
                 .build(connector),
             started: Default::default(),
+            metrics,
         }
     }
-}
 
-impl Checker {
     /// Makes the running probes match the endpoints of `table`.
     pub fn reconcile(&self, table: &RoutingTable) {
         let mut wanted: HashMap<&str, (&Arc<Endpoint>, &HealthSettings)> = HashMap::new();
@@ -93,6 +96,7 @@ impl Checker {
                 Arc::clone(endpoint),
                 settings.clone(),
                 self.client.clone(),
+                Arc::clone(&self.metrics),
                 spread,
             ));
             probes.insert(
@@ -120,6 +124,7 @@ async fn probe_loop(
     endpoint: Arc<Endpoint>,
     settings: HealthSettings,
     client: ProbeClient,
+    metrics: Arc<Metrics>,
     spread: bool,
 ) {
     if spread {
@@ -138,7 +143,8 @@ async fn probe_loop(
         match outcome {
             // The proxy could not even try (out of file descriptors or
             // ports): says nothing of the endpoint (SPEC section 6).
-            Err(Failed::Local(why)) => {
+            Err(Failed::Local(reason, why)) => {
+                metrics.local_error(reason);
                 tracing::debug!(endpoint = %endpoint.address, reason = %why, "health probe not sent: the proxy is out of resources");
             }
             Ok(()) => {
@@ -165,8 +171,8 @@ async fn probe_loop(
 enum Failed {
     /// The endpoint failed it.
     Endpoint(String),
-    /// The proxy could not send it (`metrics::LocalError`).
-    Local(String),
+    /// The proxy could not send it.
+    Local(LocalError, String),
 }
 
 /// One probe: a GET of the health path, passing on 2xx or 3xx in time.
@@ -181,13 +187,13 @@ async fn probe(
         .body(Empty::new())
         .map_err(|e| Failed::Endpoint(e.to_string()))?;
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| {
-            if local_cause(&e) {
-                Failed::Local(e.to_string())
-            } else {
-                Failed::Endpoint(e.to_string())
-            }
-        })?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| match local_cause(&e) {
+                Some(reason) => Failed::Local(reason, e.to_string()),
+                None => Failed::Endpoint(e.to_string()),
+            })?;
         let status = resp.status();
         // Read the body so the connection can be reused for the next probe.
         let _ = resp.into_body().collect().await;
@@ -202,16 +208,14 @@ async fn probe(
         .map_err(|_| Failed::Endpoint(format!("no answer within {:?}", settings.timeout)))?
 }
 
-/// Whether an error, or any error under it, is one of the proxy's own.
-fn local_cause(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The proxy's own failure behind an error, if that is what it is.
+fn local_cause(e: &(dyn std::error::Error + 'static)) -> Option<LocalError> {
     let mut cause = Some(e);
     while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>()
-            && LocalError::of(io).is_some()
-        {
-            return true;
+        if let Some(local) = c.downcast_ref::<std::io::Error>().and_then(LocalError::of) {
+            return Some(local);
         }
         cause = c.source();
     }
-    false
+    None
 }

@@ -205,7 +205,9 @@ async fn every_series_of_the_contract_is_exported_from_the_start() {
         zero.push(format!(r#"turnout_unrouted_total{{reason="{reason}"}}"#));
     }
     for reason in ["fd_exhausted", "out_of_memory", "ephemeral_ports"] {
-        zero.push(format!(r#"turnout_local_errors_total{{reason="{reason}"}}"#));
+        zero.push(format!(
+            r#"turnout_local_errors_total{{reason="{reason}"}}"#
+        ));
     }
     for reason in ["max_inflight", "preview_token"] {
         zero.push(format!(

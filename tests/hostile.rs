@@ -3,6 +3,7 @@
 //! trailers, framing, methods and targets a reverse proxy refuses, and
 //! half-closed clients. Each case was a fault found by replaying real
 //! traffic (issue 11); variants of each are here too.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
@@ -19,9 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A raw upstream: records every request head it reads and answers each
 /// with `answer(head)`; keeps the connection open.
-async fn recording_upstream(
-    answer: fn(&str) -> String,
-) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+async fn recording_upstream(answer: fn(&str) -> String) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let heads = Arc::new(Mutex::new(Vec::new()));
@@ -99,7 +98,10 @@ async fn every_way_of_naming_two_hosts_ends_in_one_host_or_a_400() {
     assert_eq!(status_of(&reply), "200", "{reply}");
     let head = alpha_heads.lock().unwrap().pop().expect("alpha served it");
     assert!(head.starts_with("GET /orders HTTP/1.1"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("host: alpha.test\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("host: alpha.test\r\n"),
+        "{head}"
+    );
     assert!(!head.contains("beta.test"), "{head}");
 
     // Two hosts, invalid hosts, userinfo: 400, nothing forwarded.
@@ -119,9 +121,10 @@ async fn every_way_of_naming_two_hosts_ends_in_one_host_or_a_400() {
 
     // HTTP/2: `:authority` wins; a `host` naming another host is malformed.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let mut send = |req: Request<Full<Bytes>>| {
         let fut = h2.send_request(req);
@@ -143,8 +146,17 @@ async fn every_way_of_naming_two_hosts_ends_in_one_host_or_a_400() {
         beta_heads.lock().unwrap().is_empty(),
         "beta got a request meant for alpha"
     );
-    assert_eq!(alpha_heads.lock().unwrap().len(), 1, "only the good HTTP/2 request");
-    assert!(proxy.metric(r#"turnout_unrouted_total{reason="invalid_request"}"#).await >= 7.0);
+    assert_eq!(
+        alpha_heads.lock().unwrap().len(),
+        1,
+        "only the good HTTP/2 request"
+    );
+    assert!(
+        proxy
+            .metric(r#"turnout_unrouted_total{reason="invalid_request"}"#)
+            .await
+            >= 7.0
+    );
 }
 
 /// Answers 101 to anything that asks for an upgrade, as an h2c-capable
@@ -195,11 +207,20 @@ async fn connect_and_asterisk_targets_are_refused_not_forwarded() {
     let (up, heads) = recording_upstream(ok_with_head).await;
     let proxy = spawn_proxy(&raw_tenant("shop", "shop.test", up)).await;
     for (request, status) in [
-        ("CONNECT shop.test:443 HTTP/1.1\r\nHost: shop.test:443\r\n\r\n", "405"),
+        (
+            "CONNECT shop.test:443 HTTP/1.1\r\nHost: shop.test:443\r\n\r\n",
+            "405",
+        ),
         ("OPTIONS * HTTP/1.1\r\nHost: shop.test\r\n\r\n", "400"),
         ("GET * HTTP/1.1\r\nHost: shop.test\r\n\r\n", "400"),
-        ("GET shop.test:80 HTTP/1.1\r\nHost: shop.test\r\n\r\n", "400"),
-        ("GET ftp://shop.test/ HTTP/1.1\r\nHost: shop.test\r\n\r\n", "400"),
+        (
+            "GET shop.test:80 HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET ftp://shop.test/ HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            "400",
+        ),
     ] {
         let reply = raw_exchange(proxy.running.http_addr, request.as_bytes()).await;
         assert_eq!(status_of(&reply), status, "{request:?} → {reply}");
@@ -219,9 +240,10 @@ async fn http2_cookie_fields_reach_http1_as_one_cookie() {
     let tcp = tokio::net::TcpStream::connect(proxy.running.http_addr)
         .await
         .unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = Request::get("http://shop.test/headers")
         .version(Version::HTTP_2)
@@ -276,10 +298,16 @@ async fn trailers_reach_an_http1_client_that_asked_for_them() {
         .write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nTE: trailers\r\n\r\n")
         .await
         .unwrap();
-    let reply = read_until(&mut client, |r| r.ends_with("\r\n\r\n") && r.contains("\r\n0\r\n")).await;
+    let reply = read_until(&mut client, |r| {
+        r.ends_with("\r\n\r\n") && r.contains("\r\n0\r\n")
+    })
+    .await;
     let lower = reply.to_ascii_lowercase();
     assert!(lower.contains("hello"), "{reply}");
-    assert!(lower.contains("\r\n0\r\nx-checksum: abc123\r\n\r\n"), "{reply}");
+    assert!(
+        lower.contains("\r\n0\r\nx-checksum: abc123\r\n\r\n"),
+        "{reply}"
+    );
 }
 
 #[tokio::test]

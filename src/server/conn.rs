@@ -163,8 +163,11 @@ pub struct ConnState {
     premature: AtomicU64,
     http2: AtomicBool,
     deadlines: Deadlines,
-    /// Wakes the connection's timer when the client crosses the reset rule.
-    abuse: Notify,
+    /// When the connection's timer fires next (ms since origin).
+    timer_ms: AtomicU64,
+    /// Wakes the timer early: a deadline before its next firing, or the
+    /// client crossing the reset rule.
+    wake: Notify,
 }
 
 impl ConnState {
@@ -179,7 +182,8 @@ impl ConnState {
             premature: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             deadlines: Deadlines::default(),
-            abuse: Notify::new(),
+            timer_ms: AtomicU64::new(now + HEAD_TIMEOUT.as_millis() as u64),
+            wake: Notify::new(),
         })
     }
 
@@ -200,7 +204,12 @@ impl ConnState {
     /// Registers the instant by which a request must be over; the
     /// connection is closed if it is still in flight a second after.
     pub fn deadline(self: &Arc<Self>, deadline: Instant) -> DeadlineGuard {
-        let slot = self.deadlines.add(ms_of(deadline));
+        let at = ms_of(deadline);
+        let slot = self.deadlines.add(at);
+        if at + DEADLINE_GRACE_MS < self.timer_ms.load(Relaxed) {
+            // Rare: the timer is set for later (a fresh or idle connection).
+            self.wake.notify_one();
+        }
         DeadlineGuard {
             state: Arc::clone(self),
             slot,
@@ -219,7 +228,7 @@ impl ConnState {
         if !completed && self.http2.load(Relaxed) {
             let premature = self.premature.fetch_add(1, Relaxed) + 1;
             if self.abusive(premature) {
-                self.abuse.notify_one();
+                self.wake.notify_one();
             }
         }
     }
@@ -534,9 +543,9 @@ where
                     Judgement::WaitUntil(ms) => timer.as_mut().reset(at(ms)),
                 }
             }
-            _ = state.abuse.notified() => {
-                tracing::debug!("closing client connection: it reset most of the streams it opened");
-                return Ok(());
+            _ = state.wake.notified() => {
+                // Judged at once: the timer fires now.
+                timer.as_mut().reset(tokio::time::Instant::now());
             }
             _ = super::stopped(&mut stop), if !draining => {
                 draining = true;
