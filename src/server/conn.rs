@@ -20,12 +20,11 @@
 //!   stream at a time so that hyper's own limit never trips).
 //!
 //! On a kept-alive HTTP/1.1 connection a head must be complete within 10 s
-//! of its first byte: `Watched`, the connection's I/O, starts that clock
-//! only when a head did not arrive whole in one read, so the usual request
-//! arms no timer at all.
+//! of its first byte: `watched::Watched`, the connection's I/O, starts that
+//! clock only when a head did not arrive whole in one read, so the usual
+//! request arms no timer at all.
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -34,9 +33,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio::time::Sleep;
+
+use super::deadlines::Deadlines;
 
 /// A request head must arrive whole within this time: of a new connection's
 /// opening, or of the first byte of a kept-alive connection's next request
@@ -72,96 +71,17 @@ fn ms_of(at: Instant) -> u64 {
     }
 }
 
-/// Slots of the deadline ring. More distinct deadline-seconds than this in
-/// flight at once on one connection (HTTP/2 only, with long timeouts) share
-/// slots: a request is then found overdue late, never early.
-const RING: usize = 64;
-
-/// The deadlines of the requests in flight on one connection, by whole
-/// second: each slot packs `second << 32 | count`. Adding and removing are
-/// one compare-and-swap; finding the earliest scans 32 words, and only the
-/// connection's timer does that.
-pub struct Deadlines {
-    slots: [AtomicU64; RING],
-}
-
-impl Default for Deadlines {
-    fn default() -> Self {
-        Deadlines {
-            slots: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-}
-
-impl Deadlines {
-    /// Registers a deadline (ms since origin); returns the slot to free.
-    pub fn add(&self, deadline_ms: u64) -> usize {
-        let second = deadline_ms.div_ceil(1000).clamp(1, u64::from(u32::MAX));
-        let home = second as usize % RING;
-        for i in 0..RING {
-            let index = (home + i) % RING;
-            let slot = &self.slots[index];
-            let mut current = slot.load(Relaxed);
-            loop {
-                let (s, count) = (current >> 32, current & 0xffff_ffff);
-                if count != 0 && s != second {
-                    break;
-                }
-                let next = (second << 32) | (count + 1);
-                match slot.compare_exchange_weak(current, next, Relaxed, Relaxed) {
-                    Ok(_) => return index,
-                    Err(seen) => current = seen,
-                }
-            }
-        }
-        // Every slot holds another second: join the earliest one at or
-        // after ours (we are found late, never early); with none, the
-        // latest slot moves on to our second (its requests are found late).
-        let second_of = |i: usize| self.slots[i].load(Relaxed) >> 32;
-        let index = (0..RING)
-            .filter(|&i| second_of(i) >= second)
-            .min_by_key(|&i| second_of(i))
-            .or_else(|| (0..RING).max_by_key(|&i| second_of(i)))
-            .unwrap_or(0);
-        let slot = &self.slots[index];
-        let mut current = slot.load(Relaxed);
-        loop {
-            let (s, count) = (current >> 32, current & 0xffff_ffff);
-            let next = (s.max(second) << 32) | (count + 1);
-            match slot.compare_exchange_weak(current, next, Relaxed, Relaxed) {
-                Ok(_) => return index,
-                Err(seen) => current = seen,
-            }
-        }
-    }
-
-    /// Frees a slot `add` returned.
-    pub fn remove(&self, index: usize) {
-        self.slots[index].fetch_sub(1, Relaxed);
-    }
-
-    /// The earliest deadline in flight, in ms since origin.
-    pub fn earliest(&self) -> Option<u64> {
-        self.slots
-            .iter()
-            .map(|s| s.load(Relaxed))
-            .filter(|v| v & 0xffff_ffff != 0)
-            .map(|v| (v >> 32) * 1000)
-            .min()
-    }
-}
-
 /// What one connection's requests and its timer share.
 pub struct ConnState {
     opened_ms: u64,
     /// Requests whose head arrived.
-    started: AtomicU64,
-    inflight: AtomicU32,
+    pub(super) started: AtomicU64,
+    pub(super) inflight: AtomicU32,
     /// When the last request in flight finished (ms since origin).
     idle_since_ms: AtomicU64,
     /// Streams the client reset before their response completed (HTTP/2).
     premature: AtomicU64,
-    http2: AtomicBool,
+    pub(super) http2: AtomicBool,
     deadlines: Deadlines,
     /// When the connection's timer fires next (ms since origin).
     timer_ms: AtomicU64,
@@ -390,108 +310,6 @@ impl<B: Body<Data = Bytes>> Body for CountedBody<B> {
     }
 }
 
-/// A connection's I/O, timing the head of a kept-alive HTTP/1.1
-/// connection's next request from its first byte.
-pub struct Watched<I> {
-    io: I,
-    state: Arc<ConnState>,
-    /// Requests started when bytes arrived on an idle connection.
-    waiting_from: Option<u64>,
-    /// Boxed: armed only for a head that did not arrive in one read.
-    head_timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl<I> Watched<I> {
-    /// Watches `io`, the connection `state` belongs to.
-    pub fn new(io: I, state: Arc<ConnState>) -> Watched<I> {
-        Watched {
-            io,
-            state,
-            waiting_from: None,
-            head_timer: None,
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        let state = &*this.state;
-        let started = state.started.load(Relaxed);
-        match polled {
-            // Bytes of a next request on an idle HTTP/1.1 connection:
-            // remember which request they belong to; no clock yet.
-            Poll::Ready(Ok(()))
-                if buf.filled().len() > before
-                    && this.waiting_from.is_none()
-                    && started > 0
-                    && state.inflight.load(Relaxed) == 0
-                    && !state.http2.load(Relaxed) =>
-            {
-                this.waiting_from = Some(started);
-            }
-            Poll::Pending => {
-                if let Some(from) = this.waiting_from {
-                    if started != from || state.inflight.load(Relaxed) != 0 {
-                        // The head arrived: nothing to time.
-                        this.waiting_from = None;
-                        this.head_timer = None;
-                    } else {
-                        // The head did not come whole: 10 s from now.
-                        let timer = this
-                            .head_timer
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(HEAD_TIMEOUT)));
-                        if timer.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "request head not complete within 10 s of its first byte",
-                            )));
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// Errors a connection ends with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -564,45 +382,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deadline_ring_finds_the_earliest_and_frees_slots() {
-        let ring = Deadlines::default();
-        assert_eq!(ring.earliest(), None);
-        let a = ring.add(5_500);
-        let b = ring.add(3_200);
-        let c = ring.add(3_900);
-        assert_eq!(b, c, "the same second shares a slot");
-        assert_eq!(ring.earliest(), Some(4_000));
-        ring.remove(b);
-        assert_eq!(
-            ring.earliest(),
-            Some(4_000),
-            "one request of that second is left"
-        );
-        ring.remove(c);
-        assert_eq!(ring.earliest(), Some(6_000));
-        ring.remove(a);
-        assert_eq!(ring.earliest(), None);
-    }
-
-    #[test]
-    fn a_full_ring_finds_deadlines_late_never_early() {
-        let ring = Deadlines::default();
-        // Seconds 1, 3, 5, … fill every slot.
-        let slots: Vec<usize> = (0..RING as u64).map(|s| ring.add(s * 2000 + 1)).collect();
-        let last = (RING as u64 - 1) * 2 + 1;
-        // Second 4 joins second 5; a second after them all moves the last.
-        let between = ring.add(3_500);
-        assert_eq!(ring.slots[between].load(Relaxed) >> 32, 5);
-        let after = ring.add((last + 10) * 1000);
-        assert_eq!(ring.slots[after].load(Relaxed) >> 32, last + 10);
-        assert_eq!(ring.earliest(), Some(1000));
-        for s in slots.into_iter().chain([between, after]) {
-            ring.remove(s);
-        }
-        assert_eq!(ring.earliest(), None);
-    }
 
     #[test]
     fn judges_silence_idleness_and_overdue_requests() {

@@ -9,6 +9,8 @@
 //! hyper once upgraded, are counted so the drain can wait for both.
 
 pub mod conn;
+pub mod deadlines;
+pub mod watched;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,7 +31,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::metrics::{LocalError, Metrics};
 use crate::proxy::{ConnInfo, Proxy};
 pub use conn::HEAD_TIMEOUT as HEADER_READ_TIMEOUT;
-use conn::{ConnState, Counted, Watched};
+use conn::{ConnState, Counted};
+use watched::Watched;
 
 /// The largest request head accepted; beyond it the client gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
