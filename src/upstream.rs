@@ -39,18 +39,47 @@ pub type UpstreamBody = Either<Upload, Empty<Bytes>>;
 /// stays busy with it, so it must not be handed to the next request.
 pub struct Upload {
     body: Incoming,
-    sent: Arc<AtomicBool>,
+    state: Arc<UploadState>,
+}
+
+/// How an upload is going, shared with the exchange that sends it: whether
+/// it has all gone out, whether the client broke it (a malformed or cut
+/// body), and whether it is waiting on the client right now — what decides
+/// whose fault a failed exchange is (SPEC section 6).
+#[derive(Debug, Default)]
+pub struct UploadState {
+    sent: AtomicBool,
+    client_failed: AtomicBool,
+    waiting_on_client: AtomicBool,
+}
+
+impl UploadState {
+    /// The whole body has gone out.
+    pub fn sent(&self) -> bool {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    /// The client's body broke (malformed chunked framing, cut short).
+    pub fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Acquire)
+    }
+
+    /// The upload is stalled on the client, not on the upstream.
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Ordering::Acquire)
+    }
 }
 
 impl Upload {
-    /// The body to send, and the mark the connection's [`Lease`] reads.
-    pub fn new(body: Incoming) -> (Upload, Arc<AtomicBool>) {
-        let sent = Arc::new(AtomicBool::new(false));
+    /// The body to send, and its state, which the exchange and the
+    /// connection's [`Lease`] read.
+    pub fn new(body: Incoming) -> (Upload, Arc<UploadState>) {
+        let state = Arc::new(UploadState::default());
         let upload = Upload {
             body,
-            sent: Arc::clone(&sent),
+            state: Arc::clone(&state),
         };
-        (upload, sent)
+        (upload, state)
     }
 }
 
@@ -63,9 +92,16 @@ impl Body for Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let state = &self.state;
+        state
+            .waiting_on_client
+            .store(polled.is_pending(), Ordering::Release);
+        if let Poll::Ready(Some(Err(_))) = polled {
+            state.client_failed.store(true, Ordering::Release);
+        }
         // hyper stops polling once the body says it is over.
         if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
-            self.sent.store(true, Ordering::Release);
+            state.sent.store(true, Ordering::Release);
         }
         polled
     }
@@ -185,8 +221,8 @@ impl IdlePool {
 pub struct Lease {
     sender: Sender,
     endpoint: Arc<Endpoint>,
-    /// For a request with a body: whether all of it has gone out.
-    upload: Option<Arc<AtomicBool>>,
+    /// For a request with a body: how its upload is going.
+    upload: Option<Arc<UploadState>>,
     /// Whether the rest of the response may be read off in the background
     /// when the client goes away (see [`rescue`]).
     rescuable: bool,
@@ -197,7 +233,7 @@ impl Lease {
     pub fn new(
         sender: Sender,
         endpoint: Arc<Endpoint>,
-        upload: Option<Arc<AtomicBool>>,
+        upload: Option<Arc<UploadState>>,
         rescuable: bool,
     ) -> Lease {
         Lease {
@@ -227,10 +263,7 @@ impl Lease {
     /// unless the request body is still going out (the upstream answered
     /// early) — then it closes, as nginx does.
     pub fn finished(self) {
-        if self
-            .upload
-            .is_some_and(|sent| !sent.load(Ordering::Acquire))
-        {
+        if self.upload.is_some_and(|upload| !upload.sent()) {
             return;
         }
         self.endpoint.connections.put(self.sender);

@@ -56,6 +56,9 @@ pub struct WindowView {
     pub errors: u64,
     pub error_rate: f64,
     pub p99_ms: Option<f64>,
+    /// Requests whose client went away before the response head since the
+    /// process started (499): not in `requests`, no evidence either way.
+    pub abandoned: u64,
 }
 
 #[derive(Serialize)]
@@ -104,6 +107,7 @@ pub fn tenant_view<'a>(
             errors: s.errors,
             error_rate: s.error_rate(),
             p99_ms: s.p99.map(|d| d.as_secs_f64() * 1000.0),
+            abandoned: tenant.state.abandoned_count(color),
         }
     };
     let verdict = tenant.verdict(tenant.candidate());

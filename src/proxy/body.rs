@@ -90,6 +90,13 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.started);
+        if self.status == 0 {
+            // The client went away before the response head: nginx's 499,
+            // neither a success nor an error of the pool (SPEC section 6).
+            self.status = 499;
+            self.judged = false;
+            self.tenant.state.abandoned(self.pool);
+        }
         self.tenant
             .metrics()
             .pool(self.pool)

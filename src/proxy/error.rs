@@ -29,9 +29,22 @@ pub enum ProxyError {
     Upstream(UpstreamError),
     /// The proxy itself failed (out of file descriptors, memory, ports).
     Local(LocalError),
+    /// The client's request body was malformed or cut short.
+    ClientBody,
+    /// The client stopped sending its request body within `request_timeout`.
+    ClientTimeout,
 }
 
 impl ProxyError {
+    /// Whether the outcome is evidence about the pool that was tried (SPEC
+    /// section 6): not when the client or the proxy itself caused it.
+    pub fn blames_pool(&self) -> bool {
+        !matches!(
+            self,
+            ProxyError::Local(_) | ProxyError::ClientBody | ProxyError::ClientTimeout
+        )
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -43,6 +56,8 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::PreviewForbidden => StatusCode::FORBIDDEN,
+            ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -56,6 +71,8 @@ impl ProxyError {
             ProxyError::Refused(Refusal::Connect) => "CONNECT is not served by this proxy\n",
             ProxyError::Refused(Refusal::InvalidTarget) => "invalid request target\n",
             ProxyError::Local(_) => "the proxy is out of resources, retry shortly\n",
+            ProxyError::ClientBody => "the request body was malformed or cut short\n",
+            ProxyError::ClientTimeout => "the request body did not arrive within request_timeout\n",
             ProxyError::Misdirected => "this host is not served on this TLS connection\n",
             ProxyError::UnknownHost(host) => {
                 return Bytes::from(format!("no tenant serves host {host}\n"));

@@ -304,10 +304,31 @@ pub async fn send(
                     None => UpstreamError::Connect,
                 }
             }
+            Ok(Err(SendError::Exchange(e)))
+                if upload.as_ref().is_some_and(|u| u.client_failed()) =>
+            {
+                // The client's body broke, not the upstream (SPEC section 6).
+                tracing::debug!(tenant = tenant.name(), error = %e, "request body malformed or cut short by the client");
+                return Err(Failure {
+                    error: ProxyError::ClientBody,
+                    tried: endpoint,
+                });
+            }
             Ok(Err(SendError::Exchange(e))) => {
                 metrics.upstream_error(UpstreamError::Protocol);
                 tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "upstream exchange failed");
                 UpstreamError::Protocol
+            }
+            Err(_elapsed)
+                if upload
+                    .as_ref()
+                    .is_some_and(|u| !u.sent() && u.waiting_on_client()) =>
+            {
+                // The client stopped sending its body: its fault (408).
+                return Err(Failure {
+                    error: ProxyError::ClientTimeout,
+                    tried: endpoint,
+                });
             }
             Err(_elapsed) => {
                 metrics.upstream_error(UpstreamError::Timeout);

@@ -167,8 +167,8 @@ impl Proxy {
             Err(failure) => {
                 if let ProxyError::Local(reason) = failure.error {
                     self.metrics.local_error(reason);
-                    exchange.judged = false;
                 }
+                exchange.judged = failure.error.blames_pool();
                 exchange.tried = Some(failure.tried);
                 return settle(failure.error.into_response(), exchange);
             }

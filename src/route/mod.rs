@@ -189,6 +189,9 @@ pub struct TenantState {
     pub windows: ArcSwap<[Window; 2]>,
     /// Requests finished per pool since the process started.
     completed: [AtomicU64; 2],
+    /// Requests per pool whose client went away before the response head
+    /// (recorded as 499, no evidence either way; SPEC section 6).
+    abandoned: [AtomicU64; 2],
     /// A breach was signalled and not yet handled: one revert per breach.
     breach_pending: AtomicBool,
     breach_tx: mpsc::UnboundedSender<Breach>,
@@ -204,6 +207,17 @@ impl TenantState {
 
     pub fn completed(&self, pool: Color) -> u64 {
         self.completed[pool.index()].load(Ordering::Relaxed)
+    }
+
+    /// Counts a request of `pool` abandoned by its client before the head.
+    pub fn abandoned(&self, pool: Color) {
+        self.abandoned[pool.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests of `pool` abandoned by their clients since the process
+    /// started.
+    pub fn abandoned_count(&self, pool: Color) -> u64 {
+        self.abandoned[pool.index()].load(Ordering::Relaxed)
     }
 
     fn signal_breach(&self, tenant: &str, reason: String) {
@@ -281,6 +295,7 @@ impl Registry {
                     metrics: self.metrics.tenant(&tc.name),
                     windows: ArcSwap::from_pointee([Window::new(window), Window::new(window)]),
                     completed: [AtomicU64::new(0), AtomicU64::new(0)],
+                    abandoned: [AtomicU64::new(0), AtomicU64::new(0)],
                     breach_pending: AtomicBool::new(false),
                     breach_tx: self.breach_tx.clone(),
                     stable_breach_logged: AtomicBool::new(false),
