@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::route::Endpoint;
+use crate::route::{Endpoint, TenantState};
 
 /// A request body on its way upstream: the client's stream, or nothing for a
 /// bodiless request (which can then be sent again on a retry).
@@ -157,6 +157,9 @@ pub struct IdlePool {
     idle: SegQueue<Idle>,
     /// Entries in `idle`, kept apart because `SegQueue::len` is not cheap.
     count: AtomicUsize,
+    /// Abandoned exchanges finishing in the background (at most
+    /// [`RESCUE_MAX`]).
+    rescues: AtomicUsize,
 }
 
 impl std::fmt::Debug for IdlePool {
@@ -223,9 +226,10 @@ pub struct Lease {
     endpoint: Arc<Endpoint>,
     /// For a request with a body: how its upload is going.
     upload: Option<Arc<UploadState>>,
-    /// Whether the rest of the response may be read off in the background
-    /// when the client goes away (see [`rescue`]).
-    rescuable: bool,
+    /// The tenant whose slot a rescue holds, when the rest of the response
+    /// may be read off in the background as the client goes away (see
+    /// [`Lease::rescue`]).
+    rescuable: Option<Arc<TenantState>>,
 }
 
 impl Lease {
@@ -234,7 +238,7 @@ impl Lease {
         sender: Sender,
         endpoint: Arc<Endpoint>,
         upload: Option<Arc<UploadState>>,
-        rescuable: bool,
+        rescuable: Option<Arc<TenantState>>,
     ) -> Lease {
         Lease {
             sender,
@@ -248,14 +252,21 @@ impl Lease {
     /// exchange is rescuable, read it off in the background (at most
     /// [`RESCUE_BYTES`] within [`RESCUE_TIME`]) and keep the connection;
     /// otherwise close it.
-    pub fn rescue(self, rest: Incoming) {
-        if !self.rescuable || self.upload.is_some() {
+    pub fn rescue(mut self, rest: Incoming) {
+        let Some(tenant) = self.rescuable.take() else {
+            return;
+        };
+        if self.upload.is_some() {
             return;
         }
+        let Some(held) = Held::take(&self.endpoint, &tenant) else {
+            return;
+        };
         tokio::spawn(async move {
             if drain(rest).await {
                 self.finished();
             }
+            drop(held);
         });
     }
 
@@ -276,6 +287,43 @@ pub const RESCUE_TIME: Duration = Duration::from_secs(2);
 /// How much of an abandoned response is read off before closing is the
 /// cheaper way out.
 pub const RESCUE_BYTES: usize = 256 * 1024;
+/// Abandoned exchanges finishing at once per endpoint; more are closed.
+pub const RESCUE_MAX: usize = 8;
+
+/// What a rescue holds while it runs: a slot of the tenant's
+/// `max_inflight` and the endpoint's in-flight count, as the request did
+/// (so abandoning requests frees no capacity and P2C still sees the load),
+/// and one of the endpoint's [`RESCUE_MAX`] places.
+struct Held {
+    _slot: crate::route::Admission,
+    _inflight: crate::route::endpoint::InflightGuard,
+    endpoint: Arc<Endpoint>,
+}
+
+impl Held {
+    /// `None` when the endpoint already has [`RESCUE_MAX`] rescues running.
+    fn take(endpoint: &Arc<Endpoint>, tenant: &Arc<TenantState>) -> Option<Held> {
+        let rescues = &endpoint.connections.rescues;
+        if rescues.fetch_add(1, Ordering::AcqRel) >= RESCUE_MAX {
+            rescues.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Held {
+            _slot: tenant.hold(),
+            _inflight: endpoint.start(),
+            endpoint: Arc::clone(endpoint),
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.endpoint
+            .connections
+            .rescues
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Reads `body` to its end within the rescue limits; true when it ended
 /// cleanly, so its connection can serve again.
@@ -312,17 +360,19 @@ type PendingSend = Pin<Box<dyn Future<Output = SendResult> + Send>>;
 pub struct Rescuable {
     exchange: Option<PendingSend>,
     endpoint: Arc<Endpoint>,
+    tenant: Arc<TenantState>,
 }
 
 impl Rescuable {
-    /// Wraps `exchange`, a send to `endpoint`.
-    pub fn new<F>(exchange: F, endpoint: Arc<Endpoint>) -> Rescuable
+    /// Wraps `exchange`, a send to `endpoint` for `tenant`.
+    pub fn new<F>(exchange: F, endpoint: Arc<Endpoint>, tenant: Arc<TenantState>) -> Rescuable
     where
         F: Future<Output = SendResult> + Send + 'static,
     {
         Rescuable {
             exchange: Some(Box::pin(exchange)),
             endpoint,
+            tenant,
         }
     }
 }
@@ -345,14 +395,17 @@ impl Drop for Rescuable {
         let Some(exchange) = self.exchange.take() else {
             return;
         };
-        let endpoint = Arc::clone(&self.endpoint);
+        let Some(held) = Held::take(&self.endpoint, &self.tenant) else {
+            return;
+        };
         tokio::spawn(async move {
             let answered = tokio::time::timeout(RESCUE_TIME, exchange).await;
             if let Ok(Ok((response, sender))) = answered
                 && drain(response.into_body()).await
             {
-                endpoint.connections.put(sender);
+                held.endpoint.connections.put(sender);
             }
+            drop(held);
         });
     }
 }

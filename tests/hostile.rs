@@ -114,6 +114,11 @@ async fn every_way_of_naming_two_hosts_ends_in_one_host_or_a_400() {
         "GET http://user@alpha.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
         "GET http://alpha.test/ HTTP/1.1\r\nHost: bad host\r\n\r\n",
         "GET / HTTP/1.1\r\n\r\n",
+        "GET http://alpha.test/ HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: alpha.test,beta.test\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: alpha.test;.beta.test\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: alpha.test%00.beta.test\r\n\r\n",
+        "GET http://alpha.test:99999/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
     ] {
         let reply = raw_exchange(addr, request.as_bytes()).await;
         assert_eq!(status_of(&reply), "400", "{request:?} → {reply}");
@@ -200,6 +205,19 @@ async fn h2c_is_never_a_tunnel_and_an_unasked_101_is_a_502() {
         let reply = raw_exchange(proxy.running.http_addr, request.as_bytes()).await;
         assert_eq!(status_of(&reply), "502", "{request:?} → {reply}");
     }
+}
+
+#[tokio::test]
+async fn a_101_naming_no_protocol_is_a_502() {
+    let (empty, _) = recording_upstream(|_| {
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: \r\n\r\n".to_owned()
+    })
+    .await;
+    let proxy = spawn_proxy(&raw_tenant("shop", "shop.test", empty)).await;
+    let request =
+        "GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    let reply = raw_exchange(proxy.running.http_addr, request.as_bytes()).await;
+    assert_eq!(status_of(&reply), "502", "{reply}");
 }
 
 #[tokio::test]

@@ -195,10 +195,12 @@ pub fn fix_length(headers: &mut HeaderMap, exact: Option<u64>) {
 /// wins (RFC 9112 §6.3). `body` is the upstream body, whose framing hyper
 /// read; a bodiless answer (HEAD, 204, 304) keeps its length as sent.
 pub fn prepare_response<B: http_body::Body>(headers: &mut HeaderMap, body: &B) {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        headers.remove(header::CONTENT_LENGTH);
-    } else if !body.is_end_stream() {
-        fix_length(headers, body.size_hint().exact());
+    if !body.is_end_stream() {
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            headers.remove(header::CONTENT_LENGTH);
+        } else {
+            fix_length(headers, body.size_hint().exact());
+        }
     }
     remove_hop_by_hop(headers);
 }
@@ -268,7 +270,7 @@ pub async fn send(
         let guard = endpoint.start();
         let sent = upstream::send(Arc::clone(&endpoint), connect_timeout, request);
         let answered = if rescuable {
-            let sent = Rescuable::new(sent, Arc::clone(&endpoint));
+            let sent = Rescuable::new(sent, Arc::clone(&endpoint), Arc::clone(&tenant.state));
             tokio::time::timeout_at(deadline, sent).await
         } else {
             tokio::time::timeout_at(deadline, sent).await
@@ -277,7 +279,12 @@ pub async fn send(
             Ok(Ok((response, sender))) => {
                 return Ok(Answer {
                     response,
-                    lease: Lease::new(sender, Arc::clone(&endpoint), upload, rescuable),
+                    lease: Lease::new(
+                        sender,
+                        Arc::clone(&endpoint),
+                        upload,
+                        rescuable.then(|| Arc::clone(&tenant.state)),
+                    ),
                     endpoint: guard,
                 });
             }

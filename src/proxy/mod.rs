@@ -188,6 +188,7 @@ impl Proxy {
                 return settle(err.into_response(), exchange);
             };
             exchange.status = 101;
+            conn.state.upgraded();
             let upstream_side = hyper::upgrade::on(&mut answer.response);
             let response = upgrade::switching_response(&answer.response, pool);
             upgrade::spawn_tunnel(client_side, upstream_side, exchange, self.tunnels.open());

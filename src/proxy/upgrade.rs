@@ -63,7 +63,8 @@ pub fn agreed<B>(requested: &HeaderValue, response: &Response<B>) -> bool {
     let Ok(asked) = requested.to_str() else {
         return false;
     };
-    tokens(chosen).all(|c| tokens(asked).any(|a| a.eq_ignore_ascii_case(c)))
+    tokens(chosen).next().is_some()
+        && tokens(chosen).all(|c| tokens(asked).any(|a| a.eq_ignore_ascii_case(c)))
 }
 
 fn tokens(list: &str) -> impl Iterator<Item = &str> {

@@ -209,6 +209,15 @@ impl TenantState {
         self.completed[pool.index()].load(Ordering::Relaxed)
     }
 
+    /// A slot held, beyond `max_inflight`'s admission, by work an admitted
+    /// request left behind: an abandoned exchange finishing in the
+    /// background (`upstream::Rescuable`). It counts against the tenant's
+    /// limit until it drops, so abandoning requests frees no capacity.
+    pub fn hold(self: &Arc<Self>) -> Admission {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        Admission(Arc::clone(self))
+    }
+
     /// Counts a request of `pool` abandoned by its client before the head.
     pub fn abandoned(&self, pool: Color) {
         self.abandoned[pool.index()].fetch_add(1, Ordering::Relaxed);

@@ -85,6 +85,10 @@ pub struct ConnState {
     deadlines: Deadlines,
     /// When the connection's timer fires next (ms since origin).
     timer_ms: AtomicU64,
+    /// `[listen] idle_timeout`, for requests to know when idleness ends.
+    idle_timeout_ms: AtomicU64,
+    /// The connection was upgraded (a tunnel): no longer HTTP, not timed.
+    upgraded: AtomicBool,
     /// Wakes the timer early: a deadline before its next firing, or the
     /// client crossing the reset rule.
     wake: Notify,
@@ -103,6 +107,8 @@ impl ConnState {
             http2: AtomicBool::new(false),
             deadlines: Deadlines::default(),
             timer_ms: AtomicU64::new(now + HEAD_TIMEOUT.as_millis() as u64),
+            idle_timeout_ms: AtomicU64::new(u64::MAX / 4),
+            upgraded: AtomicBool::new(false),
             wake: Notify::new(),
         })
     }
@@ -141,9 +147,26 @@ impl ConnState {
         self.started.load(Relaxed)
     }
 
+    /// Marks the connection as handed to a tunnel (an upgrade): its bytes
+    /// are no longer requests, so no head is timed on it.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Relaxed);
+    }
+
+    /// Whether the connection was handed to a tunnel.
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Relaxed)
+    }
+
     fn finished(&self, completed: bool) {
         if self.inflight.fetch_sub(1, Relaxed) == 1 {
-            self.idle_since_ms.store(now_ms(), Relaxed);
+            let now = now_ms();
+            self.idle_since_ms.store(now, Relaxed);
+            let idle_ends = now.saturating_add(self.idle_timeout_ms.load(Relaxed));
+            if idle_ends < self.timer_ms.load(Relaxed) {
+                // An idle_timeout shorter than what the timer waits for.
+                self.wake.notify_one();
+            }
         }
         if !completed && self.http2.load(Relaxed) {
             let premature = self.premature.fetch_add(1, Relaxed) + 1;
@@ -161,7 +184,8 @@ impl ConnState {
     /// What the connection's timer should do at `now` (ms since origin).
     fn judge(&self, now: u64, idle_timeout: Duration) -> Judgement {
         if self.started.load(Relaxed) == 0 {
-            let limit = self.opened_ms + HEAD_TIMEOUT.as_millis() as u64;
+            // A fresh connection is idle too: the shorter limit applies.
+            let limit = self.opened_ms + HEAD_TIMEOUT.min(idle_timeout).as_millis() as u64;
             return if now >= limit {
                 Judgement::Close("no request head within 10 s of opening")
             } else {
@@ -330,8 +354,15 @@ where
     S: FnMut(Pin<&mut C>),
 {
     let mut conn = std::pin::pin!(conn);
-    let at =
-        |ms: u64| tokio::time::Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms()));
+    state
+        .idle_timeout_ms
+        .store(idle_timeout.as_millis() as u64, Relaxed);
+    // Every arming of the timer is published, so a request whose deadline
+    // (or an idle limit) comes sooner knows to wake it.
+    let at = |ms: u64| {
+        state.timer_ms.store(ms, Relaxed);
+        tokio::time::Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms()))
+    };
     let timer = tokio::time::sleep_until(at(state.opened_ms + HEAD_TIMEOUT.as_millis() as u64));
     let mut timer = std::pin::pin!(timer);
     let mut draining = false;
@@ -342,6 +373,11 @@ where
             ended = conn.as_mut() => return ended,
             _ = timer.as_mut() => {
                 let now = now_ms();
+                if draining && state.requests() == 0 {
+                    // Its half second to send a first request is over (hyper
+                    // would not close a connection mid-way through one).
+                    return Ok(());
+                }
                 if draining && !graceful {
                     graceful = true;
                     shutdown_gracefully(conn.as_mut());
@@ -368,9 +404,11 @@ where
             _ = super::stopped(&mut stop), if !draining => {
                 draining = true;
                 let linger_until = state.opened_ms + ACCEPT_LINGER.as_millis() as u64;
-                if state.requests() > 0 || now_ms() >= linger_until {
+                if state.requests() > 0 {
                     graceful = true;
                     shutdown_gracefully(conn.as_mut());
+                } else if now_ms() >= linger_until {
+                    return Ok(());
                 } else {
                     timer.as_mut().reset(at(linger_until));
                 }

@@ -46,6 +46,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         let state = &*this.state;
+        if state.is_upgraded() {
+            // A tunnel's bytes are not request heads.
+            this.head_timer = None;
+            return polled;
+        }
         let started = state.started.load(Relaxed);
         match polled {
             // Bytes of a next request on an idle HTTP/1.1 connection:
