@@ -212,6 +212,10 @@ pub struct SloSettings {
     pub min_requests: u32,
     pub max_p99: Option<Duration>,
     pub baseline: Baseline,
+    /// `slo.confidence`, in [0.5, 1): the probability that a candidate
+    /// within its SLO is never reverted over its whole exposure (SPEC
+    /// section 6; `slo::sequential` spends `1 - confidence` across its tests).
+    pub confidence: f64,
 }
 
 /// The keys of `[defaults]`, resolved for one tenant.
@@ -247,6 +251,7 @@ impl Default for Settings {
                 min_requests: 20,
                 max_p99: None,
                 baseline: Baseline::Absolute,
+                confidence: 0.99,
             },
         }
     }

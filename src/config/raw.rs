@@ -67,6 +67,7 @@ pub struct RawSlo {
     pub min_requests: Option<i64>,
     pub max_p99: Option<String>,
     pub baseline: Option<String>,
+    pub confidence: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -371,6 +371,14 @@ fn settings(p: &mut Problems, path: &KeyPath, base: &Settings, raw: &RawSettings
             None => base.slo.max_p99,
         },
         baseline,
+        confidence: match rs.confidence {
+            Some(c) if (0.5..1.0).contains(&c) => c,
+            Some(_) => {
+                p.add(sp.key("confidence"), "must be at least 0.5 and below 1");
+                base.slo.confidence
+            }
+            None => base.slo.confidence,
+        },
     };
     Settings {
         connect_timeout: duration(

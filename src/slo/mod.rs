@@ -6,6 +6,7 @@
 //! breach rather than at the next timer tick. The revert itself is a
 //! `Change` applied by the control task, like every other change.
 
+pub mod sequential;
 pub mod window;
 
 use std::time::Duration;
@@ -103,6 +104,7 @@ mod tests {
             min_requests: 20,
             max_p99,
             baseline,
+            confidence: 0.99,
         }
     }
 
