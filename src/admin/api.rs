@@ -25,6 +25,8 @@ pub struct TenantView<'a> {
     pub verdict: &'static str,
     /// Why, when in breach.
     pub breach: Option<String>,
+    /// The bounds the verdict stands on (SPEC section 6).
+    pub judgement: JudgementView,
     pub rollout: Option<RolloutView>,
     pub inflight: u32,
     pub generation: u64,
@@ -59,6 +61,57 @@ pub struct WindowView {
     /// Requests whose client went away before the response head since the
     /// process started (499): not in `requests`, no evidence either way.
     pub abandoned: u64,
+}
+
+/// The candidate's sequential verdict: the counts of its exposure, and each
+/// measure's confidence bounds at `slo.confidence`.
+#[derive(Serialize)]
+pub struct JudgementView {
+    /// `ok, inconclusive, breach`.
+    pub standing: &'static str,
+    /// Candidate requests since its exposure began (evidence only).
+    pub requests: u64,
+    /// While inconclusive, roughly how many more candidate requests an
+    /// `ok` needs if the rates hold; absent when they never give one.
+    pub more_requests: Option<u64>,
+    /// The error rate (or, with `baseline = "stable"`, the difference to
+    /// stable's) against `max_error_rate`.
+    pub error_rate: Option<BoundsView>,
+    /// The fraction of requests slower than `max_p99`, against 1 %.
+    pub slow_fraction: Option<BoundsView>,
+}
+
+/// One measure: observed value, confidence bounds, limit; `requests` and
+/// `epoch` say which span the bounds are over (epoch 1: the whole
+/// exposure; later epochs: the latest requests only).
+#[derive(Serialize)]
+pub struct BoundsView {
+    pub value: f64,
+    pub lower: f64,
+    pub upper: f64,
+    pub limit: f64,
+    pub requests: u64,
+    pub epoch: u64,
+}
+
+impl From<&crate::slo::sequential::Judgement> for JudgementView {
+    fn from(j: &crate::slo::sequential::Judgement) -> JudgementView {
+        let bounds = |e: &crate::slo::sequential::Estimate| BoundsView {
+            value: e.rate,
+            lower: e.lower,
+            upper: e.upper,
+            limit: e.limit,
+            requests: e.requests,
+            epoch: e.epoch,
+        };
+        JudgementView {
+            standing: j.standing.as_str(),
+            requests: j.requests,
+            more_requests: j.more_requests,
+            error_rate: j.errors.as_ref().map(bounds),
+            slow_fraction: j.slow.as_ref().map(bounds),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -99,9 +152,8 @@ pub fn tenant_view<'a>(
             })
             .collect(),
     };
-    let windows = tenant.state.windows.load();
     let window = |color: Color| {
-        let s = windows[color.index()].snapshot(now);
+        let s = tenant.state.slo.window(color, now);
         WindowView {
             requests: s.requests,
             errors: s.errors,
@@ -110,7 +162,8 @@ pub fn tenant_view<'a>(
             abandoned: tenant.state.abandoned_count(color),
         }
     };
-    let verdict = tenant.verdict(tenant.candidate());
+    let judgement = tenant.state.slo.judge(c.stable);
+    let verdict = judgement.verdict();
     let candidate_share = c.weights.share_bp(c.candidate()) / 100;
     let rollout = match (c.rollout.as_ref(), bake) {
         (Some(r), _) if r.progress.is_some() => r.progress.as_ref().map(|p| RolloutView {
@@ -163,6 +216,7 @@ pub fn tenant_view<'a>(
             crate::slo::Verdict::Breach(reason) => Some(reason),
             _ => None,
         },
+        judgement: JudgementView::from(&judgement),
         rollout,
         inflight: tenant.state.inflight(),
         generation: table.generation,

@@ -342,9 +342,8 @@ impl Admin {
                 .metrics()
                 .inflight
                 .set(f64::from(tenant.state.inflight()));
-            let windows = tenant.state.windows.load();
             for color in Color::ALL {
-                let rate = windows[color.index()].snapshot(now).error_rate();
+                let rate = tenant.state.slo.window(color, now).error_rate();
                 tenant.metrics().pool(color).slo_error_rate.set(rate);
             }
             for color in Color::ALL {

@@ -499,7 +499,7 @@ impl ControlTask {
             let starts = before.weights.of(before.candidate()) == 0
                 && t.config.weights.of(t.candidate()) > 0;
             if newly_candidate || starts {
-                t.state.windows.load()[t.candidate().index()].clear();
+                t.state.slo.restart(t.candidate());
             }
         }
         Some(previous)
@@ -581,7 +581,7 @@ impl ControlTask {
             }
         }
         // The candidate starts afresh: its next traffic is judged on its own.
-        state.windows.load()[candidate.index()].clear();
+        state.slo.restart(candidate);
         self.step_marks.remove(&breach.tenant);
         state.breach_handled();
     }

@@ -102,9 +102,26 @@ impl Drop for Exchange {
             .pool(self.pool)
             .record(self.status, elapsed);
         if self.judged {
-            // A body cut short is the pool's failure, whatever the status.
-            let status = if self.body_failed { 502 } else { self.status };
-            self.tenant.observe(self.pool, status, elapsed, now);
+            // Evidence about the pool (SPEC section 6). A body cut short is
+            // the pool's failure, whatever the status.
+            let t = &self.tenant;
+            let error = self.body_failed || self.status >= 500;
+            t.state.completed_one(self.pool);
+            let exposed = t.candidate_share_bp() > 0;
+            let slo = &t.config.settings.slo;
+            let state = &t.state;
+            if let Some(breach) = state.slo.record(
+                t.name(),
+                slo,
+                self.pool,
+                t.stable(),
+                exposed,
+                error,
+                elapsed,
+                now,
+            ) {
+                state.signal_breach(t.name(), breach.to_string());
+            }
         }
         if let Some(log) = &self.access_log {
             let endpoint = match (&self.endpoint, &self.tried) {

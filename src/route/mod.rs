@@ -15,14 +15,13 @@ pub mod sticky;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
-use crate::config::{Baseline, Color, Config, TenantConfig};
+use crate::config::{Color, Config, TenantConfig};
 use crate::metrics::{Metrics, TenantMetrics};
-use crate::slo::{self, Verdict, Window};
+use crate::slo::Verdict;
+use crate::slo::guard::TenantGuard;
 pub use endpoint::Endpoint;
 use host::{HostIndex, HostRoute};
 
@@ -112,54 +111,11 @@ impl Tenant {
         self.candidate_share_bp
     }
 
-    /// Feeds a finished request to its pool's SLO window and, when it could
-    /// have tipped the candidate into breach (an error or a slow answer),
-    /// judges it at once.
-    pub fn observe(&self, pool: Color, status: u16, elapsed: Duration, now: Instant) {
-        let windows = self.state.windows.load();
-        let window = &windows[pool.index()];
-        let error = status >= 500;
-        window.record(now, error, elapsed);
-        self.state.completed[pool.index()].fetch_add(1, Ordering::Relaxed);
-        let slo = &self.config.settings.slo;
-        if !(error || slo.max_p99.is_some_and(|max| elapsed > max)) {
-            return;
-        }
-        if pool == self.candidate() && self.candidate_share_bp > 0 {
-            if self.state.breach_pending.load(Ordering::Acquire) {
-                return; // already on its way to a revert
-            }
-            if let Verdict::Breach(reason) = self.verdict_with(&windows, pool, now) {
-                self.state.signal_breach(self.name(), reason);
-            }
-        } else if pool == self.stable()
-            && let Verdict::Breach(reason) = self.verdict_with(&windows, pool, now)
-            && !self
-                .state
-                .stable_breach_logged
-                .swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(tenant = self.name(), pool = pool.as_str(), %reason, "the stable pool is breaking its SLO");
-        }
-    }
-
-    /// A pool's verdict now.
+    /// The candidate's verdict now (`pool` is the candidate; the verdict
+    /// judges the candidate's exposure, with stable as its baseline).
     pub fn verdict(&self, pool: Color) -> Verdict {
-        self.verdict_with(&self.state.windows.load(), pool, Instant::now())
-    }
-
-    fn verdict_with(&self, windows: &[Window; 2], pool: Color, now: Instant) -> Verdict {
-        let slo = &self.config.settings.slo;
-        let snap = windows[pool.index()].snapshot(now);
-        let stable = (slo.baseline == Baseline::Stable && pool != self.stable())
-            .then(|| windows[self.stable().index()].snapshot(now));
-        let verdict = slo::judge(slo, slo.window, &snap, stable.as_ref());
-        if pool == self.stable() && !matches!(verdict, Verdict::Breach(_)) {
-            self.state
-                .stable_breach_logged
-                .store(false, Ordering::Relaxed);
-        }
-        verdict
+        debug_assert_eq!(pool, self.candidate());
+        self.state.slo.judge(self.stable()).verdict()
     }
 
     /// Takes one of the tenant's `max_inflight` slots, or `None` when full.
@@ -185,17 +141,14 @@ pub struct Breach {
 pub struct TenantState {
     inflight: AtomicU32,
     pub metrics: TenantMetrics,
-    /// SLO windows per pool; replaced whole when the window length changes.
-    pub windows: ArcSwap<[Window; 2]>,
+    /// Its SLO windows, verdict and breach latch.
+    pub slo: TenantGuard,
     /// Requests finished per pool since the process started.
     completed: [AtomicU64; 2],
     /// Requests per pool whose client went away before the response head
     /// (recorded as 499, no evidence either way; SPEC section 6).
     abandoned: [AtomicU64; 2],
-    /// A breach was signalled and not yet handled: one revert per breach.
-    breach_pending: AtomicBool,
     breach_tx: mpsc::UnboundedSender<Breach>,
-    stable_breach_logged: AtomicBool,
     /// The last change of the weights was an SLO revert.
     pub reverted: AtomicBool,
 }
@@ -229,18 +182,24 @@ impl TenantState {
         self.abandoned[pool.index()].load(Ordering::Relaxed)
     }
 
-    fn signal_breach(&self, tenant: &str, reason: String) {
-        if !self.breach_pending.swap(true, Ordering::AcqRel) {
-            let _ = self.breach_tx.send(Breach {
-                tenant: tenant.to_owned(),
-                reason,
-            });
-        }
+    /// Counts a finished request of `pool` that is evidence about it (for
+    /// the ramp's per-step count).
+    pub fn completed_one(&self, pool: Color) {
+        self.completed[pool.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hands a breach the SLO guard found to the control task, which
+    /// reverts (`slo::guard` returns each breach once).
+    pub fn signal_breach(&self, tenant: &str, reason: String) {
+        let _ = self.breach_tx.send(Breach {
+            tenant: tenant.to_owned(),
+            reason,
+        });
     }
 
     /// Called by the control task once it has handled a breach.
     pub fn breach_handled(&self) {
-        self.breach_pending.store(false, Ordering::Release);
+        self.slo.breach_handled();
     }
 }
 
@@ -297,25 +256,18 @@ impl Registry {
                     })
                     .collect::<Box<[_]>>()
             });
-            let window = tc.settings.slo.window;
             let state = old_tenants.remove(&tc.name).unwrap_or_else(|| {
                 Arc::new(TenantState {
                     inflight: AtomicU32::new(0),
                     metrics: self.metrics.tenant(&tc.name),
-                    windows: ArcSwap::from_pointee([Window::new(window), Window::new(window)]),
+                    slo: TenantGuard::new(&tc.settings.slo),
                     completed: [AtomicU64::new(0), AtomicU64::new(0)],
                     abandoned: [AtomicU64::new(0), AtomicU64::new(0)],
-                    breach_pending: AtomicBool::new(false),
                     breach_tx: self.breach_tx.clone(),
-                    stable_breach_logged: AtomicBool::new(false),
                     reverted: AtomicBool::new(false),
                 })
             });
-            if state.windows.load()[0].length() != window {
-                state
-                    .windows
-                    .store(Arc::new([Window::new(window), Window::new(window)]));
-            }
+            state.slo.configure(&tc.settings.slo);
             for color in Color::ALL {
                 let share = f64::from(tc.weights.share_bp(color)) / 100.0;
                 state.metrics.pool(color).share.set(share);

@@ -1,11 +1,14 @@
-//! The SLO guard's arithmetic: windows per tenant and pool, and the breach
-//! rule of SPEC section 6.
+//! The SLO guard of SPEC section 6: windows per tenant and pool
+//! (`window`), the anytime-valid verdict on the candidate (`sequential`),
+//! and the per-tenant guard that holds both (`guard`).
 //!
 //! Recording and judging happen on the request path as each request
 //! completes (`proxy::body`), so a revert lands within milliseconds of the
 //! breach rather than at the next timer tick. The revert itself is a
-//! `Change` applied by the control task, like every other change.
+//! `Change` applied by the control task, like every other change. `judge`
+//! below is the plain window rule, kept for the stable pool's log line.
 
+pub mod guard;
 pub mod sequential;
 pub mod window;
 
