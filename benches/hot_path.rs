@@ -120,6 +120,68 @@ fn slo_window(c: &mut Criterion) {
     });
 }
 
+/// The SLO guard's per-request cost (issue 12): a success is a window add
+/// and two tally adds; a candidate error also runs the sequential test,
+/// which is a cached threshold lookup (no lock, no allocation).
+fn slo_guard(c: &mut Criterion) {
+    use turnout::config::{Baseline, Color, SloSettings};
+    use turnout::slo::guard::TenantGuard;
+    let slo = SloSettings {
+        max_error_rate: 0.05,
+        window: Duration::from_secs(30),
+        min_requests: 20,
+        max_p99: None,
+        baseline: Baseline::Absolute,
+        confidence: 0.99,
+    };
+    let guard = TenantGuard::new(&slo);
+    let now = Instant::now();
+    let ms = Duration::from_millis(2);
+    // A healthy candidate's history: 100 000 requests at 4 % errors.
+    for i in 0..100_000u32 {
+        guard.record(
+            "t",
+            &slo,
+            Color::Green,
+            Color::Blue,
+            true,
+            i % 25 == 0,
+            ms,
+            now,
+        );
+    }
+    let mut group = c.benchmark_group("slo_guard");
+    group.bench_function("record_success", |b| {
+        b.iter(|| {
+            guard.record(
+                "t",
+                &slo,
+                Color::Green,
+                Color::Blue,
+                true,
+                black_box(false),
+                ms,
+                now,
+            )
+        })
+    });
+    group.bench_function("record_error_and_judge", |b| {
+        b.iter(|| {
+            guard.record(
+                "t",
+                &slo,
+                Color::Green,
+                Color::Blue,
+                true,
+                black_box(true),
+                ms,
+                now,
+            )
+        })
+    });
+    group.finish();
+}
+
 fn control_file_load(c: &mut Criterion) {
     let mut text = String::from("[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n");
     for i in 0..10_000 {
@@ -157,5 +219,12 @@ fn control_file_load(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, routing, sticky_hash, slo_window, control_file_load);
+criterion_group!(
+    benches,
+    routing,
+    sticky_hash,
+    slo_window,
+    slo_guard,
+    control_file_load
+);
 criterion_main!(benches);

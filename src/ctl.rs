@@ -343,7 +343,31 @@ fn status_line(t: &Value) -> String {
             t["rollout"]["share"]
         ));
     }
+    line.push_str(&evidence(&t["judgement"]));
     line
+}
+
+/// The bounds behind the verdict: `  errors 0.040 [0.021, 0.061] of 0.05
+/// over 1200`, and how many more requests an `ok` needs while inconclusive.
+fn evidence(j: &Value) -> String {
+    let e = &j["error_rate"];
+    let (Some(value), Some(lower), Some(upper)) = (
+        e["value"].as_f64(),
+        e["lower"].as_f64(),
+        e["upper"].as_f64(),
+    ) else {
+        return String::new();
+    };
+    let mut out = format!(
+        "  errors {value:.3} [{lower:.3}, {upper:.3}] of {} over {}",
+        e["limit"], j["requests"]
+    );
+    if j["standing"] == "inconclusive"
+        && let Some(more) = j["more_requests"].as_u64()
+    {
+        out.push_str(&format!(" (~{more} more for ok)"));
+    }
+    out
 }
 
 fn event_line(e: &Value) -> String {

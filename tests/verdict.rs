@@ -102,6 +102,21 @@ async fn a_candidate_at_80_percent_of_its_limit_is_never_reverted() {
     );
     assert!(lower <= 0.04 && 0.04 <= upper && lower < 0.05, "{bounds}");
     assert!(v["judgement"]["requests"].as_u64().unwrap() >= 2500, "{v}");
+    // `turnout ctl status` shows the same evidence.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
+        .args(["ctl", "--admin"])
+        .arg(format!("http://{}", proxy.running.admin_addr))
+        .arg("status")
+        .env_remove("TURNOUT_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("errors 0.040 [") && stdout.contains("] of 0.05 over "),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
