@@ -51,6 +51,7 @@ pub struct Event {
     pub at: SystemTime,
     /// `None` for a change outside any tenant (tokens, listen, defaults only).
     pub tenant: Option<String>,
+    /// What made the change.
     pub source: Source,
     /// The admin token's name, when an admin call made the change.
     pub actor: Option<String>,

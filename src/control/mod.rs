@@ -21,6 +21,8 @@
 //!   (`disk`, `watch`) as its first implementation;
 //! - `events`: the change history and what a change is recorded as.
 
+#![warn(missing_docs)]
+
 mod apply;
 mod disk;
 pub mod events;
@@ -45,41 +47,76 @@ pub use task::{Parts, start};
 /// A change to the control state: what each source asks of the control task.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// Re-read the control state from the store. `forced` re-reads even when
-    /// the file's text is the same as last time (SIGHUP, the admin API); the
-    /// watcher does not force.
-    Reload { forced: bool },
-    /// Set a tenant's weights. `if_match` must equal the current generation
-    /// when given; `force` allows raising a candidate with no healthy endpoint.
+    /// Re-read the control state from the store.
+    Reload {
+        /// Re-read even when the file's text is the same as last time
+        /// (SIGHUP, the admin API); the watcher does not force.
+        forced: bool,
+    },
+    /// Set a tenant's weights (ends a running ramp).
     SetWeights {
+        /// The tenant's name.
         tenant: String,
+        /// The new split.
         weights: Weights,
+        /// `If-Match`: must equal the current generation when given.
         if_match: Option<u64>,
+        /// Allows raising a candidate with no healthy endpoint.
         force: bool,
     },
-    /// All traffic to the stable pool now.
+    /// All traffic to the stable pool now (ends a running ramp).
     Rollback {
+        /// The tenant's name.
         tenant: String,
+        /// `If-Match`: must equal the current generation when given.
         if_match: Option<u64>,
     },
     /// Start the configured ramp at its first step.
-    StartRollout { tenant: String, force: bool },
+    StartRollout {
+        /// The tenant's name.
+        tenant: String,
+        /// Allows a first step onto a candidate with no healthy endpoint.
+        force: bool,
+    },
     /// Candidate to 100, bake, then it becomes stable.
-    Promote { tenant: String, force: bool },
-    /// The SLO guard found the candidate of `tenant` in breach (SPEC section
-    /// 6): all traffic to the stable pool, and the candidate's window starts
-    /// afresh. `reason` is the verdict's, as the event shows it.
-    Revert { tenant: String, reason: String },
+    Promote {
+        /// The tenant's name.
+        tenant: String,
+        /// Allows promoting a candidate with no healthy endpoint.
+        force: bool,
+    },
+    /// The SLO guard found the candidate in breach (SPEC section 6): all
+    /// traffic to the stable pool, and the candidate's window starts afresh.
+    Revert {
+        /// The tenant's name.
+        tenant: String,
+        /// The verdict, as the event shows it.
+        reason: String,
+    },
     /// The rollout clock: look at every running ramp and bake and take the
-    /// steps that are due (as the `Advance`, `Finish` and `EndRamp` changes).
+    /// steps that are due (as the `Advance`, `Finish`, `EndRamp` and
+    /// `Revert` changes).
     Tick,
-    /// Move a running ramp on to `step` (0-based) of its rollout table.
-    Advance { tenant: String, step: usize },
+    /// Move a running ramp on to its next step.
+    Advance {
+        /// The tenant's name.
+        tenant: String,
+        /// The step to move to (0-based, into the rollout table's `steps`).
+        step: usize,
+    },
     /// The bake is over and the verdict `ok`: the candidate becomes stable.
-    Finish { tenant: String },
+    Finish {
+        /// The tenant's name.
+        tenant: String,
+    },
     /// Stop a ramp without touching the weights (they were changed outside
-    /// it); `reason` is the event's.
-    EndRamp { tenant: String, reason: String },
+    /// it).
+    EndRamp {
+        /// The tenant's name.
+        tenant: String,
+        /// Why, as the event shows it.
+        reason: String,
+    },
 }
 
 /// Who asked for a change, and why.

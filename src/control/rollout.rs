@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::task::ControlTask;
 use super::{Change, ChangeError, Origin, Outcome};
 use crate::config::write::TenantEdit;
-use crate::config::{Config, RolloutProgress, Weights};
+use crate::config::{Config, RolloutProgress, TenantConfig, Weights};
 use crate::route::{RoutingTable, Tenant};
 use crate::slo::Verdict;
 
@@ -116,67 +116,16 @@ impl Ramps {
         table: &RoutingTable,
         now: SystemTime,
     ) -> Vec<(Change, Origin)> {
-        let mut due = Vec::new();
-        let mut ramping = Vec::new();
-        for t in &running.tenants {
-            let Some((rollout, progress)) = t
-                .rollout
-                .as_ref()
-                .and_then(|r| Some((r, r.progress.as_ref()?)))
-            else {
-                continue;
-            };
-            ramping.push(t.name.clone());
-            let Some(&share) = rollout.steps.get(progress.step) else {
-                continue;
-            };
-            let tenant = t.name.clone();
-            if t.weights != Weights::split(t.stable, share) {
-                // The split was changed outside the ramp (a file edit,
-                // another replica): that decision ends the ramp.
-                let reason = "rollout ended: the weights were changed outside it".to_owned();
-                due.push((
-                    Change::EndRamp {
-                        tenant,
-                        reason: reason.clone(),
-                    },
-                    Origin::rollout(Some(reason)),
-                ));
-                continue;
-            }
-            let hold = if share < 100 {
-                rollout.interval
-            } else {
-                rollout.bake
-            };
-            if elapsed(progress.since, now) < hold {
-                continue;
-            }
-            let next = match self.judge(table, &tenant) {
-                Readiness::Ready if share >= 100 => Change::Finish { tenant },
-                Readiness::Ready => {
-                    let step = progress.step + 1;
-                    let reason = format!(
-                        "rollout step {}/{} at {}%",
-                        step + 1,
-                        rollout.steps.len(),
-                        rollout.steps[step]
-                    );
-                    due.push((
-                        Change::Advance { tenant, step },
-                        Origin::rollout(Some(reason)),
-                    ));
-                    continue;
-                }
-                Readiness::Wait => continue,
-                Readiness::Breach(reason) => revert(tenant, reason),
-            };
-            due.push(finish_origin(next));
-        }
+        let mut due: Vec<_> = running
+            .tenants
+            .iter()
+            .filter_map(|t| self.step_due(t, table, now))
+            .collect();
+        let ramping = |t: &TenantConfig| t.rollout.as_ref().is_some_and(|r| r.progress.is_some());
         let bakes: Vec<(String, SystemTime)> = self
             .tenants
             .iter()
-            .filter(|(t, _)| !ramping.contains(t))
+            .filter(|(t, _)| !running.tenant(t).is_some_and(ramping))
             .filter_map(|(t, r)| Some((t.clone(), r.bake?)))
             .collect();
         for (tenant, since) in bakes {
@@ -191,12 +140,57 @@ impl Ramps {
                 continue;
             }
             match self.judge(table, &tenant) {
-                Readiness::Ready => due.push(finish_origin(Change::Finish { tenant })),
+                Readiness::Ready => due.push((Change::Finish { tenant }, Origin::rollout(None))),
                 Readiness::Wait => {}
-                Readiness::Breach(reason) => due.push(finish_origin(revert(tenant, reason))),
+                Readiness::Breach(reason) => due.push(revert(tenant, reason)),
             }
         }
         due
+    }
+
+    /// What the ramp of `t` (if one runs) asks for at `now`.
+    fn step_due(
+        &mut self,
+        t: &TenantConfig,
+        table: &RoutingTable,
+        now: SystemTime,
+    ) -> Option<(Change, Origin)> {
+        let rollout = t.rollout.as_ref()?;
+        let progress = rollout.progress.as_ref()?;
+        let share = *rollout.steps.get(progress.step)?;
+        let tenant = t.name.clone();
+        if t.weights != Weights::split(t.stable, share) {
+            // The split was changed outside the ramp (a file edit, another
+            // replica): that decision ends the ramp.
+            let reason = "rollout ended: the weights were changed outside it".to_owned();
+            return Some((Change::EndRamp { tenant, reason }, Origin::rollout(None)));
+        }
+        let hold = if share < 100 {
+            rollout.interval
+        } else {
+            rollout.bake
+        };
+        if elapsed(progress.since, now) < hold {
+            return None;
+        }
+        match self.judge(table, &tenant) {
+            Readiness::Wait => None,
+            Readiness::Breach(reason) => Some(revert(tenant, reason)),
+            Readiness::Ready if share >= 100 => {
+                Some((Change::Finish { tenant }, Origin::rollout(None)))
+            }
+            Readiness::Ready => {
+                let step = progress.step + 1;
+                let reason = format!(
+                    "rollout step {}/{} at {}%",
+                    step + 1,
+                    rollout.steps.len(),
+                    rollout.steps[step]
+                );
+                let origin = Origin::rollout(Some(reason));
+                Some((Change::Advance { tenant, step }, origin))
+            }
+        }
     }
 
     fn judge(&mut self, table: &RoutingTable, tenant: &str) -> Readiness {
@@ -207,18 +201,9 @@ impl Ramps {
 }
 
 /// The revert a breach found by the clock asks for.
-fn revert(tenant: String, reason: String) -> Change {
-    Change::Revert { tenant, reason }
-}
-
-/// The origin of a `Finish` (the promotion names its own reason) or a
-/// `Revert` (the verdict is the reason).
-fn finish_origin(change: Change) -> (Change, Origin) {
-    let origin = match &change {
-        Change::Revert { reason, .. } => Origin::slo(reason.clone()),
-        _ => Origin::rollout(None),
-    };
-    (change, origin)
+fn revert(tenant: String, reason: String) -> (Change, Origin) {
+    let origin = Origin::slo(reason.clone());
+    (Change::Revert { tenant, reason }, origin)
 }
 
 impl ControlTask {
