@@ -103,7 +103,13 @@ impl ListenOverrides {
     /// Replaces the file's addresses with the overriding ones, and checks
     /// the result still keeps an unprotected admin API on loopback. `Err`
     /// is the problem, prefixed with its key (`listen.admin: ...`).
+    /// With no override set nothing changes and nothing is re-checked:
+    /// validation already judged the file's own addresses (knowing, as the
+    /// model `check` builds does not, the tokens whose secret is unset).
     pub fn apply(&self, config: &mut Config) -> Result<(), String> {
+        if self.http.is_none() && self.https.is_none() && self.admin.is_none() {
+            return Ok(());
+        }
         if let Some(a) = self.http {
             config.listen.http = a;
         }
