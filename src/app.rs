@@ -1,5 +1,6 @@
-//! Wiring: load the control file, build the first routing table, bind the
-//! listeners, spawn the serving tasks, and drain on request.
+//! Wiring: start the control plane (which loads the control file and makes
+//! generation 1), bind the listeners, spawn the serving tasks, and drain on
+//! request.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::Admin;
-use crate::config::{self, Config};
+use crate::config;
+pub use crate::config::ListenOverrides;
+use crate::control::store::FileStore;
 use crate::control::{self, Control};
 use crate::health;
 use crate::metrics::Metrics;
@@ -21,15 +24,6 @@ use crate::notify::Notifier;
 use crate::proxy::Proxy;
 use crate::route::Registry;
 use crate::server::{self, Transport};
-
-/// `--listen-*` flags: replace the file's `[listen]` addresses so replicas
-/// can share one control file.
-#[derive(Debug, Clone, Default)]
-pub struct ListenOverrides {
-    pub http: Option<SocketAddr>,
-    pub https: Option<SocketAddr>,
-    pub admin: Option<SocketAddr>,
-}
 
 /// Why turnout could not start.
 #[derive(Debug)]
@@ -81,11 +75,25 @@ pub struct Running {
 
 /// Loads `config_path` and starts serving it.
 pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Running, StartError> {
-    let text = std::fs::read_to_string(config_path)
-        .map_err(|e| StartError::Config(config::ConfigError::unreadable(config_path, &e)))?;
-    let mut config = config::parse(&text, config_path, &|var| std::env::var(var).ok())
-        .map_err(StartError::Config)?;
-    overrides.apply(&mut config).map_err(StartError::Refused)?;
+    let metrics = Metrics::new();
+    let (breach_tx, breaches) = tokio::sync::mpsc::unbounded_channel();
+    let registry = Arc::new(Registry::new(Arc::clone(&metrics), breach_tx));
+    // The admin API and the control plane keep working while the data plane
+    // drains, so `/readyz` can say so; they stop last. (Dropped on an early
+    // return, the sender stops the control task too.)
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let (control, proxy) = control::start(control::Parts {
+        store: Box::new(FileStore::new(config_path.to_owned(), overrides)),
+        registry: Arc::clone(&registry),
+        metrics: Arc::clone(&metrics),
+        health: Arc::new(health::Checker::new(Arc::clone(&metrics))),
+        notifier: Notifier::spawn(Arc::clone(&metrics)),
+        breaches,
+        stop: admin_stopped.clone(),
+    })
+    .await
+    .map_err(StartError::Config)?;
+    let config = Arc::clone(&proxy.table.load().config);
     let (drain, idle_timeout) = (config.defaults.drain_timeout, config.listen.idle_timeout);
     let listen = config.listen.clone();
 
@@ -99,26 +107,6 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         .map(|(l, a)| local_addr(l, a));
     let admin_addr = local_addr(&admin_listener, listen.admin);
 
-    let metrics = Metrics::new();
-    let (breach_tx, breaches) = tokio::sync::mpsc::unbounded_channel();
-    let registry = Arc::new(Registry::new(Arc::clone(&metrics), breach_tx));
-    let table = registry.build(Arc::new(config), 1);
-    metrics.reloads_ok.increment(1);
-    let proxy = Arc::new(Proxy::new(table, Arc::clone(&metrics)));
-    // The admin API and the control plane keep working while the data plane
-    // drains, so `/readyz` can say so; they stop last.
-    let (admin_stop, admin_stopped) = watch::channel(false);
-    let control = control::spawn(control::Parts {
-        path: config_path.to_owned(),
-        overrides,
-        text,
-        registry: Arc::clone(&registry),
-        proxy: Arc::clone(&proxy),
-        health: Arc::new(health::Checker::new(Arc::clone(&metrics))),
-        notifier: Notifier::spawn(Arc::clone(&metrics)),
-        breaches,
-        stop: admin_stopped.clone(),
-    });
     let admin = Arc::new(Admin {
         proxy: Arc::clone(&proxy),
         control: control.clone(),
@@ -218,26 +206,6 @@ impl Running {
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
         tracing::info!("turnout stopped");
-    }
-}
-
-impl ListenOverrides {
-    /// Replaces the file's addresses with the overriding ones, and checks
-    /// the result still keeps an unprotected admin API on loopback.
-    pub fn apply(&self, config: &mut Config) -> Result<(), String> {
-        if let Some(a) = self.http {
-            config.listen.http = a;
-        }
-        if let Some(a) = self.https {
-            config.listen.https = Some(a);
-        }
-        if let Some(a) = self.admin {
-            config.listen.admin = a;
-        }
-        match config.admin_exposure_problem() {
-            Some(problem) => Err(format!("listen.admin: {problem}")),
-            None => Ok(()),
-        }
     }
 }
 

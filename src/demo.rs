@@ -16,7 +16,8 @@ use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{self, ListenOverrides};
+use crate::app;
+use crate::config::ListenOverrides;
 use crate::server;
 
 pub const DEMO_HTTP: &str = "127.0.0.1:8080";

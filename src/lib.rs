@@ -10,10 +10,12 @@
 //! (`proxy::body`).
 //!
 //! **The life of a change**: every source — a file edit seen by the watcher,
-//! SIGHUP, an admin call — sends a `control::Change` to the one control task.
-//! It validates the new state in full (`config`), writes admin changes back
-//! to the file (`config::write`), merges file edits with the running state
-//! (`control::merge`), compiles the result into an immutable
+//! SIGHUP, an admin call, an SLO revert, a rollout tick, a certificate
+//! replaced — is a `control::Change` handled by the one control task.
+//! It validates the new state in full (`config`), commits it to the store
+//! (`control::store`; the control file, edited by `config::write`), merges
+//! file edits with the running state (`control::merge`), compiles the
+//! result into an immutable
 //! `route::RoutingTable` through the `route::Registry` (which carries endpoint
 //! and tenant state across tables), swaps it in whole through an `ArcSwap`,
 //! and records an event. Requests see the old table or the new one, never a

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use turnout::app::{self, ListenOverrides};
-use turnout::config::{self, Config};
+use turnout::app;
+use turnout::config::{self, Config, ListenOverrides};
 
 /// mimalloc rather than glibc's malloc: applying a control file of 10 000
 /// tenants allocates and frees hundreds of thousands of small strings, and
@@ -222,7 +222,11 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// SPEC §2: errors exit 1; a `*_env` secret missing from this environment is
 /// only a warning (files are checked where secrets are not, such as CI).
 fn check(path: &std::path::Path) -> ExitCode {
-    let checked = config::load_for_check(path);
+    let checked = config::load(
+        path,
+        &|var| std::env::var(var).ok(),
+        &ListenOverrides::default(),
+    );
     if let Some(warnings) = checked.warnings() {
         eprintln!("{warnings}");
         eprintln!(

@@ -29,7 +29,6 @@ use rustls::RootCertStore;
 use tokio::sync::mpsc;
 
 use crate::config::{CaBundle, Webhook};
-use crate::control::Event;
 use crate::metrics::Metrics;
 
 /// Notifications waiting to be sent; beyond this they are dropped (counted).
@@ -43,34 +42,56 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client for plain and TLS receivers alike.
 type HookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// One notification: an event already serialised as the JSON body to POST,
+/// and its sequence number for logs.
+struct Notification {
+    seq: u64,
+    body: Bytes,
+}
+
 /// The handle the control task queues notifications on.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: mpsc::Sender<(Webhook, Event)>,
+    tx: mpsc::Sender<(Webhook, Notification)>,
     metrics: Arc<Metrics>,
 }
 
 impl Notifier {
     /// Starts the sender task.
     pub fn spawn(metrics: Arc<Metrics>) -> Notifier {
-        let (tx, mut rx) = mpsc::channel::<(Webhook, Event)>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<(Webhook, Notification)>(QUEUE);
         let task_metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             let mut clients = Clients::default();
-            while let Some((hook, event)) = rx.recv().await {
+            while let Some((hook, note)) = rx.recv().await {
                 let client = clients.for_hook(&hook).await;
-                if let Err(error) = deliver(client, &hook.url, &event).await {
+                if let Err(error) = deliver(client, &hook.url, note.body).await {
                     task_metrics.notify_failures.increment(1);
-                    tracing::warn!(url = %hook.url, seq = event.seq, %error, "webhook notification failed");
+                    tracing::warn!(url = %hook.url, seq = note.seq, %error, "webhook notification failed");
                 }
             }
         });
         Notifier { tx, metrics }
     }
 
-    /// Queues `event` for `hook` without waiting.
-    pub fn send(&self, hook: &Webhook, event: Event) {
-        if self.tx.try_send((hook.clone(), event)).is_err() {
+    /// Queues `event` (numbered `seq`, for logs) for `hook` without
+    /// waiting: it is serialised as JSON here, POSTed by the sender task.
+    /// An event that cannot be serialised, or a full queue, is a failure
+    /// (logged and counted).
+    pub fn send(&self, hook: &Webhook, seq: u64, event: &impl serde::Serialize) {
+        let body = match serde_json::to_vec(event) {
+            Ok(body) => Bytes::from(body),
+            Err(error) => {
+                self.metrics.notify_failures.increment(1);
+                tracing::warn!(url = %hook.url, seq, %error, "webhook notification not serialisable");
+                return;
+            }
+        };
+        if self
+            .tx
+            .try_send((hook.clone(), Notification { seq, body }))
+            .is_err()
+        {
             self.metrics.notify_failures.increment(1);
             tracing::warn!(url = %hook.url, "webhook queue full: notification dropped");
         }
@@ -181,8 +202,7 @@ fn with_causes(error: &hyper_util::client::legacy::Error) -> String {
     text
 }
 
-async fn deliver(client: &HookClient, url: &str, event: &Event) -> Result<(), String> {
-    let body = Bytes::from(serde_json::to_vec(event).map_err(|e| e.to_string())?);
+async fn deliver(client: &HookClient, url: &str, body: Bytes) -> Result<(), String> {
     let mut backoff = FIRST_BACKOFF;
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {

@@ -61,7 +61,7 @@ impl From<ChangeError> for ApiError {
             ChangeError::GenerationMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             ChangeError::Conflict(_) => StatusCode::CONFLICT,
             ChangeError::File(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ChangeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            ChangeError::Store(_) | ChangeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }

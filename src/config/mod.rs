@@ -14,6 +14,7 @@ pub mod validate;
 pub mod write;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
@@ -85,33 +86,89 @@ fn write_problems(
 
 impl std::error::Error for ConfigError {}
 
-/// Reads and validates the control file at `path`, taking secrets from the
-/// process environment. A `*_env` key whose variable is unset is an error.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
-    parse(&text, path, &|var| std::env::var(var).ok())
+/// `--listen-*` flags: replace the file's `[listen]` addresses so replicas
+/// can share one control file (SPEC section 2). Applied by [`load`] to every
+/// version read, at start-up and on each reload alike.
+#[derive(Debug, Clone, Default)]
+pub struct ListenOverrides {
+    /// Replaces `[listen] http`.
+    pub http: Option<SocketAddr>,
+    /// Replaces (or sets) `[listen] https`.
+    pub https: Option<SocketAddr>,
+    /// Replaces `[listen] admin`.
+    pub admin: Option<SocketAddr>,
+}
+
+impl ListenOverrides {
+    /// Replaces the file's addresses with the overriding ones, and checks
+    /// the result still keeps an unprotected admin API on loopback. `Err`
+    /// is the problem, prefixed with its key (`listen.admin: ...`).
+    /// With no override set nothing changes and nothing is re-checked:
+    /// validation already judged the file's own addresses (knowing, as the
+    /// model `check` builds does not, the tokens whose secret is unset).
+    pub fn apply(&self, config: &mut Config) -> Result<(), String> {
+        if self.http.is_none() && self.https.is_none() && self.admin.is_none() {
+            return Ok(());
+        }
+        if let Some(a) = self.http {
+            config.listen.http = a;
+        }
+        if let Some(a) = self.https {
+            config.listen.https = Some(a);
+        }
+        if let Some(a) = self.admin {
+            config.listen.admin = a;
+        }
+        match config.admin_exposure_problem() {
+            Some(problem) => Err(format!("listen.admin: {problem}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The one way a control file is loaded — by start-up, by every reload and
+/// by `turnout check`: read `path`, validate it taking secrets from `env`,
+/// and apply `overrides`. [`Checked::for_serving`] turns the answer into
+/// what `run` and a reload accept; `check` reports it as it is.
+pub fn load(path: &Path, env: validate::EnvLookup<'_>, overrides: &ListenOverrides) -> Checked {
+    match read(path) {
+        Ok(text) => load_text(&text, path, env, overrides),
+        Err(e) => Checked {
+            file: path.to_owned(),
+            config: Err(e),
+            unset_secrets: Vec::new(),
+        },
+    }
+}
+
+/// The control file's text; a file that cannot be read is a located error
+/// (`PATH:1:1: cannot read: ...`).
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))
+}
+
+/// [`load`] for text already read: a reload reads first, to leave a file
+/// whose text has not changed alone.
+pub fn load_text(
+    text: &str,
+    path: &Path,
+    env: validate::EnvLookup<'_>,
+    overrides: &ListenOverrides,
+) -> Checked {
+    let mut checked = parse_for_check(text, path, env);
+    if let Ok(config) = &mut checked.config
+        && let Err(problem) = overrides.apply(config)
+    {
+        checked.config = Err(ConfigError::general(path, problem));
+    }
+    checked
 }
 
 /// Validates control-file `text` for serving (`run`, reload): a `*_env` key
 /// whose variable is unset or empty is an error. `path` names the file in
 /// errors and anchors relative TLS paths.
 pub fn parse(text: &str, path: &Path, env: validate::EnvLookup<'_>) -> Result<Config, ConfigError> {
-    let checked = parse_for_check(text, path, env);
-    let mut config = checked.config;
-    if !checked.unset_secrets.is_empty() {
-        let mut problems = match config {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems,
-        };
-        problems.extend(checked.unset_secrets);
-        // In file order, as an operator reads them.
-        problems.sort_by_key(|p| (p.line, p.col));
-        config = Err(ConfigError {
-            file: path.to_owned(),
-            problems,
-        });
-    }
-    config
+    parse_for_check(text, path, env).for_serving()
 }
 
 /// What `turnout check` reports: the file's errors or its model, and apart
@@ -129,6 +186,25 @@ pub struct Checked {
 }
 
 impl Checked {
+    /// The model as `run` and a reload take it: a `*_env` key whose
+    /// variable is unset or empty is one more error, in file order.
+    pub fn for_serving(self) -> Result<Config, ConfigError> {
+        if self.unset_secrets.is_empty() {
+            return self.config;
+        }
+        let mut problems = match self.config {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems,
+        };
+        problems.extend(self.unset_secrets);
+        // In file order, as an operator reads them.
+        problems.sort_by_key(|p| (p.line, p.col));
+        Err(ConfigError {
+            file: self.file,
+            problems,
+        })
+    }
+
     /// The unset secrets as `PATH:LINE:COL: warning: key: message` lines;
     /// `None` when there are none.
     pub fn warnings(&self) -> Option<String> {
@@ -140,19 +216,6 @@ impl Checked {
         }
         (!self.unset_secrets.is_empty())
             .then(|| Warnings(&self.file, &self.unset_secrets).to_string())
-    }
-}
-
-/// Reads the control file at `path` and validates it as `turnout check`
-/// does, taking secrets from the process environment.
-pub fn load_for_check(path: &Path) -> Checked {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_for_check(&text, path, &|var| std::env::var(var).ok()),
-        Err(e) => Checked {
-            file: path.to_owned(),
-            config: Err(ConfigError::unreadable(path, &e)),
-            unset_secrets: Vec::new(),
-        },
     }
 }
 

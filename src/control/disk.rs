@@ -11,9 +11,8 @@
 
 use std::path::PathBuf;
 
-use crate::app::ListenOverrides;
 use crate::config::write::{self, TenantEdit};
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, ListenOverrides};
 
 /// What file work needs: the control file and the `--listen-*` overrides
 /// every parsed version gets. Cheap to clone into each piece of work.
@@ -46,17 +45,15 @@ impl Disk {
 
     /// The control file's text.
     pub fn read(&self) -> Result<String, ConfigError> {
-        std::fs::read_to_string(&self.path).map_err(|e| ConfigError::unreadable(&self.path, &e))
+        config::read(&self.path)
     }
 
     /// Validates `text` as a version of the control file (reading the files
-    /// it names) and applies the `--listen-*` overrides.
+    /// it names) and applies the `--listen-*` overrides: `config::load`'s
+    /// second half, as start-up and `check` run it.
     pub fn parse(&self, text: &str) -> Result<Config, ConfigError> {
-        let mut parsed = config::parse(text, &self.path, &|var| std::env::var(var).ok())?;
-        self.overrides
-            .apply(&mut parsed)
-            .map_err(|problem| self.error(problem))?;
-        Ok(parsed)
+        let env = |var: &str| std::env::var(var).ok();
+        config::load_text(text, &self.path, &env, &self.overrides).for_serving()
     }
 
     /// Under the write lock: removes temporary files killed writers left,

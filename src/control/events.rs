@@ -1,4 +1,5 @@
-//! The change history: one event per tenant a change touched.
+//! The change history: one event per tenant a change touched, and how a
+//! change is described as events (`describe`).
 //!
 //! The last thousand are kept in memory for `GET /v1/events`; each is also
 //! logged when it is recorded, so a log pipeline has the full history.
@@ -8,7 +9,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::{Color, Weights};
+use crate::config::{Color, Config, TenantConfig, Weights};
 
 /// How many events are kept in memory.
 pub const EVENTS_KEPT: usize = 1000;
@@ -17,13 +18,18 @@ pub const EVENTS_KEPT: usize = 1000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
+    /// The control file (the watcher, SIGHUP, an admin reload).
     File,
+    /// An admin API call.
     Admin,
+    /// The SLO guard's revert.
     Slo,
+    /// The rollout clock: a ramp step, a promotion, a ramp ended.
     Rollout,
 }
 
 impl Source {
+    /// The lowercase name events, logs and metrics use.
     pub fn as_str(self) -> &'static str {
         match self {
             Source::File => "file",
@@ -34,13 +40,18 @@ impl Source {
     }
 }
 
+/// One recorded change of one tenant, as `GET /v1/events` and the webhook
+/// show it (SPEC section 8).
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
+    /// Numbered from 1 in the order recorded.
     pub seq: u64,
+    /// When it was recorded (RFC 3339, milliseconds).
     #[serde(serialize_with = "rfc3339")]
     pub at: SystemTime,
     /// `None` for a change outside any tenant (tokens, listen, defaults only).
     pub tenant: Option<String>,
+    /// What made the change.
     pub source: Source,
     /// The admin token's name, when an admin call made the change.
     pub actor: Option<String>,
@@ -48,8 +59,11 @@ pub struct Event {
     pub from: Option<Weights>,
     /// `None` when the tenant was removed.
     pub to: Option<Weights>,
+    /// The stable pool after the change (before it, for a removed tenant).
     pub stable: Option<Color>,
+    /// Why: the origin's reason, or what changed.
     pub reason: String,
+    /// Whether the change is in the store.
     pub persisted: bool,
     /// The generation the change produced.
     pub generation: u64,
@@ -108,6 +122,94 @@ fn fmt_weights(w: Option<Weights>) -> String {
         || "-".to_owned(),
         |w| format!("blue={} green={}", w.blue(), w.green()),
     )
+}
+
+/// One event per tenant the change touched (or one without a tenant when
+/// only process-wide settings changed).
+pub fn describe(
+    before: &Config,
+    after: &Config,
+    origin: &super::Origin,
+    persisted: bool,
+    generation: u64,
+) -> Vec<Event> {
+    let event = |tenant: Option<&str>,
+                 from: Option<&TenantConfig>,
+                 to: Option<&TenantConfig>,
+                 reason: String| Event {
+        seq: 0,
+        at: SystemTime::now(),
+        tenant: tenant.map(str::to_owned),
+        source: origin.source,
+        actor: origin.actor.clone(),
+        from: from.map(|t| t.weights),
+        to: to.map(|t| t.weights),
+        stable: to.or(from).map(|t| t.stable),
+        reason: origin.reason.clone().unwrap_or(reason),
+        persisted,
+        generation,
+    };
+    let mut events = Vec::new();
+    for old in &before.tenants {
+        match after.tenant(&old.name) {
+            None => events.push(event(
+                Some(&old.name),
+                Some(old),
+                None,
+                "tenant removed from the control file".into(),
+            )),
+            Some(new) if *new != **old => {
+                let reason = format!(
+                    "control file changed: {}",
+                    changed_keys(old, new).join(", ")
+                );
+                events.push(event(Some(&old.name), Some(old), Some(new), reason));
+            }
+            Some(_) => {}
+        }
+    }
+    for new in after
+        .tenants
+        .iter()
+        .filter(|t| before.tenant(&t.name).is_none())
+    {
+        events.push(event(
+            Some(&new.name),
+            None,
+            Some(new),
+            "tenant added to the control file".into(),
+        ));
+    }
+    if events.is_empty() {
+        events.push(event(
+            None,
+            None,
+            None,
+            "control file changed: process-wide settings".into(),
+        ));
+    }
+    events
+}
+
+/// The names of the keys that differ between two versions of a tenant.
+fn changed_keys(a: &TenantConfig, b: &TenantConfig) -> Vec<&'static str> {
+    let checks: [(&'static str, bool); 10] = [
+        ("hosts", a.hosts != b.hosts),
+        ("preview_hosts", a.preview_hosts != b.preview_hosts),
+        ("preview_token", a.preview_token != b.preview_token),
+        ("stable", a.stable != b.stable),
+        ("weights", a.weights != b.weights),
+        ("sticky", a.sticky != b.sticky),
+        ("pools", a.pools != b.pools),
+        ("tls", a.tls != b.tls),
+        ("rollout", a.rollout != b.rollout),
+        ("settings", a.settings != b.settings),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(k, _)| k)
+        .collect()
 }
 
 #[cfg(test)]

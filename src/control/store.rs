@@ -1,0 +1,264 @@
+//! The seam between the control task and where the control state lives.
+//!
+//! The control task never touches the file itself: it loads the state,
+//! hears of changes and commits its own through a [`Store`]. The file is
+//! the first store ([`FileStore`]: the control file, written through under
+//! a lock, watched by directory). A store keeping the runtime state in etcd
+//! (SPEC section 12) plugs in here without a change to the control loop:
+//! its versions are numbered by etcd's revision ([`Stored::revision`]), it
+//! judges `If-Match` in its commit ([`CommitError::Precondition`]), it asks
+//! for admin and ramp changes to be committed before they are applied and
+//! for SLO reverts after ([`Store::order`]), and it reports its watch
+//! events as reloads.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use super::disk::Disk;
+use super::{Control, Source};
+use crate::config::write::TenantEdit;
+use crate::config::{Config, ConfigError, ListenOverrides};
+
+/// A boxed future, so that a `dyn Store` can be chosen at start.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One version of the control state as the store holds it.
+#[derive(Debug)]
+pub struct Stored {
+    /// The state, validated in full (and with the `--listen-*` overrides).
+    pub config: Config,
+    /// The store's own number for this version (etcd's revision, which
+    /// becomes the generation), or `None` when the store does not number
+    /// versions (the file): the control task then numbers the versions it
+    /// applies, one after the other.
+    pub revision: Option<u64>,
+}
+
+/// Which versions [`Store::load`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// The current version, even one returned before.
+    Always,
+    /// The current version only when it differs from the last one loaded or
+    /// committed (valid or not): a watcher waking on turnout's own write, or
+    /// on an unrelated file, changes nothing.
+    IfChanged,
+}
+
+/// The answer to a commit the store accepted or could not take.
+#[derive(Debug)]
+pub struct Committed {
+    /// Whether the change is now in the store. `false` when the store could
+    /// not be written and the change is kept in memory only (the file store's
+    /// read-only volume: SPEC section 7's `"persisted": false`).
+    pub persisted: bool,
+    /// The whole stored state after the commit, when the store read it
+    /// back: it may hold more than this change (another replica's edit not
+    /// yet seen), which the control task merges like any other new version.
+    pub stored: Option<Stored>,
+}
+
+/// Why a store refused a commit.
+#[derive(Debug)]
+pub enum CommitError {
+    /// The precondition failed: the stored state is no longer the one at
+    /// the generation the change was decided from. Nothing was written.
+    Precondition {
+        /// The store's current generation.
+        current: u64,
+    },
+    /// The store could not be reached or written; nothing was written.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::Precondition { current } => {
+                write!(f, "the stored state moved on to generation {current}")
+            }
+            CommitError::Unavailable(message) => f.write_str(message),
+        }
+    }
+}
+
+/// Whether a change is committed before or after it is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Apply (swap the routing table) first, then commit: traffic moves at
+    /// once, whatever the store takes; a failed commit leaves the change in
+    /// memory, unpersisted.
+    ApplyFirst,
+    /// Commit first and apply only what the store took: the answer an
+    /// operator gets is what every replica will serve. A failed commit
+    /// refuses the change.
+    CommitFirst,
+}
+
+/// Where the control state lives. The control task is its only user and
+/// calls it one change at a time, so implementations need no locking of
+/// their own against it.
+pub trait Store: Send + 'static {
+    /// The control file (named in errors, logs and `GET /v1/config`; the
+    /// file also holds topology when runtime state lives elsewhere).
+    fn path(&self) -> &Path;
+
+    /// Reads the whole control state and validates it in full. `Ok(None)`
+    /// when `load` is [`Load::IfChanged`] and nothing changed. An `Err` is
+    /// a located error; the store then counts the next version as news
+    /// whatever it holds. Does its I/O off the runtime's workers.
+    fn load(&mut self, load: Load) -> StoreFuture<'_, Result<Option<Stored>, ConfigError>>;
+
+    /// Starts reporting changes of the stored state: each becomes a
+    /// [`Change::Reload`](super::Change::Reload) (not forced) sent on `control`, at most one per
+    /// burst of changes and within about a second of it. Also reports
+    /// changes of the [`watch_files`](Store::watch_files). A watch that
+    /// cannot be set up is logged; the state can still be reloaded.
+    fn watch(&mut self, control: Control);
+
+    /// Also reports changes of these files the state names (certificates,
+    /// CA bundles), which live outside the store. Returns at once.
+    fn watch_files(&mut self, files: Vec<PathBuf>);
+
+    /// Commits `edits` (only the keys they name) if the stored state is still
+    /// the one at generation `expected` (`If-Match`; `None`: whatever it is).
+    /// `Ok` says whether the change was persisted and what the store holds
+    /// now; `Err` means nothing was written.
+    fn commit(
+        &mut self,
+        edits: Vec<TenantEdit>,
+        expected: Option<u64>,
+    ) -> StoreFuture<'_, Result<Committed, CommitError>>;
+
+    /// Whether a change from `source` is committed before or after it is
+    /// applied (see [`Order`]).
+    fn order(&self, source: Source) -> Order;
+
+    /// Housekeeping before the first change (the file store removes the
+    /// temporary files of a writer killed mid-write). Failures are logged.
+    fn clean_up(&mut self) -> StoreFuture<'_, ()>;
+}
+
+/// The control file as the store: the state is the file, a commit edits the
+/// keys it names in place and replaces the file under a lock (`disk`), and
+/// the file's directory is watched (`watch`).
+pub struct FileStore {
+    disk: Disk,
+    /// The text last read or written, valid or not; `None` after a read
+    /// that failed, so whatever is read next is looked at.
+    last_text: Option<String>,
+    /// Watches the control file's directory and those of TLS files.
+    watcher: Option<super::watch::Watcher>,
+}
+
+impl FileStore {
+    /// The store of the control file at `path` (a link stays a link), with
+    /// `overrides` applied to every version read.
+    pub fn new(path: PathBuf, overrides: ListenOverrides) -> FileStore {
+        FileStore {
+            disk: Disk { path, overrides },
+            last_text: None,
+            watcher: None,
+        }
+    }
+}
+
+impl Store for FileStore {
+    fn path(&self) -> &Path {
+        &self.disk.path
+    }
+
+    fn load(&mut self, load: Load) -> StoreFuture<'_, Result<Option<Stored>, ConfigError>> {
+        Box::pin(async move {
+            let read = self.disk.run(Disk::read).await;
+            let text = match read.unwrap_or_else(|lost| Err(self.disk.error(lost))) {
+                Ok(t) => t,
+                Err(error) => {
+                    // Nothing was read: whatever the file holds next is
+                    // news, even the text it held before.
+                    self.last_text = None;
+                    return Err(error);
+                }
+            };
+            if load == Load::IfChanged && self.last_text.as_ref() == Some(&text) {
+                // The same text as last time, valid or not: its verdict
+                // stands.
+                return Ok(None);
+            }
+            self.last_text = Some(text.clone());
+            if text.trim().is_empty() {
+                // Most likely caught between a truncate and a write; never
+                // a reason to drop every tenant.
+                return Err(self.disk.error("the control file is empty".to_owned()));
+            }
+            let parsed = self.disk.run(move |disk| disk.parse(&text)).await;
+            let config = parsed.unwrap_or_else(|lost| Err(self.disk.error(lost)))?;
+            Ok(Some(Stored {
+                config,
+                revision: None,
+            }))
+        })
+    }
+
+    fn watch(&mut self, control: Control) {
+        self.watcher = Some(super::watch::spawn(&self.disk.path, control));
+    }
+
+    fn watch_files(&mut self, files: Vec<PathBuf>) {
+        if let Some(w) = self.watcher.as_mut() {
+            w.ensure(files.iter().map(PathBuf::as_path));
+        }
+    }
+
+    /// The file has no generation of its own: the control task is its one
+    /// writer in this process and has judged `expected` against the
+    /// generation it serves, so `expected` is not looked at again here. A
+    /// file that cannot be written keeps the change in memory:
+    /// `Ok(persisted: false)`, logged.
+    fn commit(
+        &mut self,
+        edits: Vec<TenantEdit>,
+        _expected: Option<u64>,
+    ) -> StoreFuture<'_, Result<Committed, CommitError>> {
+        Box::pin(async move {
+            let result = self
+                .disk
+                .run(move |disk| disk.write_through(&edits))
+                .await
+                .and_then(|written| written);
+            match result {
+                Ok((text, config)) => {
+                    self.last_text = Some(text);
+                    Ok(Committed {
+                        persisted: true,
+                        stored: Some(Stored {
+                            config,
+                            revision: None,
+                        }),
+                    })
+                }
+                Err(error) => {
+                    tracing::warn!(path = %self.disk.path.display(), %error, "change kept in memory only: the control file was not updated");
+                    Ok(Committed {
+                        persisted: false,
+                        stored: None,
+                    })
+                }
+            }
+        })
+    }
+
+    /// Traffic moves first; the file (a lock, a write, two fsyncs) after.
+    fn order(&self, _source: Source) -> Order {
+        Order::ApplyFirst
+    }
+
+    fn clean_up(&mut self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(error) = self.disk.run(Disk::clean_up).await {
+                tracing::warn!(%error, "stale temporary files not looked for");
+            }
+        })
+    }
+}
