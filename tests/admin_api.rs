@@ -32,8 +32,8 @@ async fn auth_and_validation_matrix() {
     let config = format!(
         "{}{}{}",
         tokens(),
-        tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), ""),
-        tenant("blog", r#"["blog.test"]"#, &b, &g, (100, 0), "")
+        Setup::shop().pools(&b, &g).weights(100, 0).toml(),
+        Setup::tenant("blog").pools(&b, &g).weights(100, 0).toml()
     );
     let proxy = spawn_proxy(&config).await;
     let put = |token: Option<&'static str>, tenant: &'static str, body: &'static str| {
@@ -122,7 +122,12 @@ async fn auth_and_validation_matrix() {
 async fn write_through_keeps_comments_and_survives_a_restart() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let extra = "# the shop's own note\nmax_inflight = 100 # keep this comment";
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), extra)).await;
+    let proxy = Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .extra(extra)
+        .spawn()
+        .await;
     let r = proxy
         .admin(
             "PUT",
@@ -142,8 +147,16 @@ async fn write_through_keeps_comments_and_survives_a_restart() {
         "{text}"
     );
     // Only the weights line changed.
-    let before = tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), extra);
-    let after = tenant("shop", r#"["shop.test"]"#, &b, &g, (75, 25), extra);
+    let before = Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .extra(extra)
+        .toml();
+    let after = Setup::shop()
+        .pools(&b, &g)
+        .weights(75, 25)
+        .extra(extra)
+        .toml();
     assert!(text.ends_with(&after) && !text.contains(&before));
     // Re-reading turnout's own write does not apply it a second time.
     let r = proxy.admin("POST", "/v1/config/reload", None, None).await;
@@ -170,7 +183,7 @@ async fn write_through_keeps_comments_and_survives_a_restart() {
 #[tokio::test]
 async fn if_match_guards_against_lost_updates() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(100, 0).spawn().await;
     let put = |if_match: &'static str, body: &'static str| {
         let proxy = &proxy;
         async move {
@@ -202,7 +215,7 @@ async fn events_record_source_actor_and_reason() {
     let config = format!(
         "{}{}",
         tokens(),
-        tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
+        Setup::shop().pools(&b, &g).weights(100, 0).toml()
     );
     let proxy = spawn_proxy(&config).await;
     let r = proxy
@@ -270,7 +283,7 @@ async fn events_record_source_actor_and_reason() {
 #[tokio::test]
 async fn merge_rule_with_an_unwritable_file() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (50, 50), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(50, 50).spawn().await;
     // Make the write-through fail: a directory where its lock file must go.
     std::fs::create_dir(proxy.dir.path().join(".turnout.toml.lock")).unwrap();
     let r = proxy
@@ -323,7 +336,7 @@ async fn merge_rule_with_an_unwritable_file() {
 #[tokio::test]
 async fn replicas_sharing_one_file_converge() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let first = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")).await;
+    let first = Setup::shop().pools(&b, &g).weights(100, 0).spawn().await;
     // The second replica: same file, its own ports from the command line.
     let any = "127.0.0.1:0".parse().ok();
     let second = app::start(
@@ -373,7 +386,12 @@ async fn replicas_sharing_one_file_converge() {
 async fn sticky_users_on_the_candidate_stay_as_it_grows() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let extra = r#"sticky = { header = "x-user-id" }"#;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), extra)).await;
+    let proxy = Setup::shop()
+        .pools(&b, &g)
+        .weights(90, 10)
+        .extra(extra)
+        .spawn()
+        .await;
     let pool_of = |user: usize| {
         let proxy = &proxy;
         async move {
@@ -458,7 +476,7 @@ async fn the_bearer_scheme_is_read_as_rfc_9110_writes_it() {
     let proxy = spawn_proxy(&format!(
         "{}{}",
         tokens(),
-        tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
+        Setup::shop().pools(&b, &g).weights(100, 0).toml()
     ))
     .await;
     let get = |authorization: String| {
@@ -502,14 +520,11 @@ async fn a_reason_that_could_forge_a_log_line_is_refused() {
     let proxy = spawn_proxy(&format!(
         "{}{}",
         tokens(),
-        tenant(
-            "shop",
-            r#"["shop.test"]"#,
-            &b,
-            &g,
-            (100, 0),
-            "[tenants.shop.rollout]\nsteps = [50, 100]\ninterval = \"1h\"\nbake = \"1h\"\n"
-        )
+        Setup::shop()
+            .pools(&b, &g)
+            .weights(100, 0)
+            .extra("[tenants.shop.rollout]\nsteps = [50, 100]\ninterval = \"1h\"\nbake = \"1h\"\n")
+            .toml()
     ))
     .await;
     let generation =
@@ -630,7 +645,7 @@ async fn outside_text_in_a_text_log_line_stays_on_its_line() {
         &path,
         format!(
             "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{}",
-            tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
+            Setup::shop().pools(&b, &g).weights(100, 0).toml()
         ),
     )
     .unwrap();

@@ -81,7 +81,7 @@ async fn a_release_that_answers_nobody_is_never_promoted() {
         ),
         // The same ramp on a candidate that answers: the clock this test
         // reads instead of sleeping.
-        tenant("clock", r#"["clock.test"]"#, &ok, &ok, (100, 0), rollout),
+        Setup::tenant("clock").on(&ok).weights(100, 0).extra(rollout).toml(),
     ]
     .concat();
     let proxy = Arc::new(spawn_proxy(&config).await);
@@ -193,18 +193,7 @@ async fn bad_or_stalled_uploads_are_the_clients_fault_and_revert_nothing() {
     wait_until(
         Duration::from_secs(10),
         "the cut uploads settled",
-        || async {
-            proxy
-                .running
-                .proxy
-                .table
-                .load()
-                .tenant("shop")
-                .unwrap()
-                .state
-                .inflight()
-                == 0
-        },
+        || async { proxy.inflight("shop") == 0 },
     )
     .await;
     let v = view(&proxy, "shop").await;

@@ -36,7 +36,7 @@ async fn closed_after(stream: &mut TcpStream, within: Duration) -> Duration {
 #[tokio::test]
 async fn a_connection_that_sends_no_complete_head_is_closed_within_10_s() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let addr = proxy.running.http_addr;
     let silent = async {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -67,7 +67,7 @@ async fn an_idle_keep_alive_connection_closes_at_idle_timeout_and_a_slow_next_he
     let proxy = spawn_proxy_in(
         tempfile::tempdir().unwrap(),
         "idle_timeout = \"20s\"",
-        &tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), ""),
+        &Setup::shop().on(&up).toml(),
     )
     .await;
     let addr = proxy.running.http_addr;
@@ -104,29 +104,17 @@ async fn an_idle_keep_alive_connection_closes_at_idle_timeout_and_a_slow_next_he
 }
 
 fn inflight(proxy: &TestProxy, tenant: &str) -> u32 {
-    proxy
-        .running
-        .proxy
-        .table
-        .load()
-        .tenant(tenant)
-        .unwrap()
-        .state
-        .inflight()
+    proxy.inflight(tenant)
 }
 
 #[tokio::test]
 async fn a_client_that_stops_reading_holds_nothing_past_request_timeout() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &up,
-        &up,
-        (1, 0),
-        "request_timeout = \"2s\"\nmax_inflight = 40",
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .on(&up)
+        .extra("request_timeout = \"2s\"\nmax_inflight = 40")
+        .spawn()
+        .await;
     let addr = proxy.running.http_addr;
     // HTTP/1.1: read the head, then never again.
     let mut h1 = Vec::new();

@@ -46,7 +46,11 @@ fn ramped(b: &Upstream, g: &Upstream) -> String {
     format!(
         "{}{}",
         token_table("s3cret"),
-        tenant("shop", r#"["shop.test"]"#, b, g, (100, 0), extra)
+        Setup::shop()
+            .pools(b, g)
+            .weights(100, 0)
+            .extra(extra)
+            .toml()
     )
 }
 
@@ -312,7 +316,11 @@ fn resumed(b: &Upstream, g: &Upstream, step: usize) -> String {
     format!(
         "{}{}",
         token_table("s3cret"),
-        tenant("shop", r#"["shop.test"]"#, b, g, weights, &extra)
+        Setup::shop()
+            .pools(b, g)
+            .weights(weights.0, weights.1)
+            .extra(&extra)
+            .toml()
     )
 }
 
@@ -419,14 +427,11 @@ async fn a_second_promote_leaves_the_bake_clock_alone() {
     let plain = spawn_proxy(&format!(
         "{}{}",
         token_table("s3cret"),
-        tenant(
-            "shop",
-            r#"["shop.test"]"#,
-            &b2,
-            &g2,
-            (100, 0),
-            "slo = { min_requests = 5 }\n"
-        )
+        Setup::shop()
+            .pools(&b2, &g2)
+            .weights(100, 0)
+            .extra("slo = { min_requests = 5 }\n")
+            .toml()
     ))
     .await;
     let promote = || plain.admin("POST", "/v1/tenants/shop/promote", Some("s3cret"), None);

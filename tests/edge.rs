@@ -98,23 +98,16 @@ async fn tls_setup() -> TlsSetup {
     let (_, _, shop_cert) = ca.issue(dir.path(), "shop", &["shop.test", "*.shop.test"]);
     ca.issue(dir.path(), "blog", &["blog.test"]);
     let tenants = [
-        tenant(
-            "shop",
-            r#"["shop.test", "*.shop.test"]"#,
-            &up,
-            &up,
-            (1, 0),
-            r#"tls = { cert = "shop.pem", key = "shop-key.pem" }"#,
-        ),
-        tenant(
-            "blog",
-            r#"["blog.test"]"#,
-            &up,
-            &up,
-            (1, 0),
-            r#"tls = { cert = "blog.pem", key = "blog-key.pem" }"#,
-        ),
-        tenant("plain", r#"["plain.test"]"#, &up, &up, (1, 0), ""),
+        Setup::shop()
+            .hosts(r#"["shop.test", "*.shop.test"]"#)
+            .on(&up)
+            .extra(r#"tls = { cert = "shop.pem", key = "shop-key.pem" }"#)
+            .toml(),
+        Setup::tenant("blog")
+            .on(&up)
+            .extra(r#"tls = { cert = "blog.pem", key = "blog-key.pem" }"#)
+            .toml(),
+        Setup::tenant("plain").on(&up).toml(),
     ]
     .concat();
     let proxy = spawn_proxy_in(dir, "https = \"127.0.0.1:0\"\n", &tenants).await;
@@ -324,17 +317,7 @@ async fn a_websocket_echoes_through_the_proxy() {
         assert_eq!(back.into_text().unwrap().as_str(), text);
     }
     // The open tunnel holds one of the tenant's in-flight slots.
-    let inflight = || async {
-        proxy
-            .running
-            .proxy
-            .table
-            .load()
-            .tenant("ws")
-            .unwrap()
-            .state
-            .inflight()
-    };
+    let inflight = || async { proxy.inflight("ws") };
     assert_eq!(inflight().await, 1);
     ws.close(None).await.unwrap();
     drop(ws);
@@ -356,7 +339,7 @@ async fn drain_lets_a_slow_request_finish_and_exits_zero() {
     up.set_delay(Duration::from_millis(1500));
     let config = format!(
         "[defaults]\ndrain_timeout = \"10s\"\n\n{}",
-        tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")
+        Setup::shop().on(&up).toml()
     );
     let mut proc = spawn_binary(&config, &[]).await;
     let c = client();
@@ -399,7 +382,7 @@ async fn drain_lets_a_slow_request_finish_and_exits_zero() {
 #[tokio::test]
 async fn an_oversized_head_is_431_and_a_slow_head_is_cut_off() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let big = format!(
         "GET / HTTP/1.1\r\nHost: shop.test\r\nX-Big: {}\r\n\r\n",
         "a".repeat(70 * 1024)
@@ -438,15 +421,11 @@ async fn a_flooded_tenant_does_not_delay_another() {
     let (slow, fast) = (spawn_upstream("slow").await, spawn_upstream("fast").await);
     slow.set_delay(Duration::from_secs(3));
     let config = [
-        tenant(
-            "busy",
-            r#"["busy.test"]"#,
-            &slow,
-            &slow,
-            (1, 0),
-            "max_inflight = 100",
-        ),
-        tenant("calm", r#"["calm.test"]"#, &fast, &fast, (1, 0), ""),
+        Setup::tenant("busy")
+            .on(&slow)
+            .extra("max_inflight = 100")
+            .toml(),
+        Setup::tenant("calm").on(&fast).toml(),
     ]
     .concat();
     let proxy = Arc::new(spawn_proxy(&config).await);
@@ -457,16 +436,7 @@ async fn a_flooded_tenant_does_not_delay_another() {
         })
         .collect();
     wait_until(WAIT, "the flood to fill busy's slots", || async {
-        proxy
-            .running
-            .proxy
-            .table
-            .load()
-            .tenant("busy")
-            .unwrap()
-            .state
-            .inflight()
-            == 100
+        proxy.inflight("busy") == 100
     })
     .await;
     let mut worst = Duration::ZERO;
@@ -491,7 +461,7 @@ async fn a_flooded_tenant_does_not_delay_another() {
 #[tokio::test]
 async fn a_smuggled_request_never_reaches_the_upstream() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     // CL.TE desync attempt: a front end trusting Content-Length would see one
     // request; one trusting chunked framing sees a second, smuggled one.
     let attack = b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 44\r\n\

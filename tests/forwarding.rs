@@ -15,7 +15,7 @@ use support::*;
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_and_forwarded_headers_set() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let request = b"GET /headers HTTP/1.1\r\nHost: shop.test:8080\r\n\
         Connection: keep-alive, x-secret-hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
         Proxy-Connection: keep-alive\r\nTE: deflate;q=0.5, trailers\r\nTrailer: x-t\r\nUpgrade: h2c\r\n\
@@ -58,7 +58,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_set() {
 #[tokio::test]
 async fn large_bodies_stream_intact_both_ways() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
 
     let upload: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 256) as u8).collect();
     let req = Request::post(proxy.http_url("/echo"))
@@ -174,7 +174,7 @@ async fn connect_failure_is_retried_on_another_endpoint() {
 #[tokio::test]
 async fn h2c_prior_knowledge_works() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     // Speak HTTP/2 directly on a TCP connection to the proxy, so the tenant's
     // host travels in `:authority` as a browser would send it.
     let tcp = tokio::net::TcpStream::connect(proxy.running.http_addr)
@@ -203,7 +203,7 @@ async fn h2c_prior_knowledge_works() {
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     // Bodies of every shape hand the connection back: sized, empty (204,
     // HEAD) and streamed.
     for i in 0..40 {

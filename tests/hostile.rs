@@ -254,7 +254,7 @@ async fn connect_and_asterisk_targets_are_refused_not_forwarded() {
 #[tokio::test]
 async fn http2_cookie_fields_reach_http1_as_one_cookie() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let tcp = tokio::net::TcpStream::connect(proxy.running.http_addr)
         .await
         .unwrap();
@@ -381,7 +381,7 @@ async fn a_length_beside_chunked_framing_is_never_passed_on() {
 async fn a_half_closed_client_still_gets_its_response() {
     let up = spawn_upstream("blue").await;
     up.set_delay(Duration::from_millis(200));
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let mut client = tokio::net::TcpStream::connect(proxy.running.http_addr)
         .await
         .unwrap();

@@ -99,14 +99,7 @@ async fn a_talking_websocket_is_never_timed_out() {
 async fn reset_streams_against_a_slow_upstream_stay_within_max_inflight() {
     let up = spawn_upstream("blue").await;
     up.set_delay(Duration::from_millis(1500));
-    let config = tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &up,
-        &up,
-        (1, 0),
-        "max_inflight = 4",
-    );
+    let config = Setup::shop().on(&up).extra("max_inflight = 4").toml();
     let proxy = spawn_proxy(&config).await;
     let tcp = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
@@ -121,17 +114,7 @@ async fn reset_streams_against_a_slow_upstream_stay_within_max_inflight() {
         stream.send_reset(h2::Reason::CANCEL);
     }
     // Every abandoned exchange holds its tenant slot until it is over.
-    let inflight = || {
-        proxy
-            .running
-            .proxy
-            .table
-            .load()
-            .tenant("shop")
-            .unwrap()
-            .state
-            .inflight()
-    };
+    let inflight = || proxy.inflight("shop");
     wait_until(Duration::from_secs(10), "the rescues to end", || async {
         inflight() == 0
     })
@@ -147,15 +130,11 @@ async fn reset_streams_against_a_slow_upstream_stay_within_max_inflight() {
 #[tokio::test]
 async fn an_unread_response_on_an_old_connection_frees_its_slot_at_request_timeout() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &up,
-        &up,
-        (1, 0),
-        "request_timeout = \"2s\"",
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .on(&up)
+        .extra("request_timeout = \"2s\"")
+        .spawn()
+        .await;
     let mut s = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
         .await
@@ -167,17 +146,7 @@ async fn an_unread_response_on_an_old_connection_frees_its_slot_at_request_timeo
     s.write_all(b"GET /big/50000000 HTTP/1.1\r\nHost: shop.test\r\n\r\n")
         .await
         .unwrap();
-    let inflight = || {
-        proxy
-            .running
-            .proxy
-            .table
-            .load()
-            .tenant("shop")
-            .unwrap()
-            .state
-            .inflight()
-    };
+    let inflight = || proxy.inflight("shop");
     wait_until(Duration::from_secs(5), "in flight", || async {
         inflight() == 1
     })
@@ -197,7 +166,7 @@ async fn a_drain_does_not_wait_for_idle_or_silent_connections() {
     let up = spawn_upstream("blue").await;
     let config = format!(
         "[defaults]\ndrain_timeout = \"20s\"\n\n{}",
-        tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")
+        Setup::shop().on(&up).toml()
     );
     let mut proc = spawn_binary(&config, &[]).await;
     let addr = proc.http_addr;
@@ -241,14 +210,10 @@ async fn a_request_longer_than_idle_timeout_is_not_cut() {
     let proxy = spawn_proxy_in(
         tempfile::tempdir().unwrap(),
         "idle_timeout = \"1s\"",
-        &tenant(
-            "shop",
-            r#"["shop.test"]"#,
-            &up,
-            &up,
-            (1, 0),
-            "request_timeout = \"10s\"",
-        ),
+        &Setup::shop()
+            .on(&up)
+            .extra("request_timeout = \"10s\"")
+            .toml(),
     )
     .await;
     let r = raw_exchange(
@@ -263,7 +228,7 @@ async fn a_request_longer_than_idle_timeout_is_not_cut() {
 async fn pipelined_requests_are_all_answered() {
     let up = spawn_upstream("blue").await;
     up.set_delay(Duration::from_millis(300));
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let mut s = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     s.write_all(b"GET /a HTTP/1.1\r\nHost: shop.test\r\n\r\nPOST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut out = Vec::new();

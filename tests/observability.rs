@@ -23,14 +23,7 @@ fn access_lines(proxy: &BinaryProxy) -> Vec<serde_json::Value> {
 async fn every_request_has_an_access_log_line_whatever_its_outcome() {
     let (up, dead) = (spawn_upstream("blue").await, refusing_port());
     let config = [
-        tenant(
-            "busy",
-            r#"["busy.test"]"#,
-            &up,
-            &up,
-            (1, 0),
-            "access_log = true\nmax_inflight = 1\npreview_hosts = [\"preview.busy.test\"]\npreview_token_env = \"BUSY_PREVIEW\"",
-        ),
+        Setup::tenant("busy").on(&up).extra("access_log = true\nmax_inflight = 1\npreview_hosts = [\"preview.busy.test\"]\npreview_token_env = \"BUSY_PREVIEW\"").toml(),
         format!(
             "[tenants.dead]\nhosts = [\"dead.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
              pools.blue = [\"{}\"]\npools.green = []\naccess_log = true\nhealth = {{ interval = \"1h\" }}\n",
@@ -95,7 +88,7 @@ async fn series_of_removed_tenants_and_endpoints_leave_metrics() {
              pools.blue = {blue}\npools.green = []\n"
         )
     };
-    let gone = tenant("gone", r#"["gone.test"]"#, &c, &c, (1, 0), "");
+    let gone = Setup::tenant("gone").on(&c).toml();
     let proxy = spawn_proxy(&format!("{}{gone}", shop(true))).await;
     assert_eq!(proxy.get("gone.test", "/").await.status, 200);
     let removed_endpoint = format!(
@@ -136,7 +129,7 @@ async fn a_clean_stop_warns_of_nothing_and_text_logs_carry_no_colour() {
         &path,
         format!(
             "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}",
-            tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")
+            Setup::shop().on(&up).toml()
         ),
     )
     .unwrap();

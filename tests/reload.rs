@@ -29,7 +29,7 @@ async fn wait_weights(proxy: &TestProxy, tenant: &str, want: (u64, u64)) {
 #[tokio::test]
 async fn in_place_rewrite_is_applied() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(90, 10).spawn().await;
     edit_file(
         &proxy.path,
         "blue = 90, green = 10",
@@ -50,7 +50,7 @@ async fn in_place_rewrite_is_applied() {
 #[tokio::test]
 async fn editor_write_then_rename_is_applied() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(90, 10).spawn().await;
     let text = std::fs::read_to_string(&proxy.path)
         .unwrap()
         .replace("blue = 90, green = 10", "blue = 10, green = 90");
@@ -73,7 +73,7 @@ async fn configmap_symlink_swap_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let base = format!(
         "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{}",
-        tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), "")
+        Setup::shop().pools(&b, &g).weights(90, 10).toml()
     );
     // The layout kubelet makes: turnout.toml -> ..data/turnout.toml,
     // ..data -> ..<timestamp>/ holding the real file.
@@ -113,7 +113,7 @@ async fn configmap_symlink_swap_is_applied() {
 #[tokio::test]
 async fn an_invalid_edit_keeps_the_last_good_state_and_is_reported() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(100, 0).spawn().await;
     edit_file(&proxy.path, "blue = 100, green = 0", "blue = 0, green = 0");
     wait_until(APPLIED, "the reload error", || async {
         proxy
@@ -147,8 +147,7 @@ async fn an_invalid_edit_keeps_the_last_good_state_and_is_reported() {
 #[tokio::test]
 async fn rapid_reloads_drop_no_request() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy =
-        Arc::new(spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (50, 50), "")).await);
+    let proxy = Arc::new(Setup::shop().pools(&b, &g).weights(50, 50).spawn().await);
     let done = Arc::new(AtomicBool::new(false));
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let clients: Vec<_> = (0..4)
@@ -200,11 +199,11 @@ async fn rapid_reloads_drop_no_request() {
 #[tokio::test]
 async fn sighup_rereads_the_file() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proc = spawn_binary(
-        &tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), ""),
-        &[],
-    )
-    .await;
+    let proc = Setup::shop()
+        .pools(&b, &g)
+        .weights(90, 10)
+        .spawn_binary(&[])
+        .await;
     let reloads = |admin| async move {
         let req = http::Request::get(format!("http://{admin}/metrics"))
             .body(http_body_util::Full::default())
@@ -241,7 +240,7 @@ async fn last_error(proxy: &TestProxy) -> Option<String> {
 #[tokio::test]
 async fn the_good_file_back_after_an_unreadable_or_empty_one_clears_the_error() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(90, 10).spawn().await;
     let good = std::fs::read_to_string(&proxy.path).unwrap();
     let aside = proxy.dir.path().join("aside.toml");
     let ok = r#"turnout_config_reloads_total{result="ok"}"#;
@@ -316,7 +315,7 @@ async fn temporary_files_of_killed_writers_are_removed_and_live_ones_kept() {
         &path,
         format!(
             "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{}",
-            tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
+            Setup::shop().pools(&b, &g).weights(100, 0).toml()
         ),
     )
     .unwrap();
@@ -367,11 +366,11 @@ async fn temporary_files_of_killed_writers_are_removed_and_live_ones_kept() {
 async fn requests_flow_while_a_write_through_waits_for_the_lock() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     // One runtime worker: file work done on it would stall every request.
-    let proc = spawn_binary(
-        &tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), ""),
-        &[("TOKIO_WORKER_THREADS", "1")],
-    )
-    .await;
+    let proc = Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .spawn_binary(&[("TOKIO_WORKER_THREADS", "1")])
+        .await;
     let dir = proc.dir.as_ref().unwrap().path();
     // Another replica in the middle of its write: the lock is taken.
     let lock = std::fs::File::create(dir.join(".turnout.toml.lock")).unwrap();

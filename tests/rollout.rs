@@ -38,7 +38,11 @@ async fn wait_event(proxy: &TestProxy, what: &str, done: impl Fn(&serde_json::Va
 /// A tenant at 100/0 with a ramp table.
 fn ramped(b: &Upstream, g: &Upstream, slo: &str, rollout: &str) -> String {
     let extra = format!("slo = {slo}\n\n[tenants.shop.rollout]\n{rollout}");
-    tenant("shop", r#"["shop.test"]"#, b, g, (100, 0), &extra)
+    Setup::shop()
+        .pools(b, g)
+        .weights(100, 0)
+        .extra(&extra)
+        .toml()
 }
 
 /// Starts turnout on `config` and its tenant's ramp.
@@ -231,14 +235,13 @@ async fn an_inconclusive_verdict_holds_the_ramp() {
     // A reference tenant with the same ramp and a reachable `min_requests`,
     // started after shop's: once it is promoted, shop's ramp has been
     // judged on several ticks with its interval long past.
-    let reference = tenant(
-        "reference",
-        r#"["reference.test"]"#,
-        &b,
-        &g,
-        (100, 0),
-        &format!("slo = {{ min_requests = 5 }}\n\n[tenants.reference.rollout]\n{steps}"),
-    );
+    let reference = Setup::tenant("reference")
+        .pools(&b, &g)
+        .weights(100, 0)
+        .extra(&format!(
+            "slo = {{ min_requests = 5 }}\n\n[tenants.reference.rollout]\n{steps}"
+        ))
+        .toml();
     let config = ramped(&b, &g, "{ min_requests = 100000 }", steps) + &reference;
     let proxy = start_ramp(&config).await;
     let r = proxy
@@ -266,14 +269,11 @@ async fn an_inconclusive_verdict_holds_the_ramp() {
 #[tokio::test]
 async fn promote_without_a_rollout_table_bakes_for_the_slo_window() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let config = tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &b,
-        &g,
-        (90, 10),
-        r#"slo = { min_requests = 5, window = "1s" }"#,
-    );
+    let config = Setup::shop()
+        .pools(&b, &g)
+        .weights(90, 10)
+        .extra(r#"slo = { min_requests = 5, window = "1s" }"#)
+        .toml();
     let proxy = Arc::new(spawn_proxy(&config).await);
     let r = proxy
         .admin("POST", "/v1/tenants/shop/promote", None, None)
@@ -344,14 +344,11 @@ async fn spawn_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Va
 }
 
 fn notified(b: &Upstream, g: &Upstream, webhook: &str) -> String {
-    let guarded = tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        b,
-        g,
-        (50, 50),
-        "slo = { min_requests = 5 }",
-    );
+    let guarded = Setup::shop()
+        .pools(b, g)
+        .weights(50, 50)
+        .extra("slo = { min_requests = 5 }")
+        .toml();
     format!("[notify]\nwebhook = \"{webhook}\"\n\n{guarded}")
 }
 

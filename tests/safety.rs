@@ -81,28 +81,21 @@ async fn a_shared_endpoint_is_probed_once_per_interval() {
     let tenants: String = (0..5)
         .map(|i| {
             let health = r#"health = { interval = "200ms" }"#;
-            tenant(
-                &format!("t{i}"),
-                &format!("[\"t{i}.test\"]"),
-                &up,
-                &up,
-                (1, 0),
-                health,
-            )
+            Setup::tenant(&format!("t{i}"))
+                .hosts(&format!("[\"t{i}.test\"]"))
+                .on(&up)
+                .extra(health)
+                .toml()
         })
         .collect();
     // A reference endpoint of its own tenant, probed at the same interval,
     // is the clock: no wall-clock guess under a loaded machine.
     let reference = spawn_upstream("reference").await;
     let tenants = tenants
-        + &tenant(
-            "reference",
-            r#"["reference.test"]"#,
-            &reference,
-            &reference,
-            (1, 0),
-            r#"health = { interval = "200ms" }"#,
-        );
+        + &Setup::tenant("reference")
+            .on(&reference)
+            .extra(r#"health = { interval = "200ms" }"#)
+            .toml();
     let _proxy = spawn_proxy(&tenants).await;
     wait_until(WAIT, "the first probes", || async {
         up.health_hits() >= 1 && reference.health_hits() >= 1
@@ -127,15 +120,12 @@ async fn a_shared_endpoint_is_probed_once_per_interval() {
 async fn a_pool_with_no_healthy_endpoint_fails_over() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let extra = format!("{FAST_HEALTH}\npreview_hosts = [\"preview.shop.test\"]");
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &b,
-        &g,
-        (100, 0),
-        &extra,
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .extra(&extra)
+        .spawn()
+        .await;
     b.set_healthy(false);
     wait_until(WAIT, "blue ejected", || async {
         !endpoint_healthy(&proxy, "shop", "blue", 0).await
@@ -179,14 +169,13 @@ async fn a_pool_with_no_healthy_endpoint_fails_over() {
 
 /// A tenant split 50/50 whose green candidate fails, guarded by `slo`.
 fn guarded(b: &Upstream, g: &Upstream, slo: &str) -> String {
-    tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        b,
-        g,
-        (50, 50),
-        &format!("preview_hosts = [\"preview.shop.test\"]\nslo = {slo}"),
-    )
+    Setup::shop()
+        .pools(b, g)
+        .weights(50, 50)
+        .extra(&format!(
+            "preview_hosts = [\"preview.shop.test\"]\nslo = {slo}"
+        ))
+        .toml()
 }
 
 #[tokio::test]
@@ -353,14 +342,11 @@ async fn a_slow_candidate_breaks_max_p99() {
 async fn preview_traffic_at_weight_zero_reaches_the_candidate_and_is_not_judged() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     g.set_failing(true);
-    let config = tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &b,
-        &g,
-        (100, 0),
-        "preview_hosts = [\"preview.shop.test\"]\nslo = { min_requests = 5 }",
-    );
+    let config = Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .extra("preview_hosts = [\"preview.shop.test\"]\nslo = { min_requests = 5 }")
+        .toml();
     let proxy = spawn_proxy(&config).await;
     for _ in 0..20 {
         let r = proxy.get("preview.shop.test", "/").await;

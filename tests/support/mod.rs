@@ -4,7 +4,7 @@
 //! A test reads like the SPEC's own example: the set-up in one line,
 //!
 //! ```ignore
-//! let proxy = Setup::tenant("shop").blue(&b).green(&g).weights(90, 10).spawn().await;
+//! let proxy = Setup::shop().pools(&b, &g).weights(90, 10).spawn().await;
 //! ```
 //!
 //! then requests and assertions. The pieces, one file each:

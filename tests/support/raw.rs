@@ -97,7 +97,11 @@ impl RawBuilder {
         up
     }
 
-    async fn serve(self: Arc<Self>, mut stream: tokio::net::TcpStream, heads: Arc<Mutex<Vec<String>>>) {
+    async fn serve(
+        self: Arc<Self>,
+        mut stream: tokio::net::TcpStream,
+        heads: Arc<Mutex<Vec<String>>>,
+    ) {
         let mut pending = Vec::new();
         let mut buf = [0u8; 4096];
         let mut answered = 0;
@@ -148,7 +152,6 @@ pub fn status_of(reply: &str) -> &str {
 /// Writes `request` on a fresh connection and reads until the server closes
 /// it or stops sending for a moment.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
-
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
@@ -180,4 +183,3 @@ fn response_complete(bytes: &[u8]) -> bool {
     });
     len.is_some_and(|n| bytes.len() >= head_end + 4 + n)
 }
-

@@ -3,9 +3,10 @@
 //! whatever else the test is about.
 //!
 //! ```ignore
-//! Setup::tenant("shop").blue(&b).green(&g).weights(90, 10).spawn().await
-//! Setup::tenant("shop").on(&up).extra("max_inflight = 4").spawn().await
-//! Setup::tenant("busy").on(&slow).tenant("calm").on(&fast).spawn().await
+//! Setup::shop().pools(&b, &g).weights(90, 10).spawn().await
+//! Setup::shop().on(&up).extra("max_inflight = 4").spawn().await
+//! Setup::tenant("busy").on(&slow).and_tenant("calm").on(&fast).spawn().await
+//! Setup::shop().blue(&raw_up).spawn().await       // green = []
 //! ```
 //!
 //! Each `tenant(..)` opens a new `[tenants.NAME]` table; the calls after it
@@ -100,6 +101,11 @@ impl Setup {
         .and_tenant(name)
     }
 
+    /// `Setup::tenant("shop")`: the tenant the SPEC's examples use.
+    pub fn shop() -> Setup {
+        Setup::tenant("shop")
+    }
+
     /// Opens another tenant table; the calls after it shape that one.
     pub fn and_tenant(mut self, name: &str) -> Setup {
         self.tables.push(Table {
@@ -137,6 +143,11 @@ impl Setup {
         self
     }
 
+    /// `blue` as the blue pool's endpoint, `green` as the green pool's.
+    pub fn pools(self, blue: &impl Endpoint, green: &impl Endpoint) -> Setup {
+        self.blue(blue).green(green)
+    }
+
     /// One upstream behind both pools.
     pub fn on(self, up: &impl Endpoint) -> Setup {
         self.blue(up).green(up)
@@ -158,7 +169,9 @@ impl Setup {
     /// `rollout` (its keys, one per line).
     pub fn ramp(mut self, slo: &str, rollout: &str) -> Setup {
         let name = self.last().name.clone();
-        self.extra(&format!("slo = {slo}\n\n[tenants.{name}.rollout]\n{rollout}"))
+        self.extra(&format!(
+            "slo = {slo}\n\n[tenants.{name}.rollout]\n{rollout}"
+        ))
     }
 
     /// Top-level tables before the tenants (`[admin.tokens.*]`, `[notify]`,
@@ -189,7 +202,10 @@ impl Setup {
     /// Writes the whole control file, `[listen]` on ephemeral ports first;
     /// the directory lives as long as the returned handle.
     pub fn write(mut self) -> ControlFile {
-        let dir = self.dir.take().unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let dir = self
+            .dir
+            .take()
+            .unwrap_or_else(|| tempfile::tempdir().unwrap());
         let path = dir.path().join("turnout.toml");
         std::fs::write(&path, control_file(&self.listen, &self.toml())).unwrap();
         ControlFile { dir, path }
@@ -197,7 +213,10 @@ impl Setup {
 
     /// Starts turnout in-process on this control file.
     pub async fn spawn(mut self) -> TestProxy {
-        let dir = self.dir.take().unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let dir = self
+            .dir
+            .take()
+            .unwrap_or_else(|| tempfile::tempdir().unwrap());
         crate::support::spawn_proxy_in(dir, &self.listen, &self.toml()).await
     }
 

@@ -187,7 +187,6 @@ fn futures_stream<I: Iterator + Send + 'static>(
     tokio_stream::iter(iter)
 }
 
-
 /// An upstream that speaks WebSocket and echoes every message.
 pub async fn spawn_ws_echo() -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
