@@ -10,15 +10,12 @@ use support::*;
 #[tokio::test]
 async fn over_max_inflight_is_503_with_retry_after() {
     let (slow, other) = (spawn_upstream("slow").await, spawn_upstream("other").await);
-    let config = [
-        Setup::tenant("busy")
-            .on(&slow)
-            .extra("max_inflight = 2\nrequest_timeout = \"4s\"")
-            .toml(),
-        Setup::tenant("calm").on(&other).toml(),
-    ]
-    .concat();
-    let proxy = std::sync::Arc::new(spawn_proxy(&config).await);
+    let config = Setup::tenant("busy")
+        .on(&slow)
+        .extra("max_inflight = 2\nrequest_timeout = \"4s\"")
+        .and_tenant("calm")
+        .on(&other);
+    let proxy = std::sync::Arc::new(config.spawn().await);
     // Two requests that hang hold both slots.
     let hanging: Vec<_> = (0..2)
         .map(|_| {

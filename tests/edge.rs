@@ -97,20 +97,20 @@ async fn tls_setup() -> TlsSetup {
     let ca = TestCa::new();
     let (_, _, shop_cert) = ca.issue(dir.path(), "shop", &["shop.test", "*.shop.test"]);
     ca.issue(dir.path(), "blog", &["blog.test"]);
-    let tenants = [
-        Setup::shop()
-            .hosts(r#"["shop.test", "*.shop.test"]"#)
-            .on(&up)
-            .extra(r#"tls = { cert = "shop.pem", key = "shop-key.pem" }"#)
-            .toml(),
-        Setup::tenant("blog")
-            .on(&up)
-            .extra(r#"tls = { cert = "blog.pem", key = "blog-key.pem" }"#)
-            .toml(),
-        Setup::tenant("plain").on(&up).toml(),
-    ]
-    .concat();
-    let proxy = spawn_proxy_in(dir, "https = \"127.0.0.1:0\"\n", &tenants).await;
+    let tenants = Setup::shop()
+        .hosts(r#"["shop.test", "*.shop.test"]"#)
+        .on(&up)
+        .extra(r#"tls = { cert = "shop.pem", key = "shop-key.pem" }"#)
+        .and_tenant("blog")
+        .on(&up)
+        .extra(r#"tls = { cert = "blog.pem", key = "blog-key.pem" }"#)
+        .and_tenant("plain")
+        .on(&up);
+    let proxy = tenants
+        .in_dir(dir)
+        .listen("https = \"127.0.0.1:0\"\n")
+        .spawn()
+        .await;
     let https = proxy.running.https_addr.unwrap();
     TlsSetup {
         proxy,
@@ -274,35 +274,14 @@ async fn a_replaced_certificate_is_used_without_restart_and_a_bad_one_is_refused
     );
 }
 
-/// An upstream that speaks WebSocket and echoes every message.
-async fn spawn_ws_echo() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() || ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_websocket_echoes_through_the_proxy() {
     let echo = spawn_ws_echo().await;
-    let config = format!(
-        "[tenants.ws]\nhosts = [\"ws.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{echo}\"]\npools.green = []\nhealth = {{ path = \"/\", interval = \"1h\" }}\n"
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::tenant("ws")
+        .blue(&echo)
+        .extra(RARE_PROBES)
+        .spawn()
+        .await;
     let tcp = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.test/chat", tcp)
         .await
@@ -337,11 +316,11 @@ async fn a_websocket_echoes_through_the_proxy() {
 async fn drain_lets_a_slow_request_finish_and_exits_zero() {
     let up = spawn_upstream("blue").await;
     up.set_delay(Duration::from_millis(1500));
-    let config = format!(
-        "[defaults]\ndrain_timeout = \"10s\"\n\n{}",
-        Setup::shop().on(&up).toml()
-    );
-    let mut proc = spawn_binary(&config, &[]).await;
+    let mut proc = Setup::shop()
+        .on(&up)
+        .preamble("[defaults]\ndrain_timeout = \"10s\"\n\n")
+        .spawn_binary(&[])
+        .await;
     let c = client();
     let url = format!("http://{}/", proc.http_addr);
     let slow = tokio::spawn({
@@ -420,15 +399,12 @@ async fn an_oversized_head_is_431_and_a_slow_head_is_cut_off() {
 async fn a_flooded_tenant_does_not_delay_another() {
     let (slow, fast) = (spawn_upstream("slow").await, spawn_upstream("fast").await);
     slow.set_delay(Duration::from_secs(3));
-    let config = [
-        Setup::tenant("busy")
-            .on(&slow)
-            .extra("max_inflight = 100")
-            .toml(),
-        Setup::tenant("calm").on(&fast).toml(),
-    ]
-    .concat();
-    let proxy = Arc::new(spawn_proxy(&config).await);
+    let config = Setup::tenant("busy")
+        .on(&slow)
+        .extra("max_inflight = 100")
+        .and_tenant("calm")
+        .on(&fast);
+    let proxy = Arc::new(config.spawn().await);
     let flood: Vec<_> = (0..300)
         .map(|_| {
             let p = Arc::clone(&proxy);

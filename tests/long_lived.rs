@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -16,35 +15,15 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn spawn_ws_echo() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() || ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A WebSocket where the client talks, pauses 12 s, talks again.
 #[tokio::test]
 async fn a_websocket_survives_a_pause_after_its_client_spoke() {
     let echo = spawn_ws_echo().await;
-    let config = format!(
-        "[tenants.ws]\nhosts = [\"ws.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{echo}\"]\npools.green = []\nhealth = {{ path = \"/\", interval = \"1h\" }}\n"
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::tenant("ws")
+        .blue(&echo)
+        .extra(RARE_PROBES)
+        .spawn()
+        .await;
     let tcp = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async("ws://ws.test/chat", tcp)
         .await
@@ -71,11 +50,11 @@ async fn a_websocket_survives_a_pause_after_its_client_spoke() {
 #[tokio::test]
 async fn a_talking_websocket_is_never_timed_out() {
     let echo = spawn_ws_echo().await;
-    let config = format!(
-        "[tenants.ws]\nhosts = [\"ws.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{echo}\"]\npools.green = []\nhealth = {{ path = \"/\", interval = \"1h\" }}\n"
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::tenant("ws")
+        .blue(&echo)
+        .extra(RARE_PROBES)
+        .spawn()
+        .await;
     let tcp = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async("ws://ws.test/chat", tcp)
         .await
@@ -164,11 +143,11 @@ async fn an_unread_response_on_an_old_connection_frees_its_slot_at_request_timeo
 #[tokio::test]
 async fn a_drain_does_not_wait_for_idle_or_silent_connections() {
     let up = spawn_upstream("blue").await;
-    let config = format!(
-        "[defaults]\ndrain_timeout = \"20s\"\n\n{}",
-        Setup::shop().on(&up).toml()
-    );
-    let mut proc = spawn_binary(&config, &[]).await;
+    let mut proc = Setup::shop()
+        .on(&up)
+        .preamble("[defaults]\ndrain_timeout = \"20s\"\n\n")
+        .spawn_binary(&[])
+        .await;
     let addr = proc.http_addr;
     // idle h1 keep-alive
     let mut h1 = TcpStream::connect(addr).await.unwrap();

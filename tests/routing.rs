@@ -60,22 +60,16 @@ async fn routes_exact_and_wildcard_hosts() {
         spawn_upstream("wild").await,
         spawn_upstream("deep").await,
     ];
-    let config = [
-        Setup::tenant("exact")
-            .hosts(r#"["a.test"]"#)
-            .on(&ups[0])
-            .toml(),
-        Setup::tenant("wild")
-            .hosts(r#"["*.a.test"]"#)
-            .on(&ups[1])
-            .toml(),
-        Setup::tenant("deep")
-            .hosts(r#"["*.eu.a.test"]"#)
-            .on(&ups[2])
-            .toml(),
-    ]
-    .concat();
-    let proxy = spawn_proxy(&config).await;
+    let config = Setup::tenant("exact")
+        .hosts(r#"["a.test"]"#)
+        .on(&ups[0])
+        .and_tenant("wild")
+        .hosts(r#"["*.a.test"]"#)
+        .on(&ups[1])
+        .and_tenant("deep")
+        .hosts(r#"["*.eu.a.test"]"#)
+        .on(&ups[2]);
+    let proxy = config.spawn().await;
     assert_eq!(proxy.get("a.test", "/").await.text(), "exact");
     assert_eq!(proxy.get("www.a.test", "/").await.text(), "wild");
     assert_eq!(proxy.get("shop.eu.a.test", "/").await.text(), "deep");
