@@ -258,3 +258,12 @@ pub fn tenant(
         .extra(extra)
         .toml()
 }
+
+/// shop at 100/0 on `blue` and `green` with an SLO guard and a ramp table
+/// (`rollout`: its keys, one per line).
+pub fn ramped(blue: &Upstream, green: &Upstream, slo: &str, rollout: &str) -> Setup {
+    Setup::shop()
+        .pools(blue, green)
+        .weights(100, 0)
+        .ramp(slo, rollout)
+}
