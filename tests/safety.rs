@@ -13,14 +13,6 @@ const FAST_HEALTH: &str =
     r#"health = { interval = "100ms", timeout = "2s", healthy_after = 1, unhealthy_after = 3 }"#;
 const WAIT: Duration = Duration::from_secs(10);
 
-fn json(r: &Reply) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {}", r.text()))
-}
-
-async fn view(proxy: &TestProxy, tenant: &str) -> serde_json::Value {
-    json(&proxy.admin_get(&format!("/v1/tenants/{tenant}")).await)
-}
-
 async fn endpoint_healthy(proxy: &TestProxy, tenant: &str, pool: &str, index: usize) -> bool {
     view(proxy, tenant).await["pools"][pool]["endpoints"][index]["healthy"]
         .as_bool()
@@ -34,12 +26,13 @@ async fn a_failing_endpoint_is_ejected_and_comes_back() {
         spawn_upstream("b").await,
         spawn_upstream("green").await,
     );
-    let config = format!(
-        "[tenants.shop]\nhosts = [\"shop.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{}\", \"{}\"]\npools.green = [\"{}\"]\n{FAST_HEALTH}\n",
-        a.addr, b.addr, g.addr
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::shop()
+        .blue(&a)
+        .blue(&b)
+        .green(&g)
+        .extra(FAST_HEALTH)
+        .spawn()
+        .await;
     assert!(
         endpoint_healthy(&proxy, "shop", "blue", 1).await,
         "endpoints start healthy"
@@ -203,10 +196,7 @@ async fn a_failing_candidate_is_reverted_with_bounded_damage() {
     assert_eq!(proxy.weights("shop").await, (100, 0));
     // The revert's event is recorded once it is written through (file work
     // runs off the runtime, just after the swap).
-    wait_until(WAIT, "the revert's event", || async {
-        !json(&proxy.admin_get("/v1/events?tenant=shop").await)[0].is_null()
-    })
-    .await;
+    wait_event(&proxy, "shop", "the revert's event", |_| true).await;
     let text = std::fs::read_to_string(&proxy.path).unwrap();
     assert!(
         text.contains("weights = { blue = 100, green = 0 }"),
@@ -252,10 +242,7 @@ async fn a_revert_held_in_memory_latches_until_a_new_intent() {
     })
     .await;
     // Its event is recorded once the write-through was tried.
-    wait_until(WAIT, "the revert's event", || async {
-        !json(&proxy.admin_get("/v1/events").await)[0].is_null()
-    })
-    .await;
+    wait_event(&proxy, "shop", "the revert's event", |_| true).await;
     let events = json(&proxy.admin_get("/v1/events").await);
     assert_eq!(events[0]["persisted"], false);
     // Reloading the unchanged file keeps the revert.
@@ -326,10 +313,7 @@ async fn a_slow_candidate_breaks_max_p99() {
     })
     .await;
     // Its event is recorded once it is written through.
-    wait_until(WAIT, "the revert's event", || async {
-        !json(&proxy.admin_get("/v1/events").await)[0].is_null()
-    })
-    .await;
+    wait_event(&proxy, "shop", "the revert's event", |_| true).await;
     let events = json(&proxy.admin_get("/v1/events").await);
     let reason = events[0]["reason"].as_str().unwrap();
     assert!(
