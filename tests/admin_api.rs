@@ -22,10 +22,6 @@ fn tokens() -> String {
     )
 }
 
-fn json(r: &Reply) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {}", r.text()))
-}
-
 #[tokio::test]
 async fn auth_and_validation_matrix() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
@@ -596,87 +592,37 @@ async fn a_reason_that_could_forge_a_log_line_is_refused() {
     assert!(events.text().contains("déploiement 7 — ok ✓"));
 }
 
-/// The turnout binary with text logs; returns it, its admin address and a
-/// receiver of its stderr lines.
-async fn spawn_text_logging(
-    path: &std::path::Path,
-) -> (
-    tokio::process::Child,
-    std::net::SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
-        .args(["--log-format", "text", "run", "--config"])
-        .arg(path)
-        .env("TURNOUT_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    let admin = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = rx.recv().await {
-            if line.contains("turnout serving") {
-                let addr = line.split("admin_addr=").nth(1).unwrap();
-                return addr.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("turnout exited before serving");
-    })
-    .await
-    .expect("turnout did not report that it is serving");
-    (child, admin, rx)
-}
-
 #[tokio::test]
 async fn outside_text_in_a_text_log_line_stays_on_its_line() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("turnout.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{}",
-            Setup::shop().pools(&b, &g).weights(100, 0).toml()
-        ),
-    )
-    .unwrap();
-    let (_child, admin, mut lines) = spawn_text_logging(&path).await;
+    let file = Setup::shop().pools(&b, &g).weights(100, 0).write();
+    let proc = spawn_binary_with(LogFormat::Text, None, &file.path, &[], &[]).await;
     // A value that carries a line break and a terminal sequence into the
     // error the reload logs.
     edit_file(
-        &path,
+        &file.path,
         "stable = \"blue\"",
         "stable = \"blue\"\nrequest_timeout = \"5s\\nFORGED ERROR all tenants dropped \\u001b[2J\"",
     );
-    let c = client();
-    let req = http::Request::post(format!("http://{admin}/v1/config/reload"))
-        .body(http_body_util::Full::default())
-        .unwrap();
-    let resp = c.request(req).await.unwrap();
+    let reload = admin_request(proc.admin_addr, "POST", "/v1/config/reload", None, None);
+    let resp = client().request(reload).await.unwrap();
     assert_eq!(resp.status(), 422);
-    let line = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let line = lines.recv().await.expect("turnout's stderr closed");
-            assert!(
-                !line.starts_with("FORGED"),
-                "a value from outside started a log line of its own: {line}"
-            );
-            if line.contains("control file not applied") {
-                return line;
-            }
-        }
-    })
-    .await
-    .expect("the failed reload was not logged");
+    let failed = |l: &String| l.contains("control file not applied");
+    wait_until(
+        Duration::from_secs(10),
+        "the failed reload's log line",
+        || async { proc.log_lines().iter().any(failed) },
+    )
+    .await;
+    let lines = proc.log_lines();
+    let at = lines.iter().position(failed).unwrap();
+    for line in &lines[..=at] {
+        assert!(
+            !line.starts_with("FORGED"),
+            "a value from outside started a log line of its own: {line}"
+        );
+    }
+    let line = &lines[at];
     assert!(
         line.contains("`5s\\nFORGED ERROR all tenants dropped \\u{1b}[2J` is not a duration"),
         "{line}"
