@@ -22,18 +22,14 @@ fn tokens() -> String {
     )
 }
 
-fn json(r: &Reply) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {}", r.text()))
-}
-
 #[tokio::test]
 async fn auth_and_validation_matrix() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let config = format!(
         "{}{}{}",
         tokens(),
-        tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), ""),
-        tenant("blog", r#"["blog.test"]"#, &b, &g, (100, 0), "")
+        Setup::shop().pools(&b, &g).weights(100, 0).toml(),
+        Setup::tenant("blog").pools(&b, &g).weights(100, 0).toml()
     );
     let proxy = spawn_proxy(&config).await;
     let put = |token: Option<&'static str>, tenant: &'static str, body: &'static str| {
@@ -122,7 +118,12 @@ async fn auth_and_validation_matrix() {
 async fn write_through_keeps_comments_and_survives_a_restart() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let extra = "# the shop's own note\nmax_inflight = 100 # keep this comment";
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), extra)).await;
+    let proxy = Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .extra(extra)
+        .spawn()
+        .await;
     let r = proxy
         .admin(
             "PUT",
@@ -142,8 +143,16 @@ async fn write_through_keeps_comments_and_survives_a_restart() {
         "{text}"
     );
     // Only the weights line changed.
-    let before = tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), extra);
-    let after = tenant("shop", r#"["shop.test"]"#, &b, &g, (75, 25), extra);
+    let before = Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .extra(extra)
+        .toml();
+    let after = Setup::shop()
+        .pools(&b, &g)
+        .weights(75, 25)
+        .extra(extra)
+        .toml();
     assert!(text.ends_with(&after) && !text.contains(&before));
     // Re-reading turnout's own write does not apply it a second time.
     let r = proxy.admin("POST", "/v1/config/reload", None, None).await;
@@ -170,7 +179,7 @@ async fn write_through_keeps_comments_and_survives_a_restart() {
 #[tokio::test]
 async fn if_match_guards_against_lost_updates() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(100, 0).spawn().await;
     let put = |if_match: &'static str, body: &'static str| {
         let proxy = &proxy;
         async move {
@@ -202,7 +211,7 @@ async fn events_record_source_actor_and_reason() {
     let config = format!(
         "{}{}",
         tokens(),
-        tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
+        Setup::shop().pools(&b, &g).weights(100, 0).toml()
     );
     let proxy = spawn_proxy(&config).await;
     let r = proxy
@@ -270,7 +279,7 @@ async fn events_record_source_actor_and_reason() {
 #[tokio::test]
 async fn merge_rule_with_an_unwritable_file() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (50, 50), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(50, 50).spawn().await;
     // Make the write-through fail: a directory where its lock file must go.
     std::fs::create_dir(proxy.dir.path().join(".turnout.toml.lock")).unwrap();
     let r = proxy
@@ -323,7 +332,7 @@ async fn merge_rule_with_an_unwritable_file() {
 #[tokio::test]
 async fn replicas_sharing_one_file_converge() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let first = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")).await;
+    let first = Setup::shop().pools(&b, &g).weights(100, 0).spawn().await;
     // The second replica: same file, its own ports from the command line.
     let any = "127.0.0.1:0".parse().ok();
     let second = app::start(
@@ -373,7 +382,12 @@ async fn replicas_sharing_one_file_converge() {
 async fn sticky_users_on_the_candidate_stay_as_it_grows() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let extra = r#"sticky = { header = "x-user-id" }"#;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), extra)).await;
+    let proxy = Setup::shop()
+        .pools(&b, &g)
+        .weights(90, 10)
+        .extra(extra)
+        .spawn()
+        .await;
     let pool_of = |user: usize| {
         let proxy = &proxy;
         async move {
@@ -458,7 +472,7 @@ async fn the_bearer_scheme_is_read_as_rfc_9110_writes_it() {
     let proxy = spawn_proxy(&format!(
         "{}{}",
         tokens(),
-        tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
+        Setup::shop().pools(&b, &g).weights(100, 0).toml()
     ))
     .await;
     let get = |authorization: String| {
@@ -502,14 +516,11 @@ async fn a_reason_that_could_forge_a_log_line_is_refused() {
     let proxy = spawn_proxy(&format!(
         "{}{}",
         tokens(),
-        tenant(
-            "shop",
-            r#"["shop.test"]"#,
-            &b,
-            &g,
-            (100, 0),
-            "[tenants.shop.rollout]\nsteps = [50, 100]\ninterval = \"1h\"\nbake = \"1h\"\n"
-        )
+        Setup::shop()
+            .pools(&b, &g)
+            .weights(100, 0)
+            .extra("[tenants.shop.rollout]\nsteps = [50, 100]\ninterval = \"1h\"\nbake = \"1h\"\n")
+            .toml()
     ))
     .await;
     let generation =
@@ -581,87 +592,37 @@ async fn a_reason_that_could_forge_a_log_line_is_refused() {
     assert!(events.text().contains("déploiement 7 — ok ✓"));
 }
 
-/// The turnout binary with text logs; returns it, its admin address and a
-/// receiver of its stderr lines.
-async fn spawn_text_logging(
-    path: &std::path::Path,
-) -> (
-    tokio::process::Child,
-    std::net::SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
-        .args(["--log-format", "text", "run", "--config"])
-        .arg(path)
-        .env("TURNOUT_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    let admin = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = rx.recv().await {
-            if line.contains("turnout serving") {
-                let addr = line.split("admin_addr=").nth(1).unwrap();
-                return addr.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("turnout exited before serving");
-    })
-    .await
-    .expect("turnout did not report that it is serving");
-    (child, admin, rx)
-}
-
 #[tokio::test]
 async fn outside_text_in_a_text_log_line_stays_on_its_line() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("turnout.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{}",
-            tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
-        ),
-    )
-    .unwrap();
-    let (_child, admin, mut lines) = spawn_text_logging(&path).await;
+    let file = Setup::shop().pools(&b, &g).weights(100, 0).write();
+    let proc = spawn_binary_with(LogFormat::Text, None, &file.path, &[], &[]).await;
     // A value that carries a line break and a terminal sequence into the
     // error the reload logs.
     edit_file(
-        &path,
+        &file.path,
         "stable = \"blue\"",
         "stable = \"blue\"\nrequest_timeout = \"5s\\nFORGED ERROR all tenants dropped \\u001b[2J\"",
     );
-    let c = client();
-    let req = http::Request::post(format!("http://{admin}/v1/config/reload"))
-        .body(http_body_util::Full::default())
-        .unwrap();
-    let resp = c.request(req).await.unwrap();
+    let reload = admin_request(proc.admin_addr, "POST", "/v1/config/reload", None, None);
+    let resp = client().request(reload).await.unwrap();
     assert_eq!(resp.status(), 422);
-    let line = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let line = lines.recv().await.expect("turnout's stderr closed");
-            assert!(
-                !line.starts_with("FORGED"),
-                "a value from outside started a log line of its own: {line}"
-            );
-            if line.contains("control file not applied") {
-                return line;
-            }
-        }
-    })
-    .await
-    .expect("the failed reload was not logged");
+    let failed = |l: &String| l.contains("control file not applied");
+    wait_until(
+        Duration::from_secs(10),
+        "the failed reload's log line",
+        || async { proc.log_lines().iter().any(failed) },
+    )
+    .await;
+    let lines = proc.log_lines();
+    let at = lines.iter().position(failed).unwrap();
+    for line in &lines[..=at] {
+        assert!(
+            !line.starts_with("FORGED"),
+            "a value from outside started a log line of its own: {line}"
+        );
+    }
+    let line = &lines[at];
     assert!(
         line.contains("`5s\\nFORGED ERROR all tenants dropped \\u{1b}[2J` is not a duration"),
         "{line}"

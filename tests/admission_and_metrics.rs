@@ -10,19 +10,12 @@ use support::*;
 #[tokio::test]
 async fn over_max_inflight_is_503_with_retry_after() {
     let (slow, other) = (spawn_upstream("slow").await, spawn_upstream("other").await);
-    let config = [
-        tenant(
-            "busy",
-            r#"["busy.test"]"#,
-            &slow,
-            &slow,
-            (1, 0),
-            "max_inflight = 2\nrequest_timeout = \"4s\"",
-        ),
-        tenant("calm", r#"["calm.test"]"#, &other, &other, (1, 0), ""),
-    ]
-    .concat();
-    let proxy = std::sync::Arc::new(spawn_proxy(&config).await);
+    let config = Setup::tenant("busy")
+        .on(&slow)
+        .extra("max_inflight = 2\nrequest_timeout = \"4s\"")
+        .and_tenant("calm")
+        .on(&other);
+    let proxy = std::sync::Arc::new(config.spawn().await);
     // Two requests that hang hold both slots.
     let hanging: Vec<_> = (0..2)
         .map(|_| {
@@ -31,16 +24,7 @@ async fn over_max_inflight_is_503_with_retry_after() {
         })
         .collect();
     wait_until(Duration::from_secs(10), "both slots taken", || async {
-        proxy
-            .running
-            .proxy
-            .table
-            .load()
-            .tenant("busy")
-            .unwrap()
-            .state
-            .inflight()
-            == 2
+        proxy.inflight("busy") == 2
     })
     .await;
     let r = proxy.get("busy.test", "/").await;
@@ -68,16 +52,7 @@ async fn over_max_inflight_is_503_with_retry_after() {
     // it (and still wait for the answer, RFC 9112 §9.6), so the slot is
     // held until `request_timeout` at the latest.
     wait_until(Duration::from_secs(10), "slots freed", || async {
-        proxy
-            .running
-            .proxy
-            .table
-            .load()
-            .tenant("busy")
-            .unwrap()
-            .state
-            .inflight()
-            == 0
+        proxy.inflight("busy") == 0
     })
     .await;
     assert_eq!(proxy.get("busy.test", "/").await.status, 200);
@@ -86,15 +61,11 @@ async fn over_max_inflight_is_503_with_retry_after() {
 #[tokio::test]
 async fn metrics_count_the_traffic_sent() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &blue,
-        &green,
-        (70, 30),
-        "",
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .pools(&blue, &green)
+        .weights(70, 30)
+        .spawn()
+        .await;
     let (mut b, mut g) = (0, 0);
     for _ in 0..100 {
         match proxy.get("shop.test", "/").await.pool() {
@@ -139,15 +110,12 @@ async fn metrics_count_the_traffic_sent() {
 #[tokio::test]
 async fn admin_probes_and_tenant_views() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test", "*.shop.test"]"#,
-        &blue,
-        &green,
-        (90, 10),
-        "",
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .hosts(r#"["shop.test", "*.shop.test"]"#)
+        .pools(&blue, &green)
+        .weights(90, 10)
+        .spawn()
+        .await;
     assert_eq!(proxy.admin_get("/healthz").await.status, 200);
     assert_eq!(proxy.admin_get("/readyz").await.status, 200);
     let all: serde_json::Value =
@@ -177,15 +145,11 @@ async fn admin_probes_and_tenant_views() {
 #[tokio::test]
 async fn every_series_of_the_contract_is_exported_from_the_start() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &blue,
-        &green,
-        (90, 10),
-        "",
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .pools(&blue, &green)
+        .weights(90, 10)
+        .spawn()
+        .await;
     wait_until(
         Duration::from_secs(10),
         "the first health probes",
@@ -255,15 +219,11 @@ async fn every_series_of_the_contract_is_exported_from_the_start() {
 #[tokio::test]
 async fn a_missing_series_fails_the_test_and_names_the_similar_ones() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &blue,
-        &green,
-        (90, 10),
-        "",
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .pools(&blue, &green)
+        .weights(90, 10)
+        .spawn()
+        .await;
     let text = proxy.admin_get("/metrics").await.text();
     // Labels match in any order.
     assert_eq!(

@@ -14,77 +14,23 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn json(r: &Reply) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {}", r.text()))
-}
-
-async fn view(proxy: &TestProxy, tenant: &str) -> serde_json::Value {
-    json(&proxy.admin_get(&format!("/v1/tenants/{tenant}")).await)
-}
-
-/// A raw upstream: answers health probes, and every other request with
-/// `answer` (then closes the connection when `close` is set); `None`
-/// never answers.
-async fn raw_upstream(answer: Option<&'static str>, close: bool) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let probe = pending.starts_with(b"GET /healthz");
-                        pending.drain(..end + 4);
-                        let reply = match (probe, answer) {
-                            (true, _) => "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
-                            (false, Some(a)) => a,
-                            (false, None) => continue,
-                        };
-                        if stream.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        if close && !probe {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-fn split_tenant(name: &str, blue: SocketAddr, green: SocketAddr, extra: &str) -> String {
-    format!(
-        "[tenants.{name}]\nhosts = [\"{name}.test\"]\nstable = \"blue\"\nweights = {{ blue = 50, green = 50 }}\n\
-         pools.blue = [\"{blue}\"]\npools.green = [\"{green}\"]\n{extra}\n"
-    )
-}
-
 #[tokio::test]
 async fn a_release_that_answers_nobody_is_never_promoted() {
     let ok = spawn_upstream("blue").await;
-    let mute = raw_upstream(None, false).await;
+    let mute = RawUpstream::silent().spawn().await;
     let rollout =
         "slo = { min_requests = 5 }\nrollout = { steps = [100], interval = \"1s\", bake = \"1s\" }";
-    let config = [
-        format!(
-            "[tenants.mute]\nhosts = [\"mute.test\"]\nstable = \"blue\"\nweights = {{ blue = 100, green = 0 }}\n\
-             pools.blue = [\"{}\"]\npools.green = [\"{mute}\"]\n{rollout}\n",
-            ok.addr
-        ),
+    let config = Setup::tenant("mute")
+        .pools(&ok, &mute)
+        .weights(100, 0)
+        .extra(rollout)
         // The same ramp on a candidate that answers: the clock this test
         // reads instead of sleeping.
-        tenant("clock", r#"["clock.test"]"#, &ok, &ok, (100, 0), rollout),
-    ]
-    .concat();
-    let proxy = Arc::new(spawn_proxy(&config).await);
+        .and_tenant("clock")
+        .on(&ok)
+        .weights(100, 0)
+        .extra(rollout);
+    let proxy = Arc::new(config.spawn().await);
     for t in ["mute", "clock"] {
         let r = proxy
             .admin("POST", &format!("/v1/tenants/{t}/rollout"), None, None)
@@ -161,13 +107,12 @@ async fn send_raw(addr: SocketAddr, head: &str, body: &[u8], close_after: bool) 
 #[tokio::test]
 async fn bad_or_stalled_uploads_are_the_clients_fault_and_revert_nothing() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let config = split_tenant(
-        "shop",
-        blue.addr,
-        green.addr,
-        "request_timeout = \"1s\"\nslo = { min_requests = 5 }",
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::shop()
+        .pools(&blue, &green)
+        .weights(50, 50)
+        .extra("request_timeout = \"1s\"\nslo = { min_requests = 5 }")
+        .spawn()
+        .await;
     let addr = proxy.running.http_addr;
     let chunked = "POST /echo HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n";
     let sized = "POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\n";
@@ -193,18 +138,7 @@ async fn bad_or_stalled_uploads_are_the_clients_fault_and_revert_nothing() {
     wait_until(
         Duration::from_secs(10),
         "the cut uploads settled",
-        || async {
-            proxy
-                .running
-                .proxy
-                .table
-                .load()
-                .tenant("shop")
-                .unwrap()
-                .state
-                .inflight()
-                == 0
-        },
+        || async { proxy.inflight("shop") == 0 },
     )
     .await;
     let v = view(&proxy, "shop").await;
@@ -224,18 +158,16 @@ async fn bad_or_stalled_uploads_are_the_clients_fault_and_revert_nothing() {
 async fn a_body_broken_after_the_head_is_the_pools_error() {
     let blue = spawn_upstream("blue").await;
     // Promises 100 bytes, sends 5, closes.
-    let cut = raw_upstream(
-        Some("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello"),
-        true,
-    )
-    .await;
-    let proxy = spawn_proxy(&split_tenant(
-        "shop",
-        blue.addr,
-        cut,
-        "slo = { min_requests = 5 }",
-    ))
-    .await;
+    let cut = RawUpstream::replying("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
+        .closing_each()
+        .spawn()
+        .await;
+    let proxy = Setup::shop()
+        .pools(&blue, &cut)
+        .weights(50, 50)
+        .extra("slo = { min_requests = 5 }")
+        .spawn()
+        .await;
     let client = client();
     for _ in 0..200 {
         let req = http::Request::get(proxy.http_url("/"))

@@ -316,15 +316,11 @@ async fn a_reload_refuses_a_file_whose_secret_is_unset() {
         support::spawn_upstream("blue").await,
         support::spawn_upstream("green").await,
     );
-    let proxy = support::spawn_proxy(&support::tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &b,
-        &g,
-        (100, 0),
-        "",
-    ))
-    .await;
+    let proxy = support::Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .spawn()
+        .await;
     support::edit_file(
         &proxy.path,
         "stable = \"blue\"",

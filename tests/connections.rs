@@ -6,9 +6,7 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -36,7 +34,7 @@ async fn closed_after(stream: &mut TcpStream, within: Duration) -> Duration {
 #[tokio::test]
 async fn a_connection_that_sends_no_complete_head_is_closed_within_10_s() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let addr = proxy.running.http_addr;
     let silent = async {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -67,7 +65,7 @@ async fn an_idle_keep_alive_connection_closes_at_idle_timeout_and_a_slow_next_he
     let proxy = spawn_proxy_in(
         tempfile::tempdir().unwrap(),
         "idle_timeout = \"20s\"",
-        &tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), ""),
+        &Setup::shop().on(&up).toml(),
     )
     .await;
     let addr = proxy.running.http_addr;
@@ -103,30 +101,14 @@ async fn an_idle_keep_alive_connection_closes_at_idle_timeout_and_a_slow_next_he
     );
 }
 
-fn inflight(proxy: &TestProxy, tenant: &str) -> u32 {
-    proxy
-        .running
-        .proxy
-        .table
-        .load()
-        .tenant(tenant)
-        .unwrap()
-        .state
-        .inflight()
-}
-
 #[tokio::test]
 async fn a_client_that_stops_reading_holds_nothing_past_request_timeout() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &up,
-        &up,
-        (1, 0),
-        "request_timeout = \"2s\"\nmax_inflight = 40",
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .on(&up)
+        .extra("request_timeout = \"2s\"\nmax_inflight = 40")
+        .spawn()
+        .await;
     let addr = proxy.running.http_addr;
     // HTTP/1.1: read the head, then never again.
     let mut h1 = Vec::new();
@@ -157,12 +139,12 @@ async fn a_client_that_stops_reading_holds_nothing_past_request_timeout() {
         h2_streams.push(tokio::spawn(resp));
     }
     wait_until(Duration::from_secs(10), "20 requests in flight", || async {
-        inflight(&proxy, "shop") == 20
+        proxy.inflight("shop") == 20
     })
     .await;
     let started = Instant::now();
     wait_until(Duration::from_secs(10), "every slot freed", || async {
-        inflight(&proxy, "shop") == 0
+        proxy.inflight("shop") == 0
     })
     .await;
     // 2 s of request_timeout from the start, plus at most a second.
@@ -177,38 +159,14 @@ async fn a_client_that_stops_reading_holds_nothing_past_request_timeout() {
     drop(h1);
 }
 
-/// An upstream answering every request at once; counts its connections.
-async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test]
 async fn http2_resets_cost_no_upstream_connection_and_rapid_ones_are_cut_off() {
-    let (up, accepted) = counting_upstream().await;
-    let config = format!(
-        "[tenants.shop]\nhosts = [\"shop.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{up}\"]\npools.green = []\nhealth = {{ path = \"/\", interval = \"1h\" }}\n"
-    );
-    let proxy = spawn_proxy(&config).await;
+    // Answers every request at once; counts its connections.
+    let up = RawUpstream::replying("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .spawn()
+        .await;
+    let accepted = &up.accepted;
+    let proxy = Setup::shop().blue(&up).extra(RARE_PROBES).spawn().await;
     let connect = || async {
         let tcp = TcpStream::connect(proxy.running.http_addr).await.unwrap();
         let (client, conn) = h2::client::handshake(tcp).await.unwrap();

@@ -5,7 +5,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 use support::*;
@@ -41,31 +40,16 @@ fn token_table(secret: &str) -> String {
     )
 }
 
-fn ramped(b: &Upstream, g: &Upstream) -> String {
-    let extra = "slo = { min_requests = 5 }\n\n[tenants.shop.rollout]\nsteps = [50, 100]\ninterval = \"300ms\"\nbake = \"300ms\"\n";
-    format!(
-        "{}{}",
-        token_table("s3cret"),
-        tenant("shop", r#"["shop.test"]"#, b, g, (100, 0), extra)
-    )
-}
-
-/// Requests to shop until dropped.
-fn traffic(proxy: &Arc<TestProxy>) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (p, s) = (Arc::clone(proxy), Arc::clone(&stop));
-    tokio::spawn(async move {
-        while !s.load(Ordering::Relaxed) {
-            p.get("shop.test", "/").await;
-        }
-    });
-    stop
+/// shop ramping 50, 100 every 300 ms, behind the token `s3cret`.
+fn ramped_ci(b: &Upstream, g: &Upstream) -> Setup {
+    let steps = "steps = [50, 100]\ninterval = \"300ms\"\nbake = \"300ms\"\n";
+    ramped(b, g, "{ min_requests = 5 }", steps).preamble(&token_table("s3cret"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subcommand_works() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&ramped(&b, &g)).await;
+    let proxy = ramped_ci(&b, &g).spawn().await;
     let admin = proxy.running.admin_addr;
     let t = Some("s3cret");
 
@@ -134,15 +118,15 @@ async fn every_subcommand_works() {
 async fn rollout_and_wait(green_fails: bool) -> Out {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     g.set_failing(green_fails);
-    let proxy = Arc::new(spawn_proxy(&ramped(&b, &g)).await);
-    let stop = traffic(&proxy);
+    let proxy = Arc::new(ramped_ci(&b, &g).spawn().await);
+    let traffic = Traffic::start(&proxy);
     let out = ctl(
         proxy.running.admin_addr,
         Some("s3cret"),
         &["rollout", "shop", "--wait"],
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
+    drop(traffic);
     out
 }
 
@@ -185,7 +169,7 @@ async fn rollout_wait_fails_the_pipeline_when_reverted() {
 #[tokio::test]
 async fn a_bad_token_or_an_unreachable_admin_is_a_clear_error() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&ramped(&b, &g)).await;
+    let proxy = ramped_ci(&b, &g).spawn().await;
     let out = ctl(proxy.running.admin_addr, Some("wrong"), &["status"]).await;
     assert_eq!(out.code, 1);
     assert!(
@@ -304,30 +288,23 @@ async fn a_usage_error_has_its_own_exit_code_never_the_revert_code() {
 
 /// A ramp of three steps, resumed from the file at step 2 (50%) or, with
 /// `step = 2`, baking at 100%. It cannot move without traffic.
-fn resumed(b: &Upstream, g: &Upstream, step: usize) -> String {
+fn resumed(b: &Upstream, g: &Upstream, step: usize) -> Setup {
     let weights = [(90, 10), (50, 50), (0, 100)][step];
-    let extra = format!(
-        "slo = {{ min_requests = 5 }}\n\n[tenants.shop.rollout]\nsteps = [10, 50, 100]\ninterval = \"300ms\"\nbake = \"300ms\"\nprogress = {{ step = {step}, since = \"2026-01-01T00:00:00Z\" }}\n"
+    let rollout = format!(
+        "steps = [10, 50, 100]\ninterval = \"300ms\"\nbake = \"300ms\"\nprogress = {{ step = {step}, since = \"2026-01-01T00:00:00Z\" }}\n"
     );
-    format!(
-        "{}{}",
-        token_table("s3cret"),
-        tenant("shop", r#"["shop.test"]"#, b, g, weights, &extra)
-    )
-}
-
-async fn view(proxy: &TestProxy) -> serde_json::Value {
-    let r = proxy
-        .admin("GET", "/v1/tenants/shop", Some("s3cret"), None)
-        .await;
-    serde_json::from_slice(&r.body).unwrap()
+    Setup::shop()
+        .pools(b, g)
+        .weights(weights.0, weights.1)
+        .ramp("{ min_requests = 5 }", &rollout)
+        .preamble(&token_table("s3cret"))
 }
 
 #[tokio::test]
 async fn a_second_rollout_leaves_the_running_one_at_its_step() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&resumed(&b, &g, 1)).await;
-    let before = view(&proxy).await;
+    let proxy = resumed(&b, &g, 1).spawn().await;
+    let before = proxy.view_with("s3cret", "shop").await;
     assert_eq!(before["status"], "ramping");
     assert_eq!(before["rollout"]["step"], 2);
 
@@ -362,7 +339,7 @@ async fn a_second_rollout_leaves_the_running_one_at_its_step() {
         "{}",
         out.stdout
     );
-    let after = view(&proxy).await;
+    let after = proxy.view_with("s3cret", "shop").await;
     assert_eq!(after["rollout"]["step"], 2, "{after}");
     assert_eq!(after["rollout"]["since"], "2026-01-01T00:00:00Z");
     assert_eq!(after["weights"], before["weights"]);
@@ -387,8 +364,8 @@ async fn a_second_rollout_leaves_the_running_one_at_its_step() {
 async fn a_second_promote_leaves_the_bake_clock_alone() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     // With a rollout table: the bake is the ramp's last step.
-    let proxy = spawn_proxy(&resumed(&b, &g, 2)).await;
-    let before = view(&proxy).await;
+    let proxy = resumed(&b, &g, 2).spawn().await;
+    let before = proxy.view_with("s3cret", "shop").await;
     assert_eq!(before["status"], "baking", "{before}");
     let out = ctl(
         proxy.running.admin_addr,
@@ -403,7 +380,7 @@ async fn a_second_promote_leaves_the_bake_clock_alone() {
         "{}",
         out.stdout
     );
-    let after = view(&proxy).await;
+    let after = proxy.view_with("s3cret", "shop").await;
     assert_eq!(after["rollout"]["since"], "2026-01-01T00:00:00Z", "{after}");
     assert_eq!(after["generation"], before["generation"]);
     // A rollout while baking is the same: the running one is kept.
@@ -412,23 +389,20 @@ async fn a_second_promote_leaves_the_bake_clock_alone() {
         .await;
     let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(answer["already_running"], true, "{answer}");
-    assert_eq!(view(&proxy).await["weights"]["green"], 100);
+    assert_eq!(
+        proxy.view_with("s3cret", "shop").await["weights"]["green"],
+        100
+    );
 
     // Without a rollout table: the bake is held in memory.
     let (b2, g2) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let plain = spawn_proxy(&format!(
-        "{}{}",
-        token_table("s3cret"),
-        tenant(
-            "shop",
-            r#"["shop.test"]"#,
-            &b2,
-            &g2,
-            (100, 0),
-            "slo = { min_requests = 5 }\n"
-        )
-    ))
-    .await;
+    let plain = Setup::shop()
+        .pools(&b2, &g2)
+        .weights(100, 0)
+        .extra("slo = { min_requests = 5 }\n")
+        .preamble(&token_table("s3cret"))
+        .spawn()
+        .await;
     let promote = || plain.admin("POST", "/v1/tenants/shop/promote", Some("s3cret"), None);
     let r = promote().await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -458,7 +432,7 @@ async fn a_second_promote_leaves_the_bake_clock_alone() {
 async fn rollout_wait_gives_up_at_its_timeout_with_its_own_code() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     // No traffic: the ramp cannot move, `--wait` alone would wait forever.
-    let proxy = spawn_proxy(&ramped(&b, &g)).await;
+    let proxy = ramped_ci(&b, &g).spawn().await;
     let admin = proxy.running.admin_addr;
     let started = std::time::Instant::now();
     let out = ctl(
@@ -486,7 +460,7 @@ async fn rollout_wait_gives_up_at_its_timeout_with_its_own_code() {
         "{}",
         out.stdout
     );
-    assert_eq!(view(&proxy).await["status"], "ramping");
+    assert_eq!(proxy.view_with("s3cret", "shop").await["status"], "ramping");
 
     // The same in NDJSON: the answer, the view, then the outcome.
     let out = ctl(
@@ -511,15 +485,15 @@ async fn rollout_wait_gives_up_at_its_timeout_with_its_own_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_wait_prints_one_document_per_line() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = Arc::new(spawn_proxy(&ramped(&b, &g)).await);
-    let stop = traffic(&proxy);
+    let proxy = Arc::new(ramped_ci(&b, &g).spawn().await);
+    let traffic = Traffic::start(&proxy);
     let out = ctl(
         proxy.running.admin_addr,
         Some("s3cret"),
         &["rollout", "shop", "--wait", "--json"],
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
+    drop(traffic);
     assert_eq!(
         out.code, 0,
         "stdout: {}\nstderr: {}",

@@ -97,27 +97,20 @@ async fn tls_setup() -> TlsSetup {
     let ca = TestCa::new();
     let (_, _, shop_cert) = ca.issue(dir.path(), "shop", &["shop.test", "*.shop.test"]);
     ca.issue(dir.path(), "blog", &["blog.test"]);
-    let tenants = [
-        tenant(
-            "shop",
-            r#"["shop.test", "*.shop.test"]"#,
-            &up,
-            &up,
-            (1, 0),
-            r#"tls = { cert = "shop.pem", key = "shop-key.pem" }"#,
-        ),
-        tenant(
-            "blog",
-            r#"["blog.test"]"#,
-            &up,
-            &up,
-            (1, 0),
-            r#"tls = { cert = "blog.pem", key = "blog-key.pem" }"#,
-        ),
-        tenant("plain", r#"["plain.test"]"#, &up, &up, (1, 0), ""),
-    ]
-    .concat();
-    let proxy = spawn_proxy_in(dir, "https = \"127.0.0.1:0\"\n", &tenants).await;
+    let tenants = Setup::shop()
+        .hosts(r#"["shop.test", "*.shop.test"]"#)
+        .on(&up)
+        .extra(r#"tls = { cert = "shop.pem", key = "shop-key.pem" }"#)
+        .and_tenant("blog")
+        .on(&up)
+        .extra(r#"tls = { cert = "blog.pem", key = "blog-key.pem" }"#)
+        .and_tenant("plain")
+        .on(&up);
+    let proxy = tenants
+        .in_dir(dir)
+        .listen("https = \"127.0.0.1:0\"\n")
+        .spawn()
+        .await;
     let https = proxy.running.https_addr.unwrap();
     TlsSetup {
         proxy,
@@ -281,35 +274,14 @@ async fn a_replaced_certificate_is_used_without_restart_and_a_bad_one_is_refused
     );
 }
 
-/// An upstream that speaks WebSocket and echoes every message.
-async fn spawn_ws_echo() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() || ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_websocket_echoes_through_the_proxy() {
     let echo = spawn_ws_echo().await;
-    let config = format!(
-        "[tenants.ws]\nhosts = [\"ws.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{echo}\"]\npools.green = []\nhealth = {{ path = \"/\", interval = \"1h\" }}\n"
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::tenant("ws")
+        .blue(&echo)
+        .extra(RARE_PROBES)
+        .spawn()
+        .await;
     let tcp = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.test/chat", tcp)
         .await
@@ -324,17 +296,7 @@ async fn a_websocket_echoes_through_the_proxy() {
         assert_eq!(back.into_text().unwrap().as_str(), text);
     }
     // The open tunnel holds one of the tenant's in-flight slots.
-    let inflight = || async {
-        proxy
-            .running
-            .proxy
-            .table
-            .load()
-            .tenant("ws")
-            .unwrap()
-            .state
-            .inflight()
-    };
+    let inflight = || async { proxy.inflight("ws") };
     assert_eq!(inflight().await, 1);
     ws.close(None).await.unwrap();
     drop(ws);
@@ -354,11 +316,11 @@ async fn a_websocket_echoes_through_the_proxy() {
 async fn drain_lets_a_slow_request_finish_and_exits_zero() {
     let up = spawn_upstream("blue").await;
     up.set_delay(Duration::from_millis(1500));
-    let config = format!(
-        "[defaults]\ndrain_timeout = \"10s\"\n\n{}",
-        tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")
-    );
-    let mut proc = spawn_binary(&config, &[]).await;
+    let mut proc = Setup::shop()
+        .on(&up)
+        .preamble("[defaults]\ndrain_timeout = \"10s\"\n\n")
+        .spawn_binary(&[])
+        .await;
     let c = client();
     let url = format!("http://{}/", proc.http_addr);
     let slow = tokio::spawn({
@@ -399,7 +361,7 @@ async fn drain_lets_a_slow_request_finish_and_exits_zero() {
 #[tokio::test]
 async fn an_oversized_head_is_431_and_a_slow_head_is_cut_off() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let big = format!(
         "GET / HTTP/1.1\r\nHost: shop.test\r\nX-Big: {}\r\n\r\n",
         "a".repeat(70 * 1024)
@@ -437,19 +399,12 @@ async fn an_oversized_head_is_431_and_a_slow_head_is_cut_off() {
 async fn a_flooded_tenant_does_not_delay_another() {
     let (slow, fast) = (spawn_upstream("slow").await, spawn_upstream("fast").await);
     slow.set_delay(Duration::from_secs(3));
-    let config = [
-        tenant(
-            "busy",
-            r#"["busy.test"]"#,
-            &slow,
-            &slow,
-            (1, 0),
-            "max_inflight = 100",
-        ),
-        tenant("calm", r#"["calm.test"]"#, &fast, &fast, (1, 0), ""),
-    ]
-    .concat();
-    let proxy = Arc::new(spawn_proxy(&config).await);
+    let config = Setup::tenant("busy")
+        .on(&slow)
+        .extra("max_inflight = 100")
+        .and_tenant("calm")
+        .on(&fast);
+    let proxy = Arc::new(config.spawn().await);
     let flood: Vec<_> = (0..300)
         .map(|_| {
             let p = Arc::clone(&proxy);
@@ -457,16 +412,7 @@ async fn a_flooded_tenant_does_not_delay_another() {
         })
         .collect();
     wait_until(WAIT, "the flood to fill busy's slots", || async {
-        proxy
-            .running
-            .proxy
-            .table
-            .load()
-            .tenant("busy")
-            .unwrap()
-            .state
-            .inflight()
-            == 100
+        proxy.inflight("busy") == 100
     })
     .await;
     let mut worst = Duration::ZERO;
@@ -491,7 +437,7 @@ async fn a_flooded_tenant_does_not_delay_another() {
 #[tokio::test]
 async fn a_smuggled_request_never_reaches_the_upstream() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     // CL.TE desync attempt: a front end trusting Content-Length would see one
     // request; one trusting chunked framing sees a second, smuggled one.
     let attack = b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 44\r\n\

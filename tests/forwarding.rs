@@ -15,7 +15,7 @@ use support::*;
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_and_forwarded_headers_set() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let request = b"GET /headers HTTP/1.1\r\nHost: shop.test:8080\r\n\
         Connection: keep-alive, x-secret-hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
         Proxy-Connection: keep-alive\r\nTE: deflate;q=0.5, trailers\r\nTrailer: x-t\r\nUpgrade: h2c\r\n\
@@ -58,7 +58,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_set() {
 #[tokio::test]
 async fn large_bodies_stream_intact_both_ways() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
 
     let upload: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 256) as u8).collect();
     let req = Request::post(proxy.http_url("/echo"))
@@ -84,14 +84,14 @@ async fn large_bodies_stream_intact_both_ways() {
 async fn dead_upstream_is_502_and_hanging_one_is_504() {
     let (_held, dead) = refusing_port();
     let hang = spawn_upstream("hang").await;
-    let config = format!(
-        "[tenants.dead]\nhosts = [\"dead.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{dead}\"]\npools.green = []\nconnect_timeout = \"1s\"\n\n\
-         [tenants.slow]\nhosts = [\"slow.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{}\"]\npools.green = []\nrequest_timeout = \"300ms\"\n",
-        hang.addr
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::tenant("dead")
+        .blue(&dead)
+        .extra("connect_timeout = \"1s\"")
+        .and_tenant("slow")
+        .blue(&hang)
+        .extra("request_timeout = \"300ms\"")
+        .spawn()
+        .await;
 
     let started = Instant::now();
     let r = proxy.get("dead.test", "/").await;
@@ -133,12 +133,7 @@ async fn dead_upstream_is_502_and_hanging_one_is_504() {
 async fn connect_failure_is_retried_on_another_endpoint() {
     let (_held, dead) = refusing_port();
     let live = spawn_upstream("live").await;
-    let config = format!(
-        "[tenants.shop]\nhosts = [\"shop.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{dead}\", \"{}\"]\npools.green = []\n",
-        live.addr
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::shop().blue(&dead).blue(&live).spawn().await;
     for _ in 0..30 {
         let r = proxy.get("shop.test", "/").await;
         assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "live"));
@@ -174,7 +169,7 @@ async fn connect_failure_is_retried_on_another_endpoint() {
 #[tokio::test]
 async fn h2c_prior_knowledge_works() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     // Speak HTTP/2 directly on a TCP connection to the proxy, so the tenant's
     // host travels in `:authority` as a browser would send it.
     let tcp = tokio::net::TcpStream::connect(proxy.running.http_addr)
@@ -203,7 +198,7 @@ async fn h2c_prior_knowledge_works() {
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     // Bodies of every shape hand the connection back: sized, empty (204,
     // HEAD) and streamed.
     for i in 0..40 {
@@ -243,73 +238,20 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     assert_eq!(up.traffic_connections(), 6);
 }
 
-/// A raw HTTP/1.1 upstream that sends `answer` for every request head it
-/// reads, whatever the body, and keeps each connection open — or, after
-/// `per_connection` answers, closes it without a word when the next request
-/// comes (as an upstream whose keep-alive timer fired at that moment would);
-/// counts the connections it accepted.
-async fn raw_upstream(
-    answer: &'static str,
-    per_connection: Option<usize>,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut buf = [0u8; 4096];
-                let mut answered = 0;
-                loop {
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..end + 4);
-                        if per_connection.is_some_and(|n| answered >= n) {
-                            return;
-                        }
-                        answered += 1;
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
-
-/// A tenant on a raw upstream, probed too rarely for a probe's connection to
-/// show in the upstream's count during a test.
-fn raw_tenant(addr: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        "[tenants.shop]\nhosts = [\"shop.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{addr}\"]\npools.green = []\nhealth = {{ path = \"/\", interval = \"1h\" }}\n{extra}\n"
-    )
-}
+const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 #[tokio::test]
 async fn an_answer_before_the_upload_ends_does_not_hold_up_the_next_request() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Answers at once, without reading the body, and keeps the connection
     // open: it stays busy with the rest of the upload.
-    let (addr, _) = raw_upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", None).await;
-    let proxy = spawn_proxy(&raw_tenant(addr, "request_timeout = \"3s\"")).await;
+    let up = RawUpstream::replying(OK).spawn().await;
+    let proxy = Setup::shop()
+        .blue(&up)
+        .extra(RARE_PROBES)
+        .extra("request_timeout = \"3s\"")
+        .spawn()
+        .await;
     let mut client = tokio::net::TcpStream::connect(proxy.running.http_addr)
         .await
         .unwrap();
@@ -336,13 +278,14 @@ async fn an_answer_before_the_upload_ends_does_not_hold_up_the_next_request() {
 async fn a_response_with_trailers_hands_its_connection_back() {
     use std::sync::atomic::Ordering;
     // Raw, because hyper's own server sends trailers only when asked.
-    let (addr, accepted) = raw_upstream(
+    let up = RawUpstream::replying(
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
          2\r\nok\r\n0\r\nx-sum: 1\r\n\r\n",
-        None,
     )
+    .spawn()
     .await;
-    let proxy = spawn_proxy(&raw_tenant(addr, "")).await;
+    let accepted = &up.accepted;
+    let proxy = Setup::shop().blue(&up).extra(RARE_PROBES).spawn().await;
     for _ in 0..5 {
         let r = proxy.get("shop.test", "/").await;
         assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
@@ -361,9 +304,9 @@ const IDLE_PAST_STALE: Duration = Duration::from_millis(1100);
 #[tokio::test]
 async fn an_idle_connection_closed_under_a_get_is_retried_once() {
     use std::sync::atomic::Ordering;
-    let (addr, accepted) =
-        raw_upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Some(1)).await;
-    let proxy = spawn_proxy(&raw_tenant(addr, "")).await;
+    let up = RawUpstream::replying(OK).closing_after(1).spawn().await;
+    let accepted = &up.accepted;
+    let proxy = Setup::shop().blue(&up).extra(RARE_PROBES).spawn().await;
     let r = proxy.get("shop.test", "/").await;
     assert_eq!(r.status.as_u16(), 200);
     // Idle long enough for an upstream keep-alive timer to be the cause

@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,75 +16,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A raw upstream: records every request head it reads and answers each
-/// with `answer(head)`; keeps the connection open.
-async fn recording_upstream(answer: fn(&str) -> String) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&heads);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
-                        pending.drain(..end + 4);
-                        let probe = head.starts_with("GET /healthz");
-                        if !probe {
-                            seen.lock().unwrap().push(head.clone());
-                        }
-                        let reply = if probe {
-                            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
-                        } else {
-                            answer(&head)
-                        };
-                        if stream.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
-    (addr, heads)
-}
-
-fn ok_with_head(head: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
-        head.len()
-    )
-}
-
-fn raw_tenant(name: &str, host: &str, addr: SocketAddr) -> String {
-    format!(
-        "[tenants.{name}]\nhosts = [\"{host}\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{addr}\"]\npools.green = []\n"
-    )
-}
-
-fn status_of(reply: &str) -> &str {
-    reply.get(9..12).unwrap_or("")
-}
-
 #[tokio::test]
 async fn every_way_of_naming_two_hosts_ends_in_one_host_or_a_400() {
-    let (alpha, alpha_heads) = recording_upstream(ok_with_head).await;
-    let (beta, beta_heads) = recording_upstream(ok_with_head).await;
-    let config = [
-        raw_tenant("alpha", "alpha.test", alpha),
-        raw_tenant("beta", "beta.test", beta),
-    ]
-    .concat();
-    let proxy = spawn_proxy(&config).await;
+    let alpha = RawUpstream::answering(ok_with_head).spawn().await;
+    let beta = RawUpstream::answering(ok_with_head).spawn().await;
+    let (alpha_heads, beta_heads) = (&alpha.heads, &beta.heads);
+    let proxy = Setup::tenant("alpha")
+        .blue(&alpha)
+        .and_tenant("beta")
+        .blue(&beta)
+        .spawn()
+        .await;
     let addr = proxy.running.http_addr;
 
     // The absolute form's authority wins, and is the Host the upstream sees.
@@ -176,8 +116,8 @@ fn upgrades_anything(head: &str) -> String {
 
 #[tokio::test]
 async fn h2c_is_never_a_tunnel_and_an_unasked_101_is_a_502() {
-    let (up, heads) = recording_upstream(upgrades_anything).await;
-    let proxy = spawn_proxy(&raw_tenant("shop", "shop.test", up)).await;
+    let up = RawUpstream::answering(upgrades_anything).spawn().await;
+    let (heads, proxy) = (&up.heads, Setup::shop().blue(&up).spawn().await);
     let addr = proxy.running.http_addr;
     for upgrade in ["h2c", "H2C", " h2c "] {
         let request = format!(
@@ -192,12 +132,13 @@ async fn h2c_is_never_a_tunnel_and_an_unasked_101_is_a_502() {
     }
     // An upstream that switches protocols unasked, or to another protocol
     // than asked: 502, never a tunnel.
-    let (rogue, _) = recording_upstream(|_| {
+    let rogue = RawUpstream::answering(|_| {
         "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
             .to_owned()
     })
+    .spawn()
     .await;
-    let proxy = spawn_proxy(&raw_tenant("shop", "shop.test", rogue)).await;
+    let proxy = Setup::shop().blue(&rogue).spawn().await;
     for request in [
         "GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
@@ -209,11 +150,12 @@ async fn h2c_is_never_a_tunnel_and_an_unasked_101_is_a_502() {
 
 #[tokio::test]
 async fn a_101_naming_no_protocol_is_a_502() {
-    let (empty, _) = recording_upstream(|_| {
+    let empty = RawUpstream::answering(|_| {
         "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: \r\n\r\n".to_owned()
     })
+    .spawn()
     .await;
-    let proxy = spawn_proxy(&raw_tenant("shop", "shop.test", empty)).await;
+    let proxy = Setup::shop().blue(&empty).spawn().await;
     let request =
         "GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
     let reply = raw_exchange(proxy.running.http_addr, request.as_bytes()).await;
@@ -222,8 +164,8 @@ async fn a_101_naming_no_protocol_is_a_502() {
 
 #[tokio::test]
 async fn connect_and_asterisk_targets_are_refused_not_forwarded() {
-    let (up, heads) = recording_upstream(ok_with_head).await;
-    let proxy = spawn_proxy(&raw_tenant("shop", "shop.test", up)).await;
+    let up = RawUpstream::answering(ok_with_head).spawn().await;
+    let (heads, proxy) = (&up.heads, Setup::shop().blue(&up).spawn().await);
     for (request, status) in [
         (
             "CONNECT shop.test:443 HTTP/1.1\r\nHost: shop.test:443\r\n\r\n",
@@ -254,7 +196,7 @@ async fn connect_and_asterisk_targets_are_refused_not_forwarded() {
 #[tokio::test]
 async fn http2_cookie_fields_reach_http1_as_one_cookie() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let tcp = tokio::net::TcpStream::connect(proxy.running.http_addr)
         .await
         .unwrap();
@@ -307,8 +249,8 @@ async fn read_until(stream: &mut tokio::net::TcpStream, done: impl Fn(&str) -> b
 
 #[tokio::test]
 async fn trailers_reach_an_http1_client_that_asked_for_them() {
-    let (up, _) = recording_upstream(chunked_with_trailer).await;
-    let proxy = spawn_proxy(&raw_tenant("shop", "shop.test", up)).await;
+    let up = RawUpstream::answering(chunked_with_trailer).spawn().await;
+    let proxy = Setup::shop().blue(&up).spawn().await;
     let mut client = tokio::net::TcpStream::connect(proxy.running.http_addr)
         .await
         .unwrap();
@@ -346,8 +288,8 @@ async fn a_length_beside_chunked_framing_is_never_passed_on() {
             "he",
         ),
     ] {
-        let (up, _) = recording_upstream(answer).await;
-        let proxy = spawn_proxy(&raw_tenant("shop", "shop.test", up)).await;
+        let up = RawUpstream::answering(answer).spawn().await;
+        let proxy = Setup::shop().blue(&up).spawn().await;
         let client = client();
         let resp = tokio::time::timeout(
             Duration::from_secs(5),
@@ -381,7 +323,7 @@ async fn a_length_beside_chunked_framing_is_never_passed_on() {
 async fn a_half_closed_client_still_gets_its_response() {
     let up = spawn_upstream("blue").await;
     up.set_delay(Duration::from_millis(200));
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let mut client = tokio::net::TcpStream::connect(proxy.running.http_addr)
         .await
         .unwrap();

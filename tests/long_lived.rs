@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -16,35 +15,15 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn spawn_ws_echo() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() || ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A WebSocket where the client talks, pauses 12 s, talks again.
 #[tokio::test]
 async fn a_websocket_survives_a_pause_after_its_client_spoke() {
     let echo = spawn_ws_echo().await;
-    let config = format!(
-        "[tenants.ws]\nhosts = [\"ws.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{echo}\"]\npools.green = []\nhealth = {{ path = \"/\", interval = \"1h\" }}\n"
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::tenant("ws")
+        .blue(&echo)
+        .extra(RARE_PROBES)
+        .spawn()
+        .await;
     let tcp = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async("ws://ws.test/chat", tcp)
         .await
@@ -71,11 +50,11 @@ async fn a_websocket_survives_a_pause_after_its_client_spoke() {
 #[tokio::test]
 async fn a_talking_websocket_is_never_timed_out() {
     let echo = spawn_ws_echo().await;
-    let config = format!(
-        "[tenants.ws]\nhosts = [\"ws.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{echo}\"]\npools.green = []\nhealth = {{ path = \"/\", interval = \"1h\" }}\n"
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::tenant("ws")
+        .blue(&echo)
+        .extra(RARE_PROBES)
+        .spawn()
+        .await;
     let tcp = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async("ws://ws.test/chat", tcp)
         .await
@@ -99,14 +78,7 @@ async fn a_talking_websocket_is_never_timed_out() {
 async fn reset_streams_against_a_slow_upstream_stay_within_max_inflight() {
     let up = spawn_upstream("blue").await;
     up.set_delay(Duration::from_millis(1500));
-    let config = tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &up,
-        &up,
-        (1, 0),
-        "max_inflight = 4",
-    );
+    let config = Setup::shop().on(&up).extra("max_inflight = 4").toml();
     let proxy = spawn_proxy(&config).await;
     let tcp = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
@@ -121,17 +93,7 @@ async fn reset_streams_against_a_slow_upstream_stay_within_max_inflight() {
         stream.send_reset(h2::Reason::CANCEL);
     }
     // Every abandoned exchange holds its tenant slot until it is over.
-    let inflight = || {
-        proxy
-            .running
-            .proxy
-            .table
-            .load()
-            .tenant("shop")
-            .unwrap()
-            .state
-            .inflight()
-    };
+    let inflight = || proxy.inflight("shop");
     wait_until(Duration::from_secs(10), "the rescues to end", || async {
         inflight() == 0
     })
@@ -147,15 +109,11 @@ async fn reset_streams_against_a_slow_upstream_stay_within_max_inflight() {
 #[tokio::test]
 async fn an_unread_response_on_an_old_connection_frees_its_slot_at_request_timeout() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &up,
-        &up,
-        (1, 0),
-        "request_timeout = \"2s\"",
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .on(&up)
+        .extra("request_timeout = \"2s\"")
+        .spawn()
+        .await;
     let mut s = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
         .await
@@ -167,17 +125,7 @@ async fn an_unread_response_on_an_old_connection_frees_its_slot_at_request_timeo
     s.write_all(b"GET /big/50000000 HTTP/1.1\r\nHost: shop.test\r\n\r\n")
         .await
         .unwrap();
-    let inflight = || {
-        proxy
-            .running
-            .proxy
-            .table
-            .load()
-            .tenant("shop")
-            .unwrap()
-            .state
-            .inflight()
-    };
+    let inflight = || proxy.inflight("shop");
     wait_until(Duration::from_secs(5), "in flight", || async {
         inflight() == 1
     })
@@ -195,11 +143,11 @@ async fn an_unread_response_on_an_old_connection_frees_its_slot_at_request_timeo
 #[tokio::test]
 async fn a_drain_does_not_wait_for_idle_or_silent_connections() {
     let up = spawn_upstream("blue").await;
-    let config = format!(
-        "[defaults]\ndrain_timeout = \"20s\"\n\n{}",
-        tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")
-    );
-    let mut proc = spawn_binary(&config, &[]).await;
+    let mut proc = Setup::shop()
+        .on(&up)
+        .preamble("[defaults]\ndrain_timeout = \"20s\"\n\n")
+        .spawn_binary(&[])
+        .await;
     let addr = proc.http_addr;
     // idle h1 keep-alive
     let mut h1 = TcpStream::connect(addr).await.unwrap();
@@ -241,14 +189,10 @@ async fn a_request_longer_than_idle_timeout_is_not_cut() {
     let proxy = spawn_proxy_in(
         tempfile::tempdir().unwrap(),
         "idle_timeout = \"1s\"",
-        &tenant(
-            "shop",
-            r#"["shop.test"]"#,
-            &up,
-            &up,
-            (1, 0),
-            "request_timeout = \"10s\"",
-        ),
+        &Setup::shop()
+            .on(&up)
+            .extra("request_timeout = \"10s\"")
+            .toml(),
     )
     .await;
     let r = raw_exchange(
@@ -263,7 +207,7 @@ async fn a_request_longer_than_idle_timeout_is_not_cut() {
 async fn pipelined_requests_are_all_answered() {
     let up = spawn_upstream("blue").await;
     up.set_delay(Duration::from_millis(300));
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     let mut s = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     s.write_all(b"GET /a HTTP/1.1\r\nHost: shop.test\r\n\r\nPOST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut out = Vec::new();

@@ -22,23 +22,16 @@ fn access_lines(proxy: &BinaryProxy) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn every_request_has_an_access_log_line_whatever_its_outcome() {
     let (up, dead) = (spawn_upstream("blue").await, refusing_port());
-    let config = [
-        tenant(
-            "busy",
-            r#"["busy.test"]"#,
-            &up,
-            &up,
-            (1, 0),
-            "access_log = true\nmax_inflight = 1\npreview_hosts = [\"preview.busy.test\"]\npreview_token_env = \"BUSY_PREVIEW\"",
-        ),
-        format!(
-            "[tenants.dead]\nhosts = [\"dead.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-             pools.blue = [\"{}\"]\npools.green = []\naccess_log = true\nhealth = {{ interval = \"1h\" }}\n",
-            dead.1
-        ),
-    ]
-    .concat();
-    let proxy = spawn_binary(&config, &[("BUSY_PREVIEW", "secret")]).await;
+    let busy = "access_log = true\nmax_inflight = 1\n\
+        preview_hosts = [\"preview.busy.test\"]\npreview_token_env = \"BUSY_PREVIEW\"";
+    let proxy = Setup::tenant("busy")
+        .on(&up)
+        .extra(busy)
+        .and_tenant("dead")
+        .blue(&dead.1)
+        .extra("access_log = true\nhealth = { interval = \"1h\" }")
+        .spawn_binary(&[("BUSY_PREVIEW", "secret")])
+        .await;
     let client = client();
     let get = |host: &'static str, path: &'static str| {
         let req = http::Request::get(format!("http://{}{path}", proxy.http_addr))
@@ -85,17 +78,11 @@ async fn series_of_removed_tenants_and_endpoints_leave_metrics() {
         spawn_upstream("c").await,
     );
     let shop = |extra_endpoint: bool| {
-        let blue = if extra_endpoint {
-            format!("[\"{}\", \"{}\"]", a.addr, b.addr)
-        } else {
-            format!("[\"{}\"]", a.addr)
-        };
-        format!(
-            "[tenants.shop]\nhosts = [\"shop.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-             pools.blue = {blue}\npools.green = []\n"
-        )
+        let shop = Setup::shop().blue(&a);
+        let shop = if extra_endpoint { shop.blue(&b) } else { shop };
+        shop.toml()
     };
-    let gone = tenant("gone", r#"["gone.test"]"#, &c, &c, (1, 0), "");
+    let gone = Setup::tenant("gone").on(&c).toml();
     let proxy = spawn_proxy(&format!("{}{gone}", shop(true))).await;
     assert_eq!(proxy.get("gone.test", "/").await.status, 200);
     let removed_endpoint = format!(
@@ -128,55 +115,13 @@ async fn series_of_removed_tenants_and_endpoints_leave_metrics() {
 
 #[tokio::test]
 async fn a_clean_stop_warns_of_nothing_and_text_logs_carry_no_colour() {
-    use tokio::io::AsyncReadExt;
     let up = spawn_upstream("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("turnout.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}",
-            tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")
-        ),
-    )
-    .unwrap();
+    let file = Setup::shop().on(&up).write();
     for no_color in [false, true] {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnout"));
-        cmd.args(["run", "--config"])
-            .arg(&path)
-            .env("TURNOUT_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        if no_color {
-            cmd.env("NO_COLOR", "1");
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let mut log = Vec::new();
-        let mut buf = [0u8; 4096];
-        tokio::time::timeout(Duration::from_secs(20), async {
-            while !String::from_utf8_lossy(&log).contains("turnout serving") {
-                let n = stderr.read(&mut buf).await.unwrap();
-                assert!(n > 0, "turnout ended before serving");
-                log.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await
-        .expect("turnout started");
-        let pid = child.id().unwrap().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        stderr.read_to_end(&mut log).await.unwrap();
-        let log = String::from_utf8_lossy(&log);
+        let env: &[(&str, &str)] = if no_color { &[("NO_COLOR", "1")] } else { &[] };
+        let mut proc = spawn_binary_with(LogFormat::Default, None, &file.path, &[], env).await;
+        proc.signal("TERM");
+        let (status, log) = proc.exit(Duration::from_secs(20)).await;
         assert!(status.success(), "{status:?}\n{log}");
         assert!(log.contains("turnout stopped"), "{log}");
         assert!(!log.contains("WARN"), "a clean stop warned:\n{log}");

@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use support::*;
 
 /// How long a file change may take to apply in these tests. The promise is
@@ -29,15 +27,14 @@ async fn wait_weights(proxy: &TestProxy, tenant: &str, want: (u64, u64)) {
 #[tokio::test]
 async fn in_place_rewrite_is_applied() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(90, 10).spawn().await;
     edit_file(
         &proxy.path,
         "blue = 90, green = 10",
         "blue = 40, green = 60",
     );
     wait_weights(&proxy, "shop", (40, 60)).await;
-    let v: serde_json::Value =
-        serde_json::from_slice(&proxy.admin_get("/v1/tenants/shop").await.body).unwrap();
+    let v = view(&proxy, "shop").await;
     assert_eq!(v["generation"], 2);
     assert_eq!(
         proxy
@@ -50,7 +47,7 @@ async fn in_place_rewrite_is_applied() {
 #[tokio::test]
 async fn editor_write_then_rename_is_applied() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(90, 10).spawn().await;
     let text = std::fs::read_to_string(&proxy.path)
         .unwrap()
         .replace("blue = 90, green = 10", "blue = 10, green = 90");
@@ -71,10 +68,7 @@ async fn editor_write_then_rename_is_applied() {
 async fn configmap_symlink_swap_is_applied() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let dir = tempfile::tempdir().unwrap();
-    let base = format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{}",
-        tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), "")
-    );
+    let base = control_file("", &Setup::shop().pools(&b, &g).weights(90, 10).toml());
     // The layout kubelet makes: turnout.toml -> ..data/turnout.toml,
     // ..data -> ..<timestamp>/ holding the real file.
     let version = |name: &str, text: &str| {
@@ -113,7 +107,7 @@ async fn configmap_symlink_swap_is_applied() {
 #[tokio::test]
 async fn an_invalid_edit_keeps_the_last_good_state_and_is_reported() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(100, 0).spawn().await;
     edit_file(&proxy.path, "blue = 100, green = 0", "blue = 0, green = 0");
     wait_until(APPLIED, "the reload error", || async {
         proxy
@@ -126,8 +120,7 @@ async fn an_invalid_edit_keeps_the_last_good_state_and_is_reported() {
     for _ in 0..20 {
         assert_eq!(proxy.get("shop.test", "/").await.text(), "blue");
     }
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&proxy.admin_get("/v1/config").await.body).unwrap();
+    let cfg = config_view(&proxy).await;
     let error = cfg["last_error"].as_str().unwrap();
     assert!(
         error.contains("turnout.toml:")
@@ -138,8 +131,7 @@ async fn an_invalid_edit_keeps_the_last_good_state_and_is_reported() {
     // A valid edit then applies and clears the error.
     edit_file(&proxy.path, "blue = 0, green = 0", "blue = 0, green = 100");
     wait_weights(&proxy, "shop", (0, 100)).await;
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&proxy.admin_get("/v1/config").await.body).unwrap();
+    let cfg = config_view(&proxy).await;
     assert_eq!(cfg.get("last_error"), Some(&serde_json::Value::Null));
     assert_eq!(proxy.get("shop.test", "/").await.text(), "green");
 }
@@ -147,8 +139,7 @@ async fn an_invalid_edit_keeps_the_last_good_state_and_is_reported() {
 #[tokio::test]
 async fn rapid_reloads_drop_no_request() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy =
-        Arc::new(spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (50, 50), "")).await);
+    let proxy = Arc::new(Setup::shop().pools(&b, &g).weights(50, 50).spawn().await);
     let done = Arc::new(AtomicBool::new(false));
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let clients: Vec<_> = (0..4)
@@ -200,29 +191,16 @@ async fn rapid_reloads_drop_no_request() {
 #[tokio::test]
 async fn sighup_rereads_the_file() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proc = spawn_binary(
-        &tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), ""),
-        &[],
-    )
-    .await;
-    let reloads = |admin| async move {
-        let req = http::Request::get(format!("http://{admin}/metrics"))
-            .body(http_body_util::Full::default())
-            .unwrap();
-        let resp = client().request(req).await.unwrap();
-        let text = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        metric_value(
-            &String::from_utf8_lossy(&text),
-            r#"turnout_config_reloads_total{result="ok"}"#,
-        )
-    };
-    assert_eq!(reloads(proc.admin_addr).await, 1.0);
+    let proc = Setup::shop()
+        .pools(&b, &g)
+        .weights(90, 10)
+        .spawn_binary(&[])
+        .await;
+    let reloads = || proc.metric(r#"turnout_config_reloads_total{result="ok"}"#);
+    assert_eq!(reloads().await, 1.0);
     proc.signal("HUP");
     wait_until(APPLIED, "a reload counted after SIGHUP", || async {
-        reloads(proc.admin_addr).await == 2.0
+        reloads().await == 2.0
     })
     .await;
     // The process is still serving.
@@ -233,15 +211,15 @@ async fn sighup_rereads_the_file() {
 }
 
 async fn last_error(proxy: &TestProxy) -> Option<String> {
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&proxy.admin_get("/v1/config").await.body).unwrap();
-    cfg["last_error"].as_str().map(str::to_owned)
+    config_view(proxy).await["last_error"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 #[tokio::test]
 async fn the_good_file_back_after_an_unreadable_or_empty_one_clears_the_error() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &b, &g, (90, 10), "")).await;
+    let proxy = Setup::shop().pools(&b, &g).weights(90, 10).spawn().await;
     let good = std::fs::read_to_string(&proxy.path).unwrap();
     let aside = proxy.dir.path().join("aside.toml");
     let ok = r#"turnout_config_reloads_total{result="ok"}"#;
@@ -271,55 +249,10 @@ async fn the_good_file_back_after_an_unreadable_or_empty_one_clears_the_error() 
     }
 }
 
-/// `METHOD path` with a JSON body on a binary's admin API; the status and
-/// the JSON answer.
-async fn admin_call(
-    admin: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, serde_json::Value) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{admin}{path}"))
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap())
-}
-
-/// GET `/` with `Host: shop.test` on a binary's proxy port; the body.
-async fn shop_get(
-    client: &hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
-    addr: std::net::SocketAddr,
-) -> String {
-    let req = http::Request::get(format!("http://{addr}/"))
-        .header("host", "shop.test")
-        .body(Full::default())
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
-}
-
 #[tokio::test]
 async fn temporary_files_of_killed_writers_are_removed_and_live_ones_kept() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("turnout.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{}",
-            tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), "")
-        ),
-    )
-    .unwrap();
+    let ControlFile { dir, path } = Setup::shop().pools(&b, &g).weights(100, 0).write();
     // What `kill -9` between write and rename leaves: `.NAME.PID.RAND.tmp`.
     // No PID above 2^22 ever runs on Linux; this test's own process does.
     let at = |name: String| dir.path().join(name);
@@ -367,11 +300,11 @@ async fn temporary_files_of_killed_writers_are_removed_and_live_ones_kept() {
 async fn requests_flow_while_a_write_through_waits_for_the_lock() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     // One runtime worker: file work done on it would stall every request.
-    let proc = spawn_binary(
-        &tenant("shop", r#"["shop.test"]"#, &b, &g, (100, 0), ""),
-        &[("TOKIO_WORKER_THREADS", "1")],
-    )
-    .await;
+    let proc = Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .spawn_binary(&[("TOKIO_WORKER_THREADS", "1")])
+        .await;
     let dir = proc.dir.as_ref().unwrap().path();
     // Another replica in the middle of its write: the lock is taken.
     let lock = std::fs::File::create(dir.join(".turnout.toml.lock")).unwrap();
@@ -386,16 +319,15 @@ async fn requests_flow_while_a_write_through_waits_for_the_lock() {
         )
         .await
     });
-    let client = client();
     // Traffic moves first; then the control task waits for the lock.
     wait_until(APPLIED, "the new split", || async {
-        shop_get(&client, proc.http_addr).await == "green"
+        proc.get("shop.test", "/").await.text() == "green"
     })
     .await;
     let mut answered = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !change.is_finished() && Instant::now() < deadline {
-        assert_eq!(shop_get(&client, proc.http_addr).await, "green");
+        assert_eq!(proc.get("shop.test", "/").await.text(), "green");
         answered += 1;
     }
     let (status, outcome) = change.await.unwrap();

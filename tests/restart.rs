@@ -36,11 +36,7 @@ async fn one_request(addr: std::net::SocketAddr) -> bool {
 async fn two_generations_hand_over_without_dropping_a_request() {
     enable_listener_handover();
     let up = spawn_upstream("blue").await;
-    let old = spawn_binary(
-        &tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), ""),
-        &[],
-    )
-    .await;
+    let old = Setup::shop().on(&up).spawn_binary(&[]).await;
     let port = old.http_addr;
     let path = old.dir.as_ref().unwrap().path().join("turnout.toml");
 

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,72 +11,17 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use support::*;
-use turnout::app::{self, ListenOverrides};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn json(r: &Reply) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {}", r.text()))
-}
-
-async fn view(proxy: &TestProxy) -> serde_json::Value {
-    json(&proxy.admin_get("/v1/tenants/shop").await)
-}
-
-/// Waits until the last of shop's events satisfies `done`. An automatic
-/// change is visible in the view at once, its event once it is written
-/// through (file work runs off the runtime, just after the swap).
-async fn wait_event(proxy: &TestProxy, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    wait_until(WAIT, what, || async {
-        let events = json(&proxy.admin_get("/v1/events?tenant=shop").await);
-        events.as_array().unwrap().last().is_some_and(&done)
-    })
-    .await;
-}
-
-/// A tenant at 100/0 with a ramp table.
-fn ramped(b: &Upstream, g: &Upstream, slo: &str, rollout: &str) -> String {
-    let extra = format!("slo = {slo}\n\n[tenants.shop.rollout]\n{rollout}");
-    tenant("shop", r#"["shop.test"]"#, b, g, (100, 0), &extra)
-}
-
 /// Starts turnout on `config` and its tenant's ramp.
-async fn start_ramp(config: &str) -> Arc<TestProxy> {
-    let proxy = Arc::new(spawn_proxy(config).await);
+async fn start_ramp(config: Setup) -> Arc<TestProxy> {
+    let proxy = Arc::new(config.spawn().await);
     let r = proxy
         .admin("POST", "/v1/tenants/shop/rollout", None, None)
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     proxy
-}
-
-/// Sends requests without pause until dropped.
-struct Traffic(Arc<AtomicBool>);
-
-impl Traffic {
-    fn start(proxy: &Arc<TestProxy>) -> Traffic {
-        Traffic::to(proxy, "shop.test")
-    }
-
-    /// Traffic to `host`.
-    fn to(proxy: &Arc<TestProxy>, host: &'static str) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        for _ in 0..2 {
-            let (proxy, stop) = (Arc::clone(proxy), Arc::clone(&stop));
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    proxy.get(host, "/").await;
-                }
-            });
-        }
-        Traffic(stop)
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 #[tokio::test]
@@ -89,7 +33,7 @@ async fn a_healthy_candidate_is_ramped_and_promoted() {
         "{ min_requests = 5 }",
         "steps = [50, 100]\ninterval = \"300ms\"\nbake = \"300ms\"\n",
     );
-    let proxy = Arc::new(spawn_proxy(&config).await);
+    let proxy = Arc::new(config.spawn().await);
     let r = proxy
         .admin(
             "POST",
@@ -99,7 +43,7 @@ async fn a_healthy_candidate_is_ramped_and_promoted() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let v = view(&proxy).await;
+    let v = view(&proxy, "shop").await;
     assert_eq!(
         (v["status"].as_str(), v["rollout"]["step"].as_u64()),
         (Some("ramping"), Some(1))
@@ -113,15 +57,15 @@ async fn a_healthy_candidate_is_ramped_and_promoted() {
 
     let traffic = Traffic::start(&proxy);
     wait_until(WAIT, "green to become stable", || async {
-        view(&proxy).await["stable"] == "green"
+        view(&proxy, "shop").await["stable"] == "green"
     })
     .await;
     drop(traffic);
-    let v = view(&proxy).await;
+    let v = view(&proxy, "shop").await;
     assert_eq!(v["status"], "steady");
     assert_eq!(v["weights"], serde_json::json!({"blue": 0, "green": 100}));
     assert_eq!(v.get("rollout"), Some(&serde_json::Value::Null));
-    wait_event(&proxy, "the promotion's event", |e| {
+    wait_event(&proxy, "shop", "the promotion's event", |e| {
         e["reason"] == "promoted: green is now the stable pool"
     })
     .await;
@@ -159,20 +103,23 @@ async fn a_failing_candidate_aborts_the_rollout() {
         "{ min_requests = 5 }",
         "steps = [20, 100]\ninterval = \"300ms\"\nbake = \"300ms\"\n",
     );
-    let proxy = start_ramp(&config).await;
+    let proxy = start_ramp(config).await;
     let traffic = Traffic::start(&proxy);
     wait_until(WAIT, "the revert", || async {
-        view(&proxy).await["status"] == "reverted"
+        view(&proxy, "shop").await["status"] == "reverted"
     })
     .await;
     drop(traffic);
-    let v = view(&proxy).await;
+    let v = view(&proxy, "shop").await;
     assert_eq!(
         (v["stable"].as_str(), v["weights"].clone()),
         (Some("blue"), serde_json::json!({"blue": 100, "green": 0}))
     );
     assert_eq!(v.get("rollout"), Some(&serde_json::Value::Null));
-    wait_event(&proxy, "the revert's event", |e| e["source"] == "slo").await;
+    wait_event(&proxy, "shop", "the revert's event", |e| {
+        e["source"] == "slo"
+    })
+    .await;
     let text = std::fs::read_to_string(&proxy.path).unwrap();
     assert!(
         !text.contains("progress") && text.contains("stable = \"blue\""),
@@ -191,7 +138,7 @@ async fn a_restart_mid_rollout_resumes_it() {
         "{ min_requests = 5 }",
         "steps = [20, 100]\ninterval = \"1s\"\nbake = \"300ms\"\n",
     );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = config.spawn().await;
     assert_eq!(
         proxy
             .admin("POST", "/v1/tenants/shop/rollout", None, None)
@@ -199,18 +146,8 @@ async fn a_restart_mid_rollout_resumes_it() {
             .status,
         200
     );
-    let path = proxy.path.clone();
-    let TestProxy { running, dir, .. } = proxy;
-    running.shutdown().await;
-
-    let again = app::start(&path, ListenOverrides::default()).await.unwrap();
-    let proxy = Arc::new(TestProxy {
-        running: again,
-        dir,
-        path,
-        client: client(),
-    });
-    let v = view(&proxy).await;
+    let proxy = Arc::new(proxy.restart().await);
+    let v = view(&proxy, "shop").await;
     assert_eq!(
         (v["status"].as_str(), v["rollout"]["step"].as_u64()),
         (Some("ramping"), Some(1))
@@ -218,7 +155,7 @@ async fn a_restart_mid_rollout_resumes_it() {
     assert_eq!(v["weights"], serde_json::json!({"blue": 80, "green": 20}));
     let traffic = Traffic::start(&proxy);
     wait_until(WAIT, "the resumed ramp to finish", || async {
-        view(&proxy).await["stable"] == "green"
+        view(&proxy, "shop").await["stable"] == "green"
     })
     .await;
     drop(traffic);
@@ -231,16 +168,12 @@ async fn an_inconclusive_verdict_holds_the_ramp() {
     // A reference tenant with the same ramp and a reachable `min_requests`,
     // started after shop's: once it is promoted, shop's ramp has been
     // judged on several ticks with its interval long past.
-    let reference = tenant(
-        "reference",
-        r#"["reference.test"]"#,
-        &b,
-        &g,
-        (100, 0),
-        &format!("slo = {{ min_requests = 5 }}\n\n[tenants.reference.rollout]\n{steps}"),
-    );
-    let config = ramped(&b, &g, "{ min_requests = 100000 }", steps) + &reference;
-    let proxy = start_ramp(&config).await;
+    let config = ramped(&b, &g, "{ min_requests = 100000 }", steps)
+        .and_tenant("reference")
+        .pools(&b, &g)
+        .weights(100, 0)
+        .ramp("{ min_requests = 5 }", steps);
+    let proxy = start_ramp(config).await;
     let r = proxy
         .admin("POST", "/v1/tenants/reference/rollout", None, None)
         .await;
@@ -250,11 +183,11 @@ async fn an_inconclusive_verdict_holds_the_ramp() {
         Traffic::to(&proxy, "reference.test"),
     );
     wait_until(WAIT, "the reference ramp to be promoted", || async {
-        json(&proxy.admin_get("/v1/tenants/reference").await)["stable"] == "green"
+        view(&proxy, "reference").await["stable"] == "green"
     })
     .await;
     // Meanwhile shop, with traffic, is still at step 1.
-    let v = view(&proxy).await;
+    let v = view(&proxy, "shop").await;
     drop(traffic);
     assert_eq!(v["verdict"], "inconclusive");
     assert_eq!(
@@ -266,31 +199,28 @@ async fn an_inconclusive_verdict_holds_the_ramp() {
 #[tokio::test]
 async fn promote_without_a_rollout_table_bakes_for_the_slo_window() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let config = tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &b,
-        &g,
-        (90, 10),
-        r#"slo = { min_requests = 5, window = "1s" }"#,
-    );
+    let config = Setup::shop()
+        .pools(&b, &g)
+        .weights(90, 10)
+        .extra(r#"slo = { min_requests = 5, window = "1s" }"#)
+        .toml();
     let proxy = Arc::new(spawn_proxy(&config).await);
     let r = proxy
         .admin("POST", "/v1/tenants/shop/promote", None, None)
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let v = view(&proxy).await;
+    let v = view(&proxy, "shop").await;
     assert_eq!(
         (v["status"].as_str(), v["weights"].clone()),
         (Some("baking"), serde_json::json!({"blue": 0, "green": 100}))
     );
     let traffic = Traffic::start(&proxy);
     wait_until(WAIT, "the promotion", || async {
-        view(&proxy).await["stable"] == "green"
+        view(&proxy, "shop").await["stable"] == "green"
     })
     .await;
     drop(traffic);
-    wait_event(&proxy, "the promotion's event", |e| {
+    wait_event(&proxy, "shop", "the promotion's event", |e| {
         e["reason"] == "promoted: green is now the stable pool"
     })
     .await;
@@ -344,14 +274,11 @@ async fn spawn_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Va
 }
 
 fn notified(b: &Upstream, g: &Upstream, webhook: &str) -> String {
-    let guarded = tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        b,
-        g,
-        (50, 50),
-        "slo = { min_requests = 5 }",
-    );
+    let guarded = Setup::shop()
+        .pools(b, g)
+        .weights(50, 50)
+        .extra("slo = { min_requests = 5 }")
+        .toml();
     format!("[notify]\nwebhook = \"{webhook}\"\n\n{guarded}")
 }
 

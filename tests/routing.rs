@@ -13,15 +13,11 @@ use support::*;
 #[tokio::test]
 async fn splits_by_weight_and_names_the_pool() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &blue,
-        &green,
-        (80, 20),
-        "",
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .pools(&blue, &green)
+        .weights(80, 20)
+        .spawn()
+        .await;
     let n = 2000;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..n {
@@ -46,15 +42,11 @@ async fn splits_by_weight_and_names_the_pool() {
 #[tokio::test]
 async fn zero_weight_pool_gets_nothing() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &blue,
-        &green,
-        (100, 0),
-        "",
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .pools(&blue, &green)
+        .weights(100, 0)
+        .spawn()
+        .await;
     for _ in 0..200 {
         assert_eq!(proxy.get("shop.test", "/").await.text(), "blue");
     }
@@ -68,13 +60,16 @@ async fn routes_exact_and_wildcard_hosts() {
         spawn_upstream("wild").await,
         spawn_upstream("deep").await,
     ];
-    let config = [
-        tenant("exact", r#"["a.test"]"#, &ups[0], &ups[0], (1, 0), ""),
-        tenant("wild", r#"["*.a.test"]"#, &ups[1], &ups[1], (1, 0), ""),
-        tenant("deep", r#"["*.eu.a.test"]"#, &ups[2], &ups[2], (1, 0), ""),
-    ]
-    .concat();
-    let proxy = spawn_proxy(&config).await;
+    let config = Setup::tenant("exact")
+        .hosts(r#"["a.test"]"#)
+        .on(&ups[0])
+        .and_tenant("wild")
+        .hosts(r#"["*.a.test"]"#)
+        .on(&ups[1])
+        .and_tenant("deep")
+        .hosts(r#"["*.eu.a.test"]"#)
+        .on(&ups[2]);
+    let proxy = config.spawn().await;
     assert_eq!(proxy.get("a.test", "/").await.text(), "exact");
     assert_eq!(proxy.get("www.a.test", "/").await.text(), "wild");
     assert_eq!(proxy.get("shop.eu.a.test", "/").await.text(), "deep");
@@ -95,7 +90,7 @@ async fn routes_exact_and_wildcard_hosts() {
 #[tokio::test]
 async fn request_without_host_is_400() {
     let up = spawn_upstream("blue").await;
-    let proxy = spawn_proxy(&tenant("shop", r#"["shop.test"]"#, &up, &up, (1, 0), "")).await;
+    let proxy = Setup::shop().on(&up).spawn().await;
     // HTTP/1.0 allows leaving Host out; send one raw.
     let reply = raw_exchange(proxy.running.http_addr, b"GET / HTTP/1.0\r\n\r\n").await;
     assert!(
@@ -114,15 +109,12 @@ async fn request_without_host_is_400() {
 async fn preview_host_reaches_candidate_only() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let extra = r#"preview_hosts = ["preview.shop.test"]"#;
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &blue,
-        &green,
-        (100, 0),
-        extra,
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .pools(&blue, &green)
+        .weights(100, 0)
+        .extra(extra)
+        .spawn()
+        .await;
     for _ in 0..20 {
         let r = proxy.get("preview.shop.test", "/").await;
         assert_eq!((r.text().as_str(), r.pool()), ("green", Some("green")));
@@ -134,7 +126,11 @@ async fn preview_token_is_required_when_configured() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let extra =
         "preview_hosts = [\"preview.shop.test\"]\npreview_token_env = \"SHOP_PREVIEW_TOKEN\"";
-    let config = tenant("shop", r#"["shop.test"]"#, &blue, &green, (100, 0), extra);
+    let config = Setup::shop()
+        .pools(&blue, &green)
+        .weights(100, 0)
+        .extra(extra)
+        .toml();
     // The token comes from the environment, so run the real binary with it.
     let proc = spawn_binary(&config, &[("SHOP_PREVIEW_TOKEN", "let-me-in")]).await;
     let c = client();
@@ -157,15 +153,12 @@ async fn preview_token_is_required_when_configured() {
 async fn sticky_header_keeps_each_user_in_one_pool() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let extra = r#"sticky = { header = "x-user-id" }"#;
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &blue,
-        &green,
-        (50, 50),
-        extra,
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .pools(&blue, &green)
+        .weights(50, 50)
+        .extra(extra)
+        .spawn()
+        .await;
     let mut seen = HashMap::new();
     for user in 0..40 {
         for _ in 0..5 {
@@ -188,15 +181,12 @@ async fn sticky_header_keeps_each_user_in_one_pool() {
 async fn sticky_cookie_is_issued_and_honoured() {
     let (blue, green) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let extra = r#"sticky = { cookie = "turnout_id" }"#;
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &blue,
-        &green,
-        (50, 50),
-        extra,
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .pools(&blue, &green)
+        .weights(50, 50)
+        .extra(extra)
+        .spawn()
+        .await;
     for _ in 0..20 {
         let first = proxy.get("shop.test", "/").await;
         let set_cookie = first

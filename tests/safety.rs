@@ -13,14 +13,6 @@ const FAST_HEALTH: &str =
     r#"health = { interval = "100ms", timeout = "2s", healthy_after = 1, unhealthy_after = 3 }"#;
 const WAIT: Duration = Duration::from_secs(10);
 
-fn json(r: &Reply) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {}", r.text()))
-}
-
-async fn view(proxy: &TestProxy, tenant: &str) -> serde_json::Value {
-    json(&proxy.admin_get(&format!("/v1/tenants/{tenant}")).await)
-}
-
 async fn endpoint_healthy(proxy: &TestProxy, tenant: &str, pool: &str, index: usize) -> bool {
     view(proxy, tenant).await["pools"][pool]["endpoints"][index]["healthy"]
         .as_bool()
@@ -34,12 +26,13 @@ async fn a_failing_endpoint_is_ejected_and_comes_back() {
         spawn_upstream("b").await,
         spawn_upstream("green").await,
     );
-    let config = format!(
-        "[tenants.shop]\nhosts = [\"shop.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\n\
-         pools.blue = [\"{}\", \"{}\"]\npools.green = [\"{}\"]\n{FAST_HEALTH}\n",
-        a.addr, b.addr, g.addr
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = Setup::shop()
+        .blue(&a)
+        .blue(&b)
+        .green(&g)
+        .extra(FAST_HEALTH)
+        .spawn()
+        .await;
     assert!(
         endpoint_healthy(&proxy, "shop", "blue", 1).await,
         "endpoints start healthy"
@@ -81,28 +74,21 @@ async fn a_shared_endpoint_is_probed_once_per_interval() {
     let tenants: String = (0..5)
         .map(|i| {
             let health = r#"health = { interval = "200ms" }"#;
-            tenant(
-                &format!("t{i}"),
-                &format!("[\"t{i}.test\"]"),
-                &up,
-                &up,
-                (1, 0),
-                health,
-            )
+            Setup::tenant(&format!("t{i}"))
+                .hosts(&format!("[\"t{i}.test\"]"))
+                .on(&up)
+                .extra(health)
+                .toml()
         })
         .collect();
     // A reference endpoint of its own tenant, probed at the same interval,
     // is the clock: no wall-clock guess under a loaded machine.
     let reference = spawn_upstream("reference").await;
     let tenants = tenants
-        + &tenant(
-            "reference",
-            r#"["reference.test"]"#,
-            &reference,
-            &reference,
-            (1, 0),
-            r#"health = { interval = "200ms" }"#,
-        );
+        + &Setup::tenant("reference")
+            .on(&reference)
+            .extra(r#"health = { interval = "200ms" }"#)
+            .toml();
     let _proxy = spawn_proxy(&tenants).await;
     wait_until(WAIT, "the first probes", || async {
         up.health_hits() >= 1 && reference.health_hits() >= 1
@@ -127,15 +113,12 @@ async fn a_shared_endpoint_is_probed_once_per_interval() {
 async fn a_pool_with_no_healthy_endpoint_fails_over() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let extra = format!("{FAST_HEALTH}\npreview_hosts = [\"preview.shop.test\"]");
-    let proxy = spawn_proxy(&tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &b,
-        &g,
-        (100, 0),
-        &extra,
-    ))
-    .await;
+    let proxy = Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .extra(&extra)
+        .spawn()
+        .await;
     b.set_healthy(false);
     wait_until(WAIT, "blue ejected", || async {
         !endpoint_healthy(&proxy, "shop", "blue", 0).await
@@ -179,14 +162,13 @@ async fn a_pool_with_no_healthy_endpoint_fails_over() {
 
 /// A tenant split 50/50 whose green candidate fails, guarded by `slo`.
 fn guarded(b: &Upstream, g: &Upstream, slo: &str) -> String {
-    tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        b,
-        g,
-        (50, 50),
-        &format!("preview_hosts = [\"preview.shop.test\"]\nslo = {slo}"),
-    )
+    Setup::shop()
+        .pools(b, g)
+        .weights(50, 50)
+        .extra(&format!(
+            "preview_hosts = [\"preview.shop.test\"]\nslo = {slo}"
+        ))
+        .toml()
 }
 
 #[tokio::test]
@@ -214,10 +196,7 @@ async fn a_failing_candidate_is_reverted_with_bounded_damage() {
     assert_eq!(proxy.weights("shop").await, (100, 0));
     // The revert's event is recorded once it is written through (file work
     // runs off the runtime, just after the swap).
-    wait_until(WAIT, "the revert's event", || async {
-        !json(&proxy.admin_get("/v1/events?tenant=shop").await)[0].is_null()
-    })
-    .await;
+    wait_event(&proxy, "shop", "the revert's event", |_| true).await;
     let text = std::fs::read_to_string(&proxy.path).unwrap();
     assert!(
         text.contains("weights = { blue = 100, green = 0 }"),
@@ -265,10 +244,7 @@ async fn a_revert_held_in_memory_latches_until_a_new_intent() {
     })
     .await;
     // Its event is recorded once the write-through was tried.
-    wait_until(WAIT, "the revert's event", || async {
-        !json(&proxy.admin_get("/v1/events").await)[0].is_null()
-    })
-    .await;
+    wait_event(&proxy, "shop", "the revert's event", |_| true).await;
     let events = json(&proxy.admin_get("/v1/events").await);
     assert_eq!(events[0]["persisted"], false);
     // Reloading the unchanged file keeps the revert.
@@ -342,10 +318,7 @@ async fn a_slow_candidate_breaks_max_p99() {
     })
     .await;
     // Its event is recorded once it is written through.
-    wait_until(WAIT, "the revert's event", || async {
-        !json(&proxy.admin_get("/v1/events").await)[0].is_null()
-    })
-    .await;
+    wait_event(&proxy, "shop", "the revert's event", |_| true).await;
     let events = json(&proxy.admin_get("/v1/events").await);
     let reason = events[0]["reason"].as_str().unwrap();
     assert!(
@@ -359,14 +332,11 @@ async fn a_slow_candidate_breaks_max_p99() {
 async fn preview_traffic_at_weight_zero_reaches_the_candidate_and_is_not_judged() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     g.set_failing(true);
-    let config = tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        &b,
-        &g,
-        (100, 0),
-        "preview_hosts = [\"preview.shop.test\"]\nslo = { min_requests = 5 }",
-    );
+    let config = Setup::shop()
+        .pools(&b, &g)
+        .weights(100, 0)
+        .extra("preview_hosts = [\"preview.shop.test\"]\nslo = { min_requests = 5 }")
+        .toml();
     let proxy = spawn_proxy(&config).await;
     for _ in 0..20 {
         let r = proxy.get("preview.shop.test", "/").await;

@@ -123,14 +123,11 @@ async fn spawn_receiver(config: rustls::ServerConfig) -> Receiver {
 /// A tenant at 50/50 whose failing candidate the SLO guard reverts, and a
 /// `[notify]` table with `notify` in it.
 fn reverting(b: &Upstream, g: &Upstream, notify: &str) -> String {
-    let guarded = tenant(
-        "shop",
-        r#"["shop.test"]"#,
-        b,
-        g,
-        (50, 50),
-        "slo = { min_requests = 5 }",
-    );
+    let guarded = Setup::shop()
+        .pools(b, g)
+        .weights(50, 50)
+        .extra("slo = { min_requests = 5 }")
+        .toml();
     format!("[notify]\n{notify}\n\n{guarded}")
 }
 

@@ -1,0 +1,210 @@
+//! In-process upstreams: a hyper HTTP/1.1 server whose behaviour the
+//! request path picks (`spawn_upstream`), and a WebSocket echo
+//! (`spawn_ws_echo`). Each binds `127.0.0.1:0` before it is handed out, so
+//! a test never races its own upstream.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// An in-process upstream. Its behaviour is chosen by the request path:
+/// - `/healthz`: 200, or 503 while `health_ok` is false (counted in `health_hits`)
+/// - `/headers`: answers the request headers as JSON (name → values)
+/// - `/echo`: streams the request body back
+/// - `/big/N`: N bytes of a fixed pattern, in 64 KiB chunks
+/// - `/hang`: never answers
+/// - `/status/NNN`: answers that status
+/// - `/close`: the upstream's name with `Connection: close`
+/// - anything else: the upstream's name — or 500 while `failing` is set —
+///   after `delay_ms`
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    pub hits: Arc<AtomicUsize>,
+    pub controls: Arc<Controls>,
+}
+
+#[derive(Default)]
+pub struct Controls {
+    pub unhealthy: AtomicBool,
+    pub failing: AtomicBool,
+    pub delay_ms: AtomicU64,
+    pub health_hits: AtomicUsize,
+    /// Connections that carried at least one request other than a probe.
+    pub traffic_connections: AtomicUsize,
+}
+
+impl Upstream {
+    pub fn set_healthy(&self, healthy: bool) {
+        self.controls.unhealthy.store(!healthy, Ordering::Relaxed);
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.controls.failing.store(failing, Ordering::Relaxed);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.controls
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn health_hits(&self) -> usize {
+        self.controls.health_hits.load(Ordering::Relaxed)
+    }
+
+    pub fn traffic_connections(&self) -> usize {
+        self.controls.traffic_connections.load(Ordering::Relaxed)
+    }
+}
+
+pub async fn spawn_upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let controls = Arc::new(Controls::default());
+    let (counter, ctl) = (Arc::clone(&hits), Arc::clone(&controls));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (counter, ctl) = (Arc::clone(&counter), Arc::clone(&ctl));
+            tokio::spawn(async move {
+                let counted = AtomicBool::new(false);
+                let svc = service_fn(move |req| {
+                    let ctl = Arc::clone(&ctl);
+                    if req.uri().path() != "/healthz" {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        if !counted.swap(true, Ordering::Relaxed) {
+                            ctl.traffic_connections.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    upstream_answer(name, ctl, req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        name,
+        hits,
+        controls,
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn upstream_answer(
+    name: &'static str,
+    ctl: Arc<Controls>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let full = |b: Bytes| Full::new(b).boxed();
+    let resp = if path == "/healthz" {
+        ctl.health_hits.fetch_add(1, Ordering::Relaxed);
+        let mut r = Response::new(full(Bytes::from_static(b"ok")));
+        if ctl.unhealthy.load(Ordering::Relaxed) {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        r
+    } else if path == "/headers" {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in req.headers() {
+            map.entry(k.to_string())
+                .or_default()
+                .push(v.to_str().unwrap_or("?").to_owned());
+        }
+        Response::new(full(Bytes::from(serde_json::to_vec(&map).unwrap())))
+    } else if path == "/echo" {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Response::new(full(body))
+    } else if let Some(n) = path.strip_prefix("/big/") {
+        let total: usize = n.parse().unwrap_or(0);
+        let chunks = (0..total).step_by(64 * 1024).map(move |start| {
+            let end = (start + 64 * 1024).min(total);
+            Ok::<_, Infallible>(Frame::data(Bytes::from(pattern(start, end))))
+        });
+        Response::new(StreamBody::new(futures_stream(chunks)).boxed())
+    } else if path == "/hang" {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Response::new(full(Bytes::new()))
+    } else if path == "/close" {
+        let mut r = Response::new(full(Bytes::from(name)));
+        r.headers_mut()
+            .insert(http::header::CONNECTION, "close".parse().unwrap());
+        r
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(Bytes::from(name)));
+        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r
+    } else {
+        let delay = ctl.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let mut r = Response::new(full(Bytes::from(name)));
+        if ctl.failing.load(Ordering::Relaxed) {
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        r
+    };
+    let mut resp = resp;
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
+    Ok(resp)
+}
+
+/// The byte at position i of a `/big/N` body.
+pub fn pattern(start: usize, end: usize) -> Vec<u8> {
+    (start..end).map(|i| (i % 251) as u8).collect()
+}
+
+fn futures_stream<I: Iterator + Send + 'static>(
+    iter: I,
+) -> impl futures_core::Stream<Item = I::Item> + Send {
+    tokio_stream::iter(iter)
+}
+
+/// An upstream that speaks WebSocket and echoes every message.
+pub async fn spawn_ws_echo() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() || ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
