@@ -11,17 +11,29 @@ use toml_edit::{DocumentMut, Item, TableLike, Value};
 
 use super::{Color, RolloutProgress, Weights};
 
-/// The keys of one tenant a change sets.
+/// The keys of one tenant a change sets. `None` leaves a key as the file
+/// has it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TenantEdit {
+    /// The tenant's name: the `NAME` of `[tenants.NAME]`.
     pub tenant: String,
+    /// New `weights`: `blue` and `green` are set in the existing table,
+    /// keeping its layout (inline or not).
     pub weights: Option<Weights>,
+    /// New `stable` (after a promotion).
     pub stable: Option<Color>,
     /// `Some(None)` removes `rollout.progress`.
     pub progress: Option<Option<RolloutProgress>>,
 }
 
-/// Applies `edits` to control-file `text`, returning the new text.
+/// Applies `edits` to control-file `text`, returning the new text: only the
+/// edited values change, each keeping the comments and spacing around it.
+///
+/// # Errors
+///
+/// A message when `text` does not parse as TOML, names no such tenant, or
+/// lacks the `weights` or `rollout` table an edit needs (write-through
+/// edits keys, it does not create tenants or tables).
 pub fn edit(text: &str, edits: &[TenantEdit]) -> Result<String, String> {
     let mut doc: DocumentMut = text
         .parse()
