@@ -13,10 +13,22 @@ pub const PREVIEW_TOKEN_HEADER: &str = "x-turnout-preview";
 #[derive(Debug, PartialEq, Eq)]
 pub enum PoolChoice {
     /// Serve from this pool; `preview` requests must not fail over.
-    Pool { pool: Color, preview: bool },
+    Pool {
+        /// The pool chosen.
+        pool: Color,
+        /// The request came in on a preview host (so `pool` is the
+        /// candidate, and a 503 rather than a failover when it is down).
+        preview: bool,
+    },
     /// A cookie-sticky request without its cookie: serve from `pool` and set
     /// the cookie to `key` so the user stays there.
-    NewCookie { pool: Color, key: String },
+    NewCookie {
+        /// The pool `key`'s bucket picks.
+        pool: Color,
+        /// The fresh key (`sticky::fresh_key`: 32 hex digits) for the
+        /// `Set-Cookie` of the response.
+        key: String,
+    },
     /// A preview request without the right token.
     PreviewForbidden,
 }
