@@ -1,6 +1,14 @@
 //! Write-through: edit only the keys a change touched, keep everything else
 //! of the operator's file — comments, order, layout — and replace the file
 //! atomically.
+//!
+//! Why write through at all (SPEC section 7): the file stays the whole
+//! control state, so a restart keeps an admin change, a ramp resumes from
+//! its `progress`, and replicas sharing the file converge. Why `toml_edit`
+//! and not re-serializing: the file belongs to the operator (and often to
+//! Git), so a change must show as a one-line diff. Why a lock file and a
+//! rename: replicas sharing the file must neither interleave edits nor let
+//! a reader see half a file.
 
 use std::fs;
 use std::io::Write;

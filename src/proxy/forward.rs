@@ -1,5 +1,13 @@
 //! Forwarding one request upstream: header hygiene both ways, the upstream
 //! URI, message framing, the timeout and the single retry.
+//!
+//! Why one module: what crosses the proxy — hop-by-hop headers (RFC 9110
+//! §7.6.1), framing (RFC 9112 §6), `X-Forwarded-*`, HTTP/2 cookies (RFC
+//! 9113 §8.2.3) — decides what an upstream can be tricked into, so the
+//! rules for both directions sit together, out of `Proxy::handle`'s
+//! straight line. The retry on another endpoint lives here, where the pool
+//! is known; `upstream::send` only replaces a stale kept-alive connection to
+//! the same endpoint.
 
 use std::sync::Arc;
 

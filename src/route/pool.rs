@@ -1,4 +1,11 @@
-//! Which pool serves a request: preview, sticky key, or weighted draw.
+//! Which pool serves a request: preview, sticky key, or weighted draw
+//! (SPEC section 4.3), tried in that order.
+//!
+//! A pure function of the tenant and the request headers, answering with a
+//! [`PoolChoice`] rather than a response: the caller owns what follows (a
+//! 403, a `Set-Cookie`, failover or not), and the choice is tested without
+//! a server. The sticky bucket comes from `sticky`, so every replica and
+//! restart puts a user in the same pool.
 
 use http::HeaderMap;
 use http::header::COOKIE;
