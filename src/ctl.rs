@@ -57,6 +57,7 @@ pub struct CtlArgs {
     /// Print the admin API's JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The call to make.
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -68,11 +69,17 @@ pub enum CtlCommand {
     /// container health checks.
     Ready,
     /// Show every tenant, or one.
-    Status { tenant: Option<String> },
+    Status {
+        /// The tenant to show; every tenant the token may see when absent.
+        tenant: Option<String>,
+    },
     /// Set a tenant's weights.
     Weights {
+        /// The tenant whose weights to set.
         tenant: String,
+        /// The blue pool's weight (0 to 1000000; not both 0).
         blue: u32,
+        /// The green pool's weight (0 to 1000000; not both 0).
         green: u32,
         /// Only if the control state is still at this generation.
         #[arg(long)]
@@ -80,6 +87,7 @@ pub enum CtlCommand {
         /// Even if the candidate has no healthy endpoint.
         #[arg(long)]
         force: bool,
+        /// Why, recorded in the event (one line, at most 1024 bytes).
         #[arg(long)]
         reason: Option<String>,
     },
@@ -92,13 +100,17 @@ pub enum CtlCommand {
     Promote(StartArgs),
     /// All traffic to the stable pool now.
     Rollback {
+        /// The tenant to roll back.
         tenant: String,
+        /// Why, recorded in the event (one line, at most 1024 bytes).
         #[arg(long)]
         reason: Option<String>,
     },
     /// The change history, oldest first.
     Events {
+        /// Only this tenant's events; every tenant's when absent.
         tenant: Option<String>,
+        /// At most this many, the latest.
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
@@ -107,6 +119,7 @@ pub enum CtlCommand {
 /// What `rollout` and `promote` take.
 #[derive(Args, Debug)]
 pub struct StartArgs {
+    /// The tenant whose candidate to ramp or promote.
     tenant: String,
     /// Follow it, one line per change of step (with --json one JSON document
     /// per line); exit 0 when promoted, 2 when reverted, 3 when it ended
@@ -120,6 +133,7 @@ pub struct StartArgs {
     /// Even if the candidate has no healthy endpoint.
     #[arg(long)]
     force: bool,
+    /// Why, recorded in the event (one line, at most 1024 bytes).
     #[arg(long)]
     reason: Option<String>,
 }

@@ -20,7 +20,12 @@ use crate::app;
 use crate::config::ListenOverrides;
 use crate::server;
 
+/// Where `turnout demo` serves proxied traffic: fixed, loopback only, so
+/// the printed curl commands work as shown (the SPEC's `[listen] http`
+/// default, on loopback).
 pub const DEMO_HTTP: &str = "127.0.0.1:8080";
+/// Where `turnout demo` serves the admin API, loopback only and so without
+/// a token (the `[listen] admin` default).
 pub const DEMO_ADMIN: &str = "127.0.0.1:9901";
 
 /// Starts a demo upstream on `addr` that answers every request with `name`

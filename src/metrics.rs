@@ -16,20 +16,50 @@ use metrics_exporter_prometheus::{
 
 use crate::config::Color;
 
+/// `turnout_requests_total` (counter; `tenant, pool, code`): proxied requests
+/// /// by status class `1xx`..`5xx`, counted when the response has ended.
 pub const REQUESTS_TOTAL: &str = "turnout_requests_total";
+/// `turnout_request_duration_seconds` (histogram in seconds; `tenant, pool`):
+/// /// request to the response's last byte.
 pub const REQUEST_DURATION_SECONDS: &str = "turnout_request_duration_seconds";
+/// `turnout_upstream_errors_total` (counter; `tenant, pool, kind`): failed
+/// /// upstream exchanges by [`UpstreamError`].
 pub const UPSTREAM_ERRORS_TOTAL: &str = "turnout_upstream_errors_total";
+/// `turnout_pool_share` (gauge, percent 0-100; `tenant, pool`): the share
+/// /// the current weights give the pool; set when a table is built.
 pub const POOL_SHARE: &str = "turnout_pool_share";
+/// `turnout_endpoint_healthy` (gauge 0/1; `tenant, pool, endpoint`): the
+/// /// health checker's verdict, set at scrape time.
 pub const ENDPOINT_HEALTHY: &str = "turnout_endpoint_healthy";
+/// `turnout_failovers_total` (counter; `tenant, from`): requests handed to
+/// /// the other pool because `from` had no healthy endpoint (SPEC section 4.4).
 pub const FAILOVERS_TOTAL: &str = "turnout_failovers_total";
+/// `turnout_inflight_requests` (gauge; `tenant`): the tenant's requests in
+/// /// flight, set at scrape time.
 pub const INFLIGHT_REQUESTS: &str = "turnout_inflight_requests";
+/// `turnout_rejected_total` (counter; `tenant, reason`): requests a tenant
+/// /// turned away, by [`Rejected`].
 pub const REJECTED_TOTAL: &str = "turnout_rejected_total";
+/// `turnout_unrouted_total` (counter; `reason`): requests that reached no
+/// /// tenant, by [`Unrouted`].
 pub const UNROUTED_TOTAL: &str = "turnout_unrouted_total";
+/// `turnout_config_reloads_total` (counter; `result` = `ok` or `error`):
+/// /// reads of the control file (start-up, watcher, SIGHUP, admin reload).
 pub const CONFIG_RELOADS_TOTAL: &str = "turnout_config_reloads_total";
+/// `turnout_config_generation` (gauge, no labels): the generation of the
+/// /// routing table being served.
 pub const CONFIG_GENERATION: &str = "turnout_config_generation";
+/// `turnout_slo_error_rate` (gauge, fraction 0-1; `tenant, pool`): the error
+/// /// rate over the pool's SLO window, set at scrape time.
 pub const SLO_ERROR_RATE: &str = "turnout_slo_error_rate";
+/// `turnout_reverts_total` (counter; `tenant`): automatic reverts of the
+/// /// candidate for breaking its SLO.
 pub const REVERTS_TOTAL: &str = "turnout_reverts_total";
+/// `turnout_notify_failures_total` (counter, no labels): webhook events
+/// /// not delivered after their retries.
 pub const NOTIFY_FAILURES_TOTAL: &str = "turnout_notify_failures_total";
+/// `turnout_local_errors_total` (counter; `reason`): failures of the proxy
+/// /// itself, by [`LocalError`], answered 503.
 pub const LOCAL_ERRORS_TOTAL: &str = "turnout_local_errors_total";
 
 /// Histogram buckets for request durations, in seconds: fine below 100 ms
@@ -55,8 +85,12 @@ pub enum Unrouted {
 
 /// Why a tenant turned a request away before choosing an endpoint.
 #[derive(Debug, Clone, Copy)]
+///
+/// The `reason` of `turnout_rejected_total`; never an error of a pool.
 pub enum Rejected {
+    /// Over the tenant's `max_inflight`: 503 with `Retry-After: 1`.
     MaxInflight = 0,
+    /// A preview request without the right `X-Turnout-Preview` token: 403.
     PreviewToken = 1,
 }
 
@@ -112,14 +146,24 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     unrouted: [Counter; 4],
+    /// `turnout_config_reloads_total{result="ok"}`: bumped by start-up and
+    /// the control task for each control file read that applied.
     pub reloads_ok: Counter,
+    /// `turnout_config_reloads_total{result="error"}`: a file that did not
+    /// parse or validate (the last good state keeps serving).
     pub reloads_error: Counter,
+    /// `turnout_config_generation`: set by `route` each time a table is built.
     pub generation: Gauge,
+    /// `turnout_notify_failures_total`: bumped by `notify` for each event
+    /// given up on.
     pub notify_failures: Counter,
     local_errors: [Counter; 3],
 }
 
 impl Metrics {
+    /// A fresh recorder of this process's own (not installed globally),
+    /// with the metrics described, duration buckets set, and the
+    /// process-wide handles registered.
     pub fn new() -> Arc<Metrics> {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
@@ -188,10 +232,14 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
+    /// Counts a request that reached no tenant.
     pub fn unrouted(&self, reason: Unrouted) {
         self.unrouted[reason as usize].increment(1);
     }
 
+    /// Registers (or finds again: the same labels give the same series) the
+    /// handles of `tenant` and its two pools. Called when a routing table
+    /// is built, never per request.
     pub fn tenant(&self, tenant: &str) -> TenantMetrics {
         let t = Label::new("tenant", tenant.to_owned());
         let with = |name: &'static str, extra: Option<(&'static str, &'static str)>| {
@@ -246,6 +294,8 @@ impl Metrics {
         }
     }
 
+    /// The `turnout_endpoint_healthy` gauge of `endpoint` (`host:port`) in
+    /// `tenant`'s `pool`; the admin listener sets it at scrape time.
     pub fn endpoint_healthy(&self, tenant: &str, pool: Color, endpoint: &str) -> Gauge {
         let labels = vec![
             Label::new("tenant", tenant.to_owned()),
@@ -259,22 +309,30 @@ impl Metrics {
 
 /// Handles for one tenant, registered when its routing entry is built.
 pub struct TenantMetrics {
+    /// `turnout_inflight_requests`; set from the tenant's in-flight count
+    /// at scrape time (the request path counts in an atomic of its own).
     pub inflight: Gauge,
+    /// `turnout_reverts_total`; bumped by the control task when it applies
+    /// an SLO revert.
     pub reverts: Counter,
     rejected: [Counter; 2],
     failovers: [Counter; 2],
+    /// The handles of each pool, indexed by `Color::index`.
     pub pools: [PoolMetrics; 2],
 }
 
 impl TenantMetrics {
+    /// Counts a request the tenant turned away.
     pub fn rejected(&self, reason: Rejected) {
         self.rejected[reason as usize].increment(1);
     }
 
+    /// Counts a request handed from pool `from` to the other one.
     pub fn failover(&self, from: Color) {
         self.failovers[from.index()].increment(1);
     }
 
+    /// The handles of `pool`.
     pub fn pool(&self, pool: Color) -> &PoolMetrics {
         &self.pools[pool.index()]
     }
@@ -285,6 +343,7 @@ pub struct PoolMetrics {
     requests: [Counter; 5],
     duration: Histogram,
     upstream_errors: [Counter; 4],
+    /// `turnout_pool_share` in percent (0-100); set when a table is built.
     pub share: Gauge,
     /// Set from the SLO window when metrics are scraped.
     pub slo_error_rate: Gauge,
@@ -298,6 +357,7 @@ impl PoolMetrics {
         self.duration.record(elapsed.as_secs_f64());
     }
 
+    /// Counts a failed upstream exchange of this pool.
     pub fn upstream_error(&self, kind: UpstreamError) {
         self.upstream_errors[kind as usize].increment(1);
     }

@@ -115,6 +115,9 @@ impl Body for Upload {
     }
 }
 
+/// The request half of one HTTP/1.1 client connection to an endpoint
+/// (hyper's `SendRequest`); one request at a time, reused while the
+/// connection stays open and idle connections are kept in [`IdlePool`].
 pub type Sender = http1::SendRequest<UpstreamBody>;
 
 /// How long an idle upstream connection is kept for reuse (nginx's upstream

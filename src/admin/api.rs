@@ -1,4 +1,9 @@
 //! The JSON views of the admin API (SPEC section 8).
+//!
+//! The views are their own serde types, built from the routing table on
+//! each call, rather than `Serialize` on the model: the JSON is a contract
+//! (scripts, `ctl`, the console read it), so its field names stay put when
+//! the internals are renamed. Nothing here is on the request path.
 
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
@@ -8,16 +13,25 @@ use serde::Serialize;
 use crate::config::{Color, Weights};
 use crate::route::{RoutingTable, Tenant};
 
+/// `GET /v1/tenants/{name}` (and each element of `GET /v1/tenants`): one
+/// tenant as an operator sees it.
 #[derive(Serialize)]
 pub struct TenantView<'a> {
+    /// The tenant's name.
     pub name: &'a str,
+    /// Host patterns as written (`acme.com`, `*.acme.com`), lower-cased.
     pub hosts: Vec<String>,
+    /// Preview host patterns, likewise.
     pub preview_hosts: Vec<String>,
+    /// `"blue"` or `"green"`: the pool known to be good.
     pub stable: Color,
+    /// The other pool.
     pub candidate: Color,
+    /// `{"blue": B, "green": G}` as configured now.
     pub weights: Weights,
     /// `steady, split, ramping, baking, reverted`.
     pub status: &'static str,
+    /// Share and endpoints of each pool.
     pub pools: PerPool<PoolView>,
     /// The SLO window of each pool.
     pub slo: PerPool<WindowView>,
@@ -27,36 +41,55 @@ pub struct TenantView<'a> {
     pub breach: Option<String>,
     /// The bounds the verdict stands on (SPEC section 6).
     pub judgement: JudgementView,
+    /// The ramp or promote bake in progress; `null` when none runs.
     pub rollout: Option<RolloutView>,
+    /// The tenant's requests in flight now (admitted under `max_inflight`).
     pub inflight: u32,
+    /// The generation of the routing table the view was read from.
     pub generation: u64,
 }
 
+/// One value per pool, serialized as `{"blue": ..., "green": ...}`.
 #[derive(Serialize)]
 pub struct PerPool<T> {
+    /// The blue pool's value.
     pub blue: T,
+    /// The green pool's value.
     pub green: T,
 }
 
+/// One pool of a tenant.
 #[derive(Serialize)]
 pub struct PoolView {
     /// Share of the tenant's traffic, in percent.
     pub share: f64,
+    /// The pool's endpoints, in file order.
     pub endpoints: Vec<EndpointView>,
 }
 
+/// One endpoint of a pool.
 #[derive(Serialize)]
 pub struct EndpointView {
+    /// `host:port` as the control file lists it.
     pub address: String,
+    /// The active health checker's current verdict (SPEC section 5).
     pub healthy: bool,
+    /// Requests in flight to it now, across every tenant that lists it.
     pub inflight: u32,
 }
 
+/// A pool's sliding SLO window (`slo.window` long), as counted now.
 #[derive(Serialize)]
 pub struct WindowView {
+    /// Finished requests in the window (abandoned ones excluded).
     pub requests: u64,
+    /// Of those, errors of the pool (SPEC section 6).
     pub errors: u64,
+    /// `errors / requests`, in `[0, 1]`; 0 with no requests.
     pub error_rate: f64,
+    /// The 99th percentile latency in milliseconds, from the window's
+    /// histogram: never below the true value, at most 25 % above. `null`
+    /// with no requests.
     pub p99_ms: Option<f64>,
     /// Requests whose client went away before the response head since the
     /// process started (499): not in `requests`, no evidence either way.
@@ -86,11 +119,18 @@ pub struct JudgementView {
 /// exposure; later epochs: the latest requests only).
 #[derive(Serialize)]
 pub struct BoundsView {
+    /// The observed rate over the span (a difference for
+    /// `baseline = "stable"`, in `[-1, 1]`; otherwise in `[0, 1]`).
     pub value: f64,
+    /// The lower confidence bound; above `limit` is a breach.
     pub lower: f64,
+    /// The upper confidence bound; below `limit` (for every measure) is ok.
     pub upper: f64,
+    /// The limit judged against: `max_error_rate`, or 0.01 for slowness.
     pub limit: f64,
+    /// Candidate requests in the span.
     pub requests: u64,
+    /// 1: the whole exposure; `j >= 2`: the `j`-th epoch (latest requests).
     pub epoch: u64,
 }
 
@@ -114,14 +154,18 @@ impl From<&crate::slo::sequential::Judgement> for JudgementView {
     }
 }
 
+/// A ramp (`rollout.progress`) or a promote bake in progress.
 #[derive(Serialize)]
 pub struct RolloutView {
     /// 1-based step number; `None` for a promote bake without a rollout table.
     pub step: Option<usize>,
+    /// The ramp's steps in percent; `[100]` for a promote bake.
     pub steps: Vec<u32>,
     /// The candidate's share now, in percent.
     pub share: u32,
+    /// `"ramping"` below 100, `"baking"` at 100.
     pub phase: &'static str,
+    /// When the current step (or the bake) began, RFC 3339 to the second.
     pub since: String,
 }
 

@@ -24,6 +24,9 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the caller's token covers `tenant` (exact name; `["*"]` and
+    /// the token-less loopback case cover every tenant). Outside its scope
+    /// a call gets 403.
     pub fn may_touch(&self, tenant: &str) -> bool {
         self.scope
             .as_ref()
@@ -31,6 +34,7 @@ impl Caller {
     }
 }
 
+/// Why a request was not authenticated.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthError {
     /// No or unknown token: 401.

@@ -20,8 +20,13 @@ pub const MAX_REASON_BYTES: usize = 1024;
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightsBody {
+    /// The blue weight; checked by `Weights::new` (at most `Weights::MAX`,
+    /// not both 0), a 400 otherwise.
     pub blue: u32,
+    /// The green weight, likewise.
     pub green: u32,
+    /// Free text recorded in the event; log-safe, at most
+    /// [`MAX_REASON_BYTES`].
     pub reason: Option<String>,
 }
 
@@ -29,6 +34,7 @@ pub struct WeightsBody {
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
+    /// As [`WeightsBody::reason`].
     pub reason: Option<String>,
 }
 

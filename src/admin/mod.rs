@@ -28,7 +28,12 @@ use input::{checked_reason, if_match, query_flag, query_value, read_json};
 
 /// What the admin API reads and writes through.
 pub struct Admin {
+    /// The proxy whose routing table the views and `/metrics` read (the
+    /// tokens too: they are part of the table's config).
     pub proxy: Arc<Proxy>,
+    /// The handle to the control task: every `/v1` write is sent there as
+    /// a `Change`, and the shared status (`/v1/config`, bakes, events) is
+    /// read from it.
     pub control: Control,
     /// True once every listener is bound; false again while draining.
     pub ready: AtomicBool,
@@ -37,7 +42,12 @@ pub struct Admin {
 /// An admin API failure: a status and a message, sent as `{"error": "..."}`.
 #[derive(Debug)]
 pub struct ApiError {
+    /// 400 bad body or query, 401/403 auth, 404 unknown tenant or path, 405
+    /// wrong method, 409 conflict, 412 `If-Match` mismatch, 413 body too
+    /// large, 422 the control file does not parse or validate (a reload),
+    /// 503 the control task has stopped.
     pub status: StatusCode,
+    /// One line of plain English, the `error` field of the body.
     pub message: String,
 }
 
@@ -101,6 +111,11 @@ impl From<Outcome> for ChangeView {
 }
 
 impl Admin {
+    /// Answers one request to the admin listener: `/healthz`, `/readyz`,
+    /// `/metrics`, and the `/v1` calls of SPEC section 8 (authenticated
+    /// when tokens are configured). Never fails: an [`ApiError`] becomes
+    /// its status with `{"error": "..."}`, and a 401 carries
+    /// `WWW-Authenticate: Bearer realm="turnout"` (RFC 9110 §11.6.1).
     pub async fn handle(&self, req: Request<Incoming>) -> ApiResponse {
         match self.route(req).await {
             Ok(resp) => resp,

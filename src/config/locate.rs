@@ -12,25 +12,34 @@ use toml_edit::{Document, Item, Value};
 /// One step of a key path: a table key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seg {
+    /// A table key, as written (`acme`, `pools`).
     Key(String),
+    /// A 0-based position in an array.
     Index(usize),
 }
 
 /// A dotted key such as `tenants.acme.pools.blue[1]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Built by validation as it walks the raw file (`root().key("tenants")
+/// .key("acme")...`), and by the locator from a byte offset; shown as the
+/// `key` of every `PATH:LINE:COL: key: message` line.
 pub struct KeyPath(pub Vec<Seg>);
 
 impl KeyPath {
+    /// The empty path: the whole file.
     pub fn root() -> Self {
         KeyPath(Vec::new())
     }
 
+    /// This path extended by the table key `key` (a copy; `self` is kept).
     pub fn key(&self, key: &str) -> KeyPath {
         let mut segs = self.0.clone();
         segs.push(Seg::Key(key.to_owned()));
         KeyPath(segs)
     }
 
+    /// This path extended by the 0-based array position `index`.
     pub fn index(&self, index: usize) -> KeyPath {
         let mut segs = self.0.clone();
         segs.push(Seg::Index(index));
@@ -58,6 +67,8 @@ pub struct Locator<'a> {
 }
 
 impl<'a> Locator<'a> {
+    /// Parses `text` for its spans. A file that does not parse still gets a
+    /// locator: [`Locator::line_col`] works, paths resolve to `(1, 1)`.
     pub fn new(text: &'a str) -> Self {
         Locator {
             text,

@@ -9,16 +9,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-/// One of the two pools every tenant owns.
+/// One of the two pools every tenant owns (the SPEC's *pool*: `blue` or
+/// `green`). Which one is stable is per tenant ([`TenantConfig::stable`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Color {
+    /// The pool named `blue` in the file, the API and metric labels.
     Blue,
+    /// The pool named `green` in the file, the API and metric labels.
     Green,
 }
 
 impl Color {
+    /// Both pools, in [`Color::index`] order: `[Blue, Green]`.
     pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
 
+    /// `"blue"` or `"green"`: the spelling of the file, the admin API, the
+    /// `X-Turnout-Pool` header and the `pool` metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Color::Blue => "blue",
@@ -42,6 +48,8 @@ impl Color {
         }
     }
 
+    /// The inverse of [`Color::as_str`]: exactly `"blue"` or `"green"`
+    /// (lower case); `None` for anything else.
     pub fn parse(s: &str) -> Option<Color> {
         match s {
             "blue" => Some(Color::Blue),
@@ -137,10 +145,12 @@ impl Weights {
         }
     }
 
+    /// The blue pool's weight, `0..=MAX`.
     pub fn blue(&self) -> u32 {
         self.blue
     }
 
+    /// The green pool's weight, `0..=MAX`.
     pub fn green(&self) -> u32 {
         self.green
     }
@@ -166,7 +176,11 @@ impl Weights {
 
 /// A host name a tenant answers for, already lower-cased without a trailing dot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Matching (SPEC section 4.1): exact names win over wildcards, and among
+/// wildcards the longest suffix wins (`route::host`).
 pub enum HostPattern {
+    /// A full name such as `acme.example.com`.
     Exact(String),
     /// `*.acme.com`, stored as the suffix `.acme.com`.
     Wildcard(String),
@@ -181,13 +195,19 @@ impl fmt::Display for HostPattern {
     }
 }
 
-/// Where a sticky key is read from.
+/// Where a sticky key is read from (the tenant's `sticky`). The key's
+/// bucket `hash(tenant, key) mod 10000` picks the pool (`route::sticky`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StickyKey {
+    /// The value of this request header; a request without it is drawn at
+    /// random by weight.
     Header(http::HeaderName),
+    /// The value of the cookie of this name; a request without it is drawn
+    /// at random and answered with `Set-Cookie` carrying a fresh key.
     Cookie(String),
 }
 
+/// `slo.baseline`: what the candidate's error rate is compared with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Baseline {
     /// Judge the candidate's error rate on its own.
@@ -196,21 +216,40 @@ pub enum Baseline {
     Stable,
 }
 
+/// `health`: how each endpoint is probed (SPEC section 5). A probe is
+/// `GET path`; it passes on any 2xx or 3xx within `timeout`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthSettings {
+    /// The probe's request path, starting with `/` (default `/healthz`).
     pub path: String,
+    /// Time between two probes of one endpoint, before jitter (default 2 s).
     pub interval: Duration,
+    /// A probe without a complete answer by then fails (default 1 s).
     pub timeout: Duration,
+    /// Consecutive passes that make an unhealthy endpoint healthy; at
+    /// least 1 (default 2).
     pub healthy_after: u32,
+    /// Consecutive failures that make a healthy endpoint unhealthy; at
+    /// least 1 (default 3).
     pub unhealthy_after: u32,
 }
 
+/// `slo`: the guard on the candidate pool (SPEC section 6).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SloSettings {
+    /// The fraction of candidate requests that may fail, in `[0, 1]`
+    /// (default 0.05). With [`Baseline::Stable`], the excess over the
+    /// stable pool's rate that is allowed.
     pub max_error_rate: f64,
+    /// The sliding window's length (default 30 s); `slo::window` splits it
+    /// into buckets.
     pub window: Duration,
+    /// No verdict on fewer requests in the window; at least 1 (default 20).
     pub min_requests: u32,
+    /// The optional latency SLO: a breach when the fraction of candidate
+    /// requests slower than this is confidently above 1 %.
     pub max_p99: Option<Duration>,
+    /// What the error rate is judged against (default absolute).
     pub baseline: Baseline,
     /// `slo.confidence`, in [0.5, 1): the probability that a candidate
     /// within its SLO is never reverted over its whole exposure (SPEC
@@ -220,13 +259,28 @@ pub struct SloSettings {
 
 /// The keys of `[defaults]`, resolved for one tenant.
 #[derive(Debug, Clone, PartialEq)]
+///
+/// `Default` holds the built-in values the SPEC lists (section 3), under
+/// `[defaults]`, under a tenant's own keys.
 pub struct Settings {
+    /// Limit on the TCP connect to an endpoint (default 2 s); past it the
+    /// attempt fails with `kind="connect"`.
     pub connect_timeout: Duration,
+    /// Limit on the whole upstream exchange, request head to the response's
+    /// last byte (default 30 s); past it the answer is 504, or the body is
+    /// cut.
     pub request_timeout: Duration,
+    /// Concurrent requests the tenant admits; the next one gets 503 with
+    /// `Retry-After: 1` (default 2048).
     pub max_inflight: u32,
+    /// How long requests in flight may finish after `SIGTERM` (default
+    /// 30 s). Only `[defaults]`' value is used, process-wide.
     pub drain_timeout: Duration,
+    /// One log line per request when `true` (default `false`).
     pub access_log: bool,
+    /// Active health checks of the tenant's endpoints.
     pub health: HealthSettings,
+    /// The SLO guard of the tenant's candidate.
     pub slo: SloSettings,
 }
 
@@ -260,8 +314,13 @@ impl Default for Settings {
 /// A tenant's certificate: where it came from, and loaded.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
+    /// The PEM certificate chain, resolved against the control file's
+    /// directory; watched for changes.
     pub cert: PathBuf,
+    /// The PEM private key, resolved likewise; watched for changes.
     pub key: PathBuf,
+    /// The loaded chain and key the SNI resolver presents for the tenant's
+    /// hosts.
     pub certified: std::sync::Arc<rustls::sign::CertifiedKey>,
     /// SHA-256 of both files' bytes: equal digests, equal certificates.
     pub fingerprint: [u8; 32],
@@ -273,44 +332,68 @@ impl PartialEq for TlsFiles {
     }
 }
 
+/// `rollout.progress`: where a running ramp is. Part of the control state
+/// (written through to the file) so that a restart resumes the ramp.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutProgress {
     /// Index into `steps`.
     pub step: usize,
+    /// Wall-clock time the ramp reached `step` (RFC 3339 in the file, to
+    /// the second); the next step is due `interval` later.
     pub since: SystemTime,
 }
 
+/// `[tenants.NAME.rollout]`: the automatic ramp (SPEC section 8).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollout {
     /// Candidate share in percent at each step, increasing, ending at 100.
     pub steps: Vec<u32>,
+    /// Time at each step, while the verdict is `ok` and at least
+    /// `min_requests` candidate requests were seen in it.
     pub interval: Duration,
+    /// Time at 100 before the candidate becomes stable.
     pub bake: Duration,
+    /// `Some` while a ramp runs; `None` when none does.
     pub progress: Option<RolloutProgress>,
 }
 
+/// One `[tenants.NAME]` table, validated and resolved over `[defaults]`.
+///
+/// Shared (`Arc`) between [`Config`] and the routing table built from it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
+    /// Matches `[a-z0-9][a-z0-9_-]{0,62}`: safe in metric labels and URLs.
     pub name: String,
+    /// Host names routed to this tenant; at least one, none owned by another
+    /// tenant.
     pub hosts: Vec<HostPattern>,
+    /// Host names that always go to the candidate pool, never failing over.
     pub preview_hosts: Vec<HostPattern>,
     /// The token preview requests must carry, read from `preview_token_env`.
     pub preview_token: Option<String>,
+    /// The pool known to be good; reverts send all traffic there.
     pub stable: Color,
+    /// The split between the pools.
     pub weights: Weights,
+    /// Where the sticky key is read; `None` draws each request at random.
     pub sticky: Option<StickyKey>,
     /// Endpoint addresses (`host:port`), indexed by `Color::index`.
     pub pools: [Vec<String>; 2],
+    /// The certificate served for the tenant's hosts on the HTTPS listener.
     pub tls: Option<TlsFiles>,
+    /// The automatic ramp, when the tenant has a rollout table.
     pub rollout: Option<Rollout>,
+    /// `[defaults]` with the tenant's own keys over it.
     pub settings: Settings,
 }
 
 impl TenantConfig {
+    /// The pool that is not stable: the one carrying a new release.
     pub fn candidate(&self) -> Color {
         self.stable.other()
     }
 
+    /// The endpoint addresses (`host:port`) of `color`, in file order.
     pub fn pool(&self, color: Color) -> &[String] {
         &self.pools[color.index()]
     }
@@ -342,6 +425,8 @@ impl TenantConfig {
 /// A bearer token of the admin API and the tenants it may touch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenConfig {
+    /// The `NAME` of `[admin.tokens.NAME]`: the `actor` of the events the
+    /// token makes. Free of characters that could forge a log line.
     pub name: String,
     /// SHA-256 of the token, so the secret itself need not stay in memory.
     pub sha256: [u8; 32],
@@ -365,14 +450,20 @@ pub struct Listen {
     pub idle_timeout: Duration,
 }
 
+/// The whole validated control state: what one generation of the routing
+/// table is compiled from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// `[listen]`; in the running state, with the `--listen-*` overrides
+    /// applied.
     pub listen: Listen,
     /// `[defaults]` resolved: also the process-wide drain timeout.
     pub defaults: Settings,
     /// Sorted by name. Shared with the routing table's tenants, so applying
     /// a change does not copy every tenant.
     pub tenants: Vec<std::sync::Arc<TenantConfig>>,
+    /// `[admin.tokens]`; empty means the admin API takes no token (and
+    /// must then listen on loopback).
     pub tokens: Vec<TokenConfig>,
     /// `[notify]`: where `slo` and `rollout` events are POSTed.
     pub notify: Option<Webhook>,
@@ -391,12 +482,14 @@ pub struct Webhook {
 /// Trusted root certificates loaded from a PEM file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaBundle {
+    /// The PEM file, resolved against the control file's directory.
     pub path: PathBuf,
     /// In file order; at least one.
     pub roots: std::sync::Arc<[rustls::pki_types::CertificateDer<'static>]>,
 }
 
 impl Config {
+    /// The tenant called `name` (a binary search: `tenants` is sorted).
     pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
         self.tenants
             .binary_search_by(|t| t.name.as_str().cmp(name))

@@ -1,5 +1,10 @@
 //! Loading a tenant's certificate and key, as validation does: the files
 //! must parse and the key must match the certificate.
+//!
+//! It lives in `config` rather than beside the listener (`crate::tls`)
+//! because a certificate that does not load is a problem of the control
+//! file, reported at its `tls.cert` or `tls.key` key like any other, and
+//! the loaded key is part of the validated state the control task swaps in.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,17 +23,33 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// A problem with one of the two files.
 pub enum TlsProblem {
+    /// The certificate file cannot be read, is not PEM, or holds no
+    /// certificate; the message names the file. Located at `tls.cert`.
     Cert(String),
+    /// The key file cannot be read or parsed, or does not fit the
+    /// certificate; the message names the file. Located at `tls.key`.
     Key(String),
 }
 
 /// A loaded certificate chain and key, and a digest of both files' bytes
 /// (so a changed file makes a changed control state).
 pub struct Loaded {
+    /// The chain (leaf first, as the file lists it) with its signing key,
+    /// ready for rustls's SNI resolver.
     pub certified: Arc<CertifiedKey>,
+    /// SHA-256 over the certificate file's bytes, then the key file's.
     pub fingerprint: [u8; 32],
 }
 
+/// Reads and checks a PEM certificate chain and a PEM private key (PKCS#1,
+/// PKCS#8 or SEC1), and checks that the key fits the leaf certificate.
+///
+/// # Errors
+///
+/// [`TlsProblem::Cert`] or [`TlsProblem::Key`], naming the file at fault,
+/// with a message fit for a `PATH:LINE:COL` report. Does not check expiry
+/// or the chain's trust: a listener presents what the operator gave it, as
+/// nginx does.
 pub fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsProblem> {
     let cert_pem = std::fs::read(cert)
         .map_err(|e| TlsProblem::Cert(format!("cannot read {}: {e}", cert.display())))?;

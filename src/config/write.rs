@@ -1,6 +1,14 @@
 //! Write-through: edit only the keys a change touched, keep everything else
 //! of the operator's file — comments, order, layout — and replace the file
 //! atomically.
+//!
+//! Why write through at all (SPEC section 7): the file stays the whole
+//! control state, so a restart keeps an admin change, a ramp resumes from
+//! its `progress`, and replicas sharing the file converge. Why `toml_edit`
+//! and not re-serializing: the file belongs to the operator (and often to
+//! Git), so a change must show as a one-line diff. Why a lock file and a
+//! rename: replicas sharing the file must neither interleave edits nor let
+//! a reader see half a file.
 
 use std::fs;
 use std::io::Write;
@@ -11,17 +19,29 @@ use toml_edit::{DocumentMut, Item, TableLike, Value};
 
 use super::{Color, RolloutProgress, Weights};
 
-/// The keys of one tenant a change sets.
+/// The keys of one tenant a change sets. `None` leaves a key as the file
+/// has it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TenantEdit {
+    /// The tenant's name: the `NAME` of `[tenants.NAME]`.
     pub tenant: String,
+    /// New `weights`: `blue` and `green` are set in the existing table,
+    /// keeping its layout (inline or not).
     pub weights: Option<Weights>,
+    /// New `stable` (after a promotion).
     pub stable: Option<Color>,
     /// `Some(None)` removes `rollout.progress`.
     pub progress: Option<Option<RolloutProgress>>,
 }
 
-/// Applies `edits` to control-file `text`, returning the new text.
+/// Applies `edits` to control-file `text`, returning the new text: only the
+/// edited values change, each keeping the comments and spacing around it.
+///
+/// # Errors
+///
+/// A message when `text` does not parse as TOML, names no such tenant, or
+/// lacks the `weights` or `rollout` table an edit needs (write-through
+/// edits keys, it does not create tenants or tables).
 pub fn edit(text: &str, edits: &[TenantEdit]) -> Result<String, String> {
     let mut doc: DocumentMut = text
         .parse()

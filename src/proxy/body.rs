@@ -30,8 +30,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What to log per request when the tenant has `access_log = true`.
 pub struct AccessLog {
+    /// The request's method.
     pub method: http::Method,
+    /// The request's path, without the query (which may carry secrets);
+    /// escaped when written, so it cannot forge a log line.
     pub path: String,
+    /// The client's IP (the connection's peer, not `X-Forwarded-For`).
     pub client: std::net::IpAddr,
 }
 
@@ -67,11 +71,20 @@ impl AccessLog {
 
 /// One request's claim on tenant and endpoint, settled when it drops.
 pub struct Exchange {
+    /// The tenant the request was routed to.
     pub tenant: Arc<Tenant>,
+    /// The pool that served it (after any failover): the `pool` label, the
+    /// SLO window recorded into.
     pub pool: Color,
+    /// When the request was received; durations are measured from here.
     pub started: Instant,
+    /// The status sent to the client; 0 until a response head exists, and
+    /// 0 at drop means the client left first (recorded as 499).
     pub status: u16,
+    /// Response body bytes sent to the client so far.
     pub bytes_out: u64,
+    /// The in-flight slot of the endpoint that answered; `None` when none
+    /// did.
     pub endpoint: Option<InflightGuard>,
     /// The endpoint last tried when none answered.
     pub tried: Option<Arc<Endpoint>>,
@@ -80,7 +93,9 @@ pub struct Exchange {
     pub judged: bool,
     /// The upstream failed after the response head (`kind="body"`).
     pub body_failed: bool,
+    /// What to log when the tenant has `access_log = true`.
     pub access_log: Option<AccessLog>,
+    /// The tenant's `max_inflight` slot, freed when the exchange drops.
     pub _admission: Admission,
     /// The request's deadline, registered with its client connection.
     pub _deadline: Option<DeadlineGuard>,
@@ -171,6 +186,8 @@ pin_project_lite::pin_project! {
 }
 
 impl ProxyBody {
+    /// A body made by the proxy (an error text, say), sent whole; no
+    /// deadline, no upstream connection.
     pub fn full(bytes: Bytes) -> ProxyBody {
         ProxyBody {
             inner: Either::Right(Full::new(bytes)),

@@ -1,5 +1,10 @@
 //! Everything the proxy answers itself, and the one place it becomes a
 //! status, a body and a metric.
+//!
+//! Why an enum with one home: the same failure must give the same status,
+//! body and blame wherever it is found, and whether it counts against a
+//! pool (SPEC section 6: not when the client or the proxy caused it) is a
+//! decision that must not drift between call sites.
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};

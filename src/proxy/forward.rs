@@ -1,5 +1,13 @@
 //! Forwarding one request upstream: header hygiene both ways, the upstream
 //! URI, message framing, the timeout and the single retry.
+//!
+//! Why one module: what crosses the proxy — hop-by-hop headers (RFC 9110
+//! §7.6.1), framing (RFC 9112 §6), `X-Forwarded-*`, HTTP/2 cookies (RFC
+//! 9113 §8.2.3) — decides what an upstream can be tricked into, so the
+//! rules for both directions sit together, out of `Proxy::handle`'s
+//! straight line. The retry on another endpoint lives here, where the pool
+//! is known; `upstream::send` only replaces a stale kept-alive connection to
+//! the same endpoint.
 
 use std::sync::Arc;
 
@@ -18,8 +26,15 @@ use crate::route::Tenant;
 use crate::route::endpoint::{self, Endpoint, InflightGuard};
 use crate::upstream::{self, Lease, Rescuable, SendError, Upload};
 
+/// `X-Forwarded-For`: the client's IP is appended to the earlier hops'
+/// list (all its fields joined into one, comma-separated), as nginx's
+/// `$proxy_add_x_forwarded_for` does.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`: set (replacing the client's) to `http` or `https`,
+/// the scheme the client used to reach turnout.
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`: set (replacing the client's) to the authoritative
+/// host the request was routed by, port included as the client sent it.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -223,15 +238,21 @@ fn origin_form(uri: Uri) -> Uri {
 /// What came back from upstream, with the endpoint that answered and the
 /// connection, to be returned to its pool when the body has been read.
 pub struct Answer {
+    /// The upstream's response, head read, body still streaming.
     pub response: Response<Incoming>,
+    /// The in-flight slot of the endpoint that answered; held until the
+    /// exchange settles.
     pub endpoint: InflightGuard,
+    /// The connection the response came on.
     pub lease: Lease,
 }
 
 /// Why no answer came back, and the endpoint last tried (for the access
 /// log).
 pub struct Failure {
+    /// What failed; it owns the status the client gets.
     pub error: ProxyError,
+    /// The endpoint of the last attempt.
     pub tried: Arc<Endpoint>,
 }
 

@@ -29,11 +29,15 @@ use authority::Refusal;
 use body::{AccessLog, Exchange, ProxyBody};
 use error::ProxyError;
 
+/// `X-Turnout-Pool: blue|green`, set on every proxied response (and a
+/// `101`): the pool that answered, so a tester can prove which release
+/// served them (SPEC section 4.5). After a failover it names the other pool.
 pub static X_TURNOUT_POOL: HeaderName = HeaderName::from_static("x-turnout-pool");
 
 /// What a connection knows about its client, computed once per connection.
 #[derive(Clone)]
 pub struct ConnInfo {
+    /// The client's address as the listener accepted it.
     pub peer: SocketAddr,
     /// The client IP, ready for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
@@ -66,13 +70,18 @@ impl ConnInfo {
 
 /// The data plane: the current routing table and the metrics it feeds.
 pub struct Proxy {
+    /// The current routing table. Each request loads it once; only the
+    /// control task stores a new one.
     pub table: ArcSwap<RoutingTable>,
+    /// The process's metrics (the unrouted and local-error counters are
+    /// bumped here; per-tenant ones through the table's tenants).
     pub metrics: Arc<Metrics>,
     /// WebSocket and other upgraded connections still open.
     pub tunnels: Arc<Tunnels>,
 }
 
 impl Proxy {
+    /// A proxy serving `table` (generation 1 at start-up), with no tunnels.
     pub fn new(table: RoutingTable, metrics: Arc<Metrics>) -> Proxy {
         Proxy {
             table: ArcSwap::from_pointee(table),

@@ -11,8 +11,13 @@ use http::uri::Authority;
 
 use crate::upstream::IdlePool;
 
+/// One upstream address (`host:port`), shared by every pool of every tenant
+/// that lists it: its health verdict, requests in flight and idle
+/// connections. Lives in the `Registry` as long as some tenant lists it.
 #[derive(Debug)]
 pub struct Endpoint {
+    /// `host:port` exactly as the control file spells it; the registry key,
+    /// the `endpoint` metric label and the address dialled.
     pub address: Box<str>,
     healthy: AtomicBool,
     inflight: AtomicU32,
@@ -32,6 +37,8 @@ impl Endpoint {
         })
     }
 
+    /// The health checker's verdict; `true` from creation (SPEC section 5:
+    /// a fresh proxy serves at once). Unhealthy endpoints get no traffic.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
@@ -41,6 +48,8 @@ impl Endpoint {
         self.healthy.swap(healthy, Ordering::Relaxed)
     }
 
+    /// Requests in flight to it now, across all tenants: the load the power
+    /// of two choices compares.
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
     }
@@ -57,6 +66,7 @@ impl Endpoint {
 pub struct InflightGuard(Arc<Endpoint>);
 
 impl InflightGuard {
+    /// The endpoint whose slot this is.
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.0
     }

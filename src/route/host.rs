@@ -11,10 +11,15 @@ use crate::config::HostPattern;
 /// is one of its preview hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostRoute {
+    /// Index into the routing table's tenants (sorted by name).
     pub tenant: u32,
+    /// The host is one of the tenant's `preview_hosts`.
     pub preview: bool,
 }
 
+/// All hosts of all tenants of one routing table, built with it. Hosts are
+/// unique across tenants (validation sees to it), so an insert never
+/// replaces another tenant's route.
 #[derive(Debug, Default)]
 pub struct HostIndex {
     exact: HashMap<Box<str>, HostRoute>,
@@ -23,6 +28,8 @@ pub struct HostIndex {
 }
 
 impl HostIndex {
+    /// Adds one host pattern; a second insert of the same pattern replaces
+    /// the first.
     pub fn insert(&mut self, pattern: &HostPattern, route: HostRoute) {
         match pattern {
             HostPattern::Exact(h) => self.exact.insert(h.as_str().into(), route),

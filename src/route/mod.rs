@@ -25,8 +25,15 @@ use crate::slo::guard::TenantGuard;
 pub use endpoint::Endpoint;
 use host::{HostIndex, HostRoute};
 
+/// One generation of the control state, compiled for requests: the host
+/// index, and each tenant with its endpoints and long-lived state. Immutable;
+/// the proxy holds the current one in an `ArcSwap` and the control task
+/// swaps in a new one for every applied change.
 pub struct RoutingTable {
+    /// The generation it was built for: grows by one with every applied
+    /// change, whatever its source.
     pub generation: u64,
+    /// The validated control state it was built from.
     pub config: Arc<Config>,
     hosts: HostIndex,
     /// In the order of `config.tenants` (sorted by name).
@@ -40,10 +47,12 @@ impl RoutingTable {
         Some((&self.tenants[tenant as usize], preview))
     }
 
+    /// Every tenant, sorted by name.
     pub fn tenants(&self) -> &[Arc<Tenant>] {
         &self.tenants
     }
 
+    /// The tenant called `name` (a binary search).
     pub fn tenant(&self, name: &str) -> Option<&Arc<Tenant>> {
         self.tenants
             .binary_search_by(|t| t.config.name.as_str().cmp(name))
@@ -55,32 +64,39 @@ impl RoutingTable {
 /// One tenant as requests see it: its settings plus precomputed routing
 /// figures and links to its long-lived state.
 pub struct Tenant {
+    /// The tenant's validated settings, shared with the table's `Config`.
     pub config: Arc<TenantConfig>,
     /// Seed of the sticky hash (`sticky::tenant_seed`).
     seed: u64,
     candidate_share_bp: u32,
     /// Endpoints per pool, indexed by `Color::index`.
     pools: [Box<[Arc<Endpoint>]>; 2],
+    /// What outlives this table: in-flight count, metrics, SLO guard.
     pub state: Arc<TenantState>,
 }
 
 impl Tenant {
+    /// The tenant's name.
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
+    /// The pool known to be good.
     pub fn stable(&self) -> Color {
         self.config.stable
     }
 
+    /// The pool carrying the new release.
     pub fn candidate(&self) -> Color {
         self.config.stable.other()
     }
 
+    /// The endpoints of `pool`, in file order (healthy or not).
     pub fn endpoints(&self, pool: Color) -> &[Arc<Endpoint>] {
         &self.pools[pool.index()]
     }
 
+    /// The tenant's metric handles.
     pub fn metrics(&self) -> &TenantMetrics {
         &self.state.metrics
     }
@@ -133,13 +149,17 @@ impl Tenant {
 /// A candidate found in breach of its SLO, for the control task to revert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Breach {
+    /// The tenant whose candidate broke its SLO.
     pub tenant: String,
+    /// The revert reason, with its figures (`error rate 0.42 (at least
+    /// 0.27 at 99 %) > 0.05 over 57 requests`).
     pub reason: String,
 }
 
 /// What a tenant keeps across routing tables.
 pub struct TenantState {
     inflight: AtomicU32,
+    /// Metric handles, registered once when the tenant first appears.
     pub metrics: TenantMetrics,
     /// Its SLO windows, verdict and breach latch.
     pub slo: TenantGuard,
@@ -154,10 +174,16 @@ pub struct TenantState {
 }
 
 impl TenantState {
+    /// The tenant's admitted requests now (plus slots held by [`hold`]).
+    ///
+    /// [`hold`]: TenantState::hold
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
     }
 
+    /// Requests of `pool` finished since the process started that were
+    /// evidence about it (see [`TenantState::completed_one`]); the ramp
+    /// compares two readings to count a step's requests.
     pub fn completed(&self, pool: Color) -> u64 {
         self.completed[pool.index()].load(Ordering::Relaxed)
     }
@@ -215,6 +241,7 @@ impl Drop for Admission {
 /// The long-lived state routing tables link to. Only the control path
 /// (building a table) takes its locks; requests never do.
 pub struct Registry {
+    /// The process's metrics, where tenant handles are registered.
     pub metrics: Arc<Metrics>,
     breach_tx: mpsc::UnboundedSender<Breach>,
     endpoints: Mutex<HashMap<Box<str>, Arc<Endpoint>>>,

@@ -1,4 +1,11 @@
-//! Which pool serves a request: preview, sticky key, or weighted draw.
+//! Which pool serves a request: preview, sticky key, or weighted draw
+//! (SPEC section 4.3), tried in that order.
+//!
+//! A pure function of the tenant and the request headers, answering with a
+//! [`PoolChoice`] rather than a response: the caller owns what follows (a
+//! 403, a `Set-Cookie`, failover or not), and the choice is tested without
+//! a server. The sticky bucket comes from `sticky`, so every replica and
+//! restart puts a user in the same pool.
 
 use http::HeaderMap;
 use http::header::COOKIE;
@@ -13,10 +20,22 @@ pub const PREVIEW_TOKEN_HEADER: &str = "x-turnout-preview";
 #[derive(Debug, PartialEq, Eq)]
 pub enum PoolChoice {
     /// Serve from this pool; `preview` requests must not fail over.
-    Pool { pool: Color, preview: bool },
+    Pool {
+        /// The pool chosen.
+        pool: Color,
+        /// The request came in on a preview host (so `pool` is the
+        /// candidate, and a 503 rather than a failover when it is down).
+        preview: bool,
+    },
     /// A cookie-sticky request without its cookie: serve from `pool` and set
     /// the cookie to `key` so the user stays there.
-    NewCookie { pool: Color, key: String },
+    NewCookie {
+        /// The pool `key`'s bucket picks.
+        pool: Color,
+        /// The fresh key (`sticky::fresh_key`: 32 hex digits) for the
+        /// `Set-Cookie` of the response.
+        key: String,
+    },
     /// A preview request without the right token.
     PreviewForbidden,
 }

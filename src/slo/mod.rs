@@ -20,14 +20,19 @@ pub use window::{Snapshot, Window};
 /// The candidate's standing against its SLO.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
+    /// Within the SLO: for the sequential test, every upper bound is below
+    /// its limit; for [`judge`], the window's figures are. Ramp steps and
+    /// promotion need it.
     Ok,
-    /// Fewer than `min_requests` in the window: no judgement, never a pass.
+    /// Fewer than `min_requests` in the window, or (sequential test)
+    /// bounds either side of a limit: no judgement, never a pass.
     Inconclusive,
     /// In breach, with the figures that show it.
     Breach(String),
 }
 
 impl Verdict {
+    /// `"ok"`, `"inconclusive"` or `"breach"`: the tenant view's `verdict`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Verdict::Ok => "ok",

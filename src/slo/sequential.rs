@@ -81,6 +81,7 @@ pub const SLOW_LIMIT: f64 = 0.01;
 /// Counts of one pool since its exposure began; monotone until a reset.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
+    /// Finished requests (abandoned ones excluded, as in the window).
     pub requests: u64,
     /// Requests that were errors of the pool (SPEC section 6).
     pub errors: u64,

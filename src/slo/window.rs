@@ -54,13 +54,16 @@ impl Bucket {
 /// Sums over the live part of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Snapshot {
+    /// Requests recorded in the last `BUCKETS` ticks (the window's length).
     pub requests: u64,
+    /// Of those, the ones recorded as errors of the pool.
     pub errors: u64,
     /// `None` with no requests.
     pub p99: Option<Duration>,
 }
 
 impl Snapshot {
+    /// `errors / requests` in `[0, 1]`; 0 when there are no requests.
     pub fn error_rate(&self) -> f64 {
         if self.requests == 0 {
             0.0
@@ -70,6 +73,9 @@ impl Snapshot {
     }
 }
 
+/// One pool's sliding window: [`BUCKETS`] buckets of `length / BUCKETS`
+/// each, counting requests, errors and a latency histogram. Shared by
+/// reference across threads; every method takes `&self`.
 pub struct Window {
     length: Duration,
     width_us: u64,
@@ -78,6 +84,8 @@ pub struct Window {
 }
 
 impl Window {
+    /// A window of `length` (at least 1 µs per bucket), empty; its clock
+    /// starts now. Allocates its buckets only on the first record.
     pub fn new(length: Duration) -> Window {
         let width_us = (length.as_micros() as u64 / BUCKETS).max(1);
         Window {
@@ -88,6 +96,7 @@ impl Window {
         }
     }
 
+    /// The length it was made with (the tenant's `slo.window`).
     pub fn length(&self) -> Duration {
         self.length
     }

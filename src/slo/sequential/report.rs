@@ -41,22 +41,35 @@ pub enum Measure {
     /// The candidate's error rate minus stable's (`baseline = "stable"`),
     /// against `max_error_rate`; the rates are over the same span.
     Difference {
+        /// The candidate's observed error rate over the span, in `[0, 1]`.
         candidate: f64,
+        /// Stable's observed error rate over the same span, in `[0, 1]`.
         stable: f64,
+        /// Stable's requests in the span.
         stable_requests: u64,
     },
     /// The share of candidate requests slower than `max_p99`, against 1 %.
-    Slow { max_p99: Duration },
+    Slow {
+        /// The tenant's `slo.max_p99`.
+        max_p99: Duration,
+    },
 }
 
 /// A measure over one test's span: observed rate and confidence bounds
 /// (rates in [0, 1]; a difference in [-1, 1]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Estimate {
+    /// What is measured, with the figures a revert reason shows.
     pub measure: Measure,
+    /// The observed value: errors (or slow requests) over requests, or the
+    /// difference of the two pools' rates.
     pub rate: f64,
+    /// The lower confidence bound at the test's level; above `limit` is a
+    /// breach.
     pub lower: f64,
+    /// The upper confidence bound; below `limit` counts towards ok.
     pub upper: f64,
+    /// `max_error_rate`, or [`super::SLOW_LIMIT`] for slowness.
     pub limit: f64,
     /// Candidate requests in the span.
     pub requests: u64,
@@ -68,6 +81,7 @@ pub struct Estimate {
 /// A breach with the figures that show it; `Display` is the revert reason.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Breach {
+    /// The estimate whose lower bound crossed its limit.
     pub estimate: Estimate,
     /// `slo.confidence`, shown as the bound's level.
     pub confidence: f64,
@@ -76,12 +90,14 @@ pub struct Breach {
 /// The full verdict of [`super::Guard::judge`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Judgement {
+    /// Ok, inconclusive or breach.
     pub standing: Standing,
     /// The error-rate (or difference) estimate that decides, or the
     /// narrower one; `None` below `min_requests`.
     pub errors: Option<Estimate>,
     /// The same for slow requests, with `max_p99` set.
     pub slow: Option<Estimate>,
+    /// The breach with its figures, when `standing` is `Breach`.
     pub breach: Option<Breach>,
     /// Candidate requests over the whole exposure.
     pub requests: u64,
