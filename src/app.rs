@@ -28,10 +28,15 @@ use crate::server::{self, Transport};
 /// Why turnout could not start.
 #[derive(Debug)]
 pub enum StartError {
+    /// The control file does not load or validate (every problem, located).
     Config(config::ConfigError),
+    /// A listener could not be bound.
     Bind {
+        /// Which listener: `HTTP`, `HTTPS` or `the admin API`.
         what: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// The operating system's answer (address in use, permission).
         error: std::io::Error,
     },
     /// The configuration is valid but cannot be served as asked.
@@ -58,12 +63,19 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// A started turnout: its bound addresses and the handle to stop it.
 pub struct Running {
+    /// The bound HTTP listener (its real port when `:0` was asked for).
     pub http_addr: SocketAddr,
+    /// The bound HTTPS listener, when configured.
     pub https_addr: Option<SocketAddr>,
+    /// The bound admin listener.
     pub admin_addr: SocketAddr,
+    /// The control file being served.
     pub config_path: PathBuf,
+    /// The data plane: the routing table and its metrics.
     pub proxy: Arc<Proxy>,
+    /// The state routing tables link to (endpoints and tenants by name).
     pub registry: Arc<Registry>,
+    /// The handle to submit changes to the control task.
     pub control: Control,
     admin: Arc<Admin>,
     stop: watch::Sender<bool>,

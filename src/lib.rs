@@ -21,6 +21,8 @@
 //! and records an event. Requests see the old table or the new one, never a
 //! mix.
 
+#![deny(missing_docs)]
+
 pub mod admin;
 pub mod app;
 pub mod config;

@@ -24,17 +24,22 @@ use locate::Locator;
 /// One located problem in a control file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// 1-based line of the offending value (1 when the problem has no place).
     pub line: usize,
+    /// 1-based column of the offending value.
     pub col: usize,
     /// The dotted key, when the problem belongs to one.
     pub key: Option<String>,
+    /// What is wrong, for a person: printed as `PATH:LINE:COL: key: message`.
     pub message: String,
 }
 
 /// Why a control file was not applied: every problem found, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The control file the problems are in.
     pub file: PathBuf,
+    /// Every problem found, in file order; never empty.
     pub problems: Vec<Problem>,
 }
 
