@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
-use turnout::config::{self, Color, Config, HostPattern, Listen, Settings, TenantConfig, Weights};
+use turnout::config::{self, Config, HostPattern, Listen, Pool, Settings, TenantConfig, Weights};
 use turnout::metrics::Metrics;
 use turnout::route::pool::{self, PoolChoice};
-use turnout::route::{Registry, RoutingTable, endpoint, host, sticky};
+use turnout::route::{RoutingTable, TableBuilder, endpoint, host, sticky};
 use turnout::slo::Window;
 
 /// The allocator the `turnout` binary uses (src/main.rs).
@@ -33,7 +33,7 @@ fn tenant(i: usize) -> TenantConfig {
         ],
         preview_hosts: vec![],
         preview_token: None,
-        stable: Color::Blue,
+        stable: Pool::Blue,
         weights: Weights::new(90, 10).unwrap(),
         sticky: None,
         pools: [
@@ -63,7 +63,7 @@ fn table(tenants: usize) -> RoutingTable {
         notify: None,
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    Registry::new(Metrics::new(), tx).build(Arc::new(config), 1)
+    TableBuilder::new(Metrics::new(), tx).build(Arc::new(config), 1)
 }
 
 /// What the proxy does per request before it forwards.
@@ -124,7 +124,7 @@ fn slo_window(c: &mut Criterion) {
 /// and two tally adds; a candidate error also runs the sequential test,
 /// which is a cached threshold lookup (no lock, no allocation).
 fn slo_guard(c: &mut Criterion) {
-    use turnout::config::{Baseline, Color, SloSettings};
+    use turnout::config::{Baseline, Pool, SloSettings};
     use turnout::slo::guard::TenantGuard;
     let slo = SloSettings {
         max_error_rate: 0.05,
@@ -142,8 +142,8 @@ fn slo_guard(c: &mut Criterion) {
         guard.record(
             "t",
             &slo,
-            Color::Green,
-            Color::Blue,
+            Pool::Green,
+            Pool::Blue,
             true,
             i % 25 == 0,
             ms,
@@ -156,8 +156,8 @@ fn slo_guard(c: &mut Criterion) {
             guard.record(
                 "t",
                 &slo,
-                Color::Green,
-                Color::Blue,
+                Pool::Green,
+                Pool::Blue,
                 true,
                 black_box(false),
                 ms,
@@ -171,7 +171,7 @@ fn slo_guard(c: &mut Criterion) {
         b.iter(|| {
             for i in 0..25 {
                 let error = black_box(i == 0);
-                guard.record("t", &slo, Color::Green, Color::Blue, true, error, ms, now);
+                guard.record("t", &slo, Pool::Green, Pool::Blue, true, error, ms, now);
             }
         })
     });
@@ -191,7 +191,7 @@ fn control_file_load(c: &mut Criterion) {
         ));
     }
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let registry = Registry::new(Metrics::new(), tx);
+    let registry = TableBuilder::new(Metrics::new(), tx);
     let mut generation = 0;
     let mut group = c.benchmark_group("control_file");
     group.sample_size(10);

@@ -22,7 +22,7 @@ use crate::health;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::proxy::Proxy;
-use crate::route::Registry;
+use crate::route::TableBuilder;
 use crate::server::{self, Transport};
 
 /// Why turnout could not start.
@@ -74,7 +74,7 @@ pub struct Running {
     /// The data plane: the routing table and its metrics.
     pub proxy: Arc<Proxy>,
     /// The state routing tables link to (endpoints and tenants by name).
-    pub registry: Arc<Registry>,
+    pub registry: Arc<TableBuilder>,
     /// The handle to submit changes to the control task.
     pub control: Control,
     admin: Arc<Admin>,
@@ -89,12 +89,12 @@ pub struct Running {
 pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let (breach_tx, breaches) = tokio::sync::mpsc::unbounded_channel();
-    let registry = Arc::new(Registry::new(Arc::clone(&metrics), breach_tx));
+    let registry = Arc::new(TableBuilder::new(Arc::clone(&metrics), breach_tx));
     // The admin API and the control plane keep working while the data plane
     // drains, so `/readyz` can say so; they stop last. (Dropped on an early
     // return, the sender stops the control task too.)
     let (admin_stop, admin_stopped) = watch::channel(false);
-    let (control, proxy) = control::start(control::Parts {
+    let (control, proxy) = control::start(control::Wiring {
         store: Box::new(FileStore::new(config_path.to_owned(), overrides)),
         registry: Arc::clone(&registry),
         metrics: Arc::clone(&metrics),
@@ -140,7 +140,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         serving.clone(),
     ));
     if let Some(https) = https {
-        let acceptor = crate::tls::acceptor(Arc::clone(&proxy))
+        let acceptor = crate::server::tls::acceptor(Arc::clone(&proxy))
             .map_err(|e| StartError::Refused(format!("cannot set up TLS: {e}")))?;
         tasks.spawn(server::serve_proxy(
             https,

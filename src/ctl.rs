@@ -163,13 +163,13 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 /// A failed call, ready to print.
 struct CtlError(String);
 
-struct Admin {
+struct AdminClient {
     base: String,
     token: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
-impl Admin {
+impl AdminClient {
     async fn call(
         &self,
         method: Method,
@@ -233,7 +233,7 @@ impl Admin {
 
 /// Runs a `ctl` subcommand; returns the process exit code.
 pub async fn run(args: CtlArgs) -> u8 {
-    let admin = Admin {
+    let admin = AdminClient {
         base: args.admin.clone(),
         token: std::env::var("TURNOUT_TOKEN")
             .ok()
@@ -249,7 +249,7 @@ pub async fn run(args: CtlArgs) -> u8 {
     }
 }
 
-async fn execute(admin: &Admin, command: CtlCommand, json: bool) -> Result<u8, CtlError> {
+async fn execute(admin: &AdminClient, command: CtlCommand, json: bool) -> Result<u8, CtlError> {
     let with_reason = |reason: Option<String>| reason.map(|r| serde_json::json!({ "reason": r }));
     let flag = |force: bool| if force { "?force=true" } else { "" };
     match command {

@@ -23,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::task::AbortHandle;
 
-use crate::config::{Color, HealthSettings};
+use crate::config::{HealthSettings, Pool};
 use crate::metrics::{LocalError, Metrics};
 use crate::route::{Endpoint, RoutingTable};
 
@@ -67,7 +67,7 @@ impl Checker {
     pub fn reconcile(&self, table: &RoutingTable) {
         let mut wanted: HashMap<&str, (&Arc<Endpoint>, &HealthSettings)> = HashMap::new();
         for tenant in table.tenants() {
-            for color in Color::ALL {
+            for color in Pool::ALL {
                 for ep in tenant.endpoints(color) {
                     wanted
                         .entry(&ep.address)

@@ -16,7 +16,7 @@
 //! (`control::store`; the control file, edited by `config::write`), merges
 //! file edits with the running state (`control::merge`), compiles the
 //! result into an immutable
-//! `route::RoutingTable` through the `route::Registry` (which carries endpoint
+//! `route::RoutingTable` through the `route::TableBuilder` (which carries endpoint
 //! and tenant state across tables), swaps it in whole through an `ArcSwap`,
 //! and records an event. Requests see the old table or the new one, never a
 //! mix.
@@ -36,5 +36,4 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod slo;
-pub mod tls;
 pub mod upstream;

@@ -258,8 +258,8 @@ fn summary(config: &Config) -> String {
             t.stable,
             t.weights.blue(),
             t.weights.green(),
-            t.pool(config::Color::Blue).len(),
-            t.pool(config::Color::Green).len(),
+            t.pool(config::Pool::Blue).len(),
+            t.pool(config::Pool::Green).len(),
             if t.preview_hosts.is_empty() {
                 ""
             } else {

@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use crate::config::Color;
+use crate::config::Pool;
 
 /// `turnout_requests_total` (counter; `tenant, pool, code`): proxied requests
 /// /// by status class `1xx`..`5xx`, counted when the response has ended.
@@ -258,15 +258,15 @@ impl Metrics {
                 self.recorder
                     .register_counter(&with(REJECTED_TOTAL, Some(("reason", r))), &META)
             }),
-            failovers: Color::ALL.map(|c| {
+            failovers: Pool::ALL.map(|c| {
                 self.recorder
                     .register_counter(&with(FAILOVERS_TOTAL, Some(("from", c.as_str()))), &META)
             }),
-            pools: Color::ALL.map(|c| self.pool(tenant, c)),
+            pools: Pool::ALL.map(|c| self.pool(tenant, c)),
         }
     }
 
-    fn pool(&self, tenant: &str, pool: Color) -> PoolMetrics {
+    fn pool(&self, tenant: &str, pool: Pool) -> PoolMetrics {
         let with = |name: &'static str, extra: Option<(&'static str, &'static str)>| {
             let mut labels = vec![
                 Label::new("tenant", tenant.to_owned()),
@@ -296,7 +296,7 @@ impl Metrics {
 
     /// The `turnout_endpoint_healthy` gauge of `endpoint` (`host:port`) in
     /// `tenant`'s `pool`; the admin listener sets it at scrape time.
-    pub fn endpoint_healthy(&self, tenant: &str, pool: Color, endpoint: &str) -> Gauge {
+    pub fn endpoint_healthy(&self, tenant: &str, pool: Pool, endpoint: &str) -> Gauge {
         let labels = vec![
             Label::new("tenant", tenant.to_owned()),
             Label::new("pool", pool.as_str()),
@@ -317,7 +317,7 @@ pub struct TenantMetrics {
     pub reverts: Counter,
     rejected: [Counter; 2],
     failovers: [Counter; 2],
-    /// The handles of each pool, indexed by `Color::index`.
+    /// The handles of each pool, indexed by `Pool::index`.
     pub pools: [PoolMetrics; 2],
 }
 
@@ -328,12 +328,12 @@ impl TenantMetrics {
     }
 
     /// Counts a request handed from pool `from` to the other one.
-    pub fn failover(&self, from: Color) {
+    pub fn failover(&self, from: Pool) {
         self.failovers[from.index()].increment(1);
     }
 
     /// The handles of `pool`.
-    pub fn pool(&self, pool: Color) -> &PoolMetrics {
+    pub fn pool(&self, pool: Pool) -> &PoolMetrics {
         &self.pools[pool.index()]
     }
 }

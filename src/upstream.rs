@@ -117,7 +117,7 @@ impl Body for Upload {
 
 /// The request half of one HTTP/1.1 client connection to an endpoint
 /// (hyper's `SendRequest`); one request at a time, reused while the
-/// connection stays open and idle connections are kept in [`IdlePool`].
+/// connection stays open and idle connections are kept in [`IdleConnections`].
 pub type Sender = http1::SendRequest<UpstreamBody>;
 
 /// How long an idle upstream connection is kept for reuse (nginx's upstream
@@ -138,7 +138,7 @@ pub enum SendError {
     /// comes back for a retry elsewhere.
     Connect(std::io::Error, Box<Request<UpstreamBody>>),
     /// The exchange failed after the connection was up.
-    Exchange(hyper::Error),
+    Accounting(hyper::Error),
 }
 
 struct Idle {
@@ -156,7 +156,7 @@ impl Idle {
 
 /// The idle keep-alive connections of one endpoint.
 #[derive(Default)]
-pub struct IdlePool {
+pub struct IdleConnections {
     idle: SegQueue<Idle>,
     /// Entries in `idle`, kept apart because `SegQueue::len` is not cheap.
     count: AtomicUsize,
@@ -165,15 +165,15 @@ pub struct IdlePool {
     rescues: AtomicUsize,
 }
 
-impl std::fmt::Debug for IdlePool {
+impl std::fmt::Debug for IdleConnections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdlePool")
+        f.debug_struct("IdleConnections")
             .field("idle", &self.count.load(Ordering::Relaxed))
             .finish()
     }
 }
 
-impl IdlePool {
+impl IdleConnections {
     /// The oldest idle connection that is still open and fresh, with how
     /// long it idled.
     fn take(&self) -> Option<(Sender, Duration)> {
@@ -470,7 +470,7 @@ pub async fn send(
         };
         if let Err(e) = sender.ready().await {
             if fresh {
-                return Err(SendError::Exchange(e));
+                return Err(SendError::Accounting(e));
             }
             continue;
         }
@@ -486,7 +486,7 @@ pub async fn send(
                     );
                     request = copy;
                 }
-                _ => return Err(SendError::Exchange(e.into_error())),
+                _ => return Err(SendError::Accounting(e.into_error())),
             },
         }
     }
@@ -530,7 +530,7 @@ mod tests {
     #[tokio::test]
     async fn keeps_at_most_max_idle_and_drops_closed_connections() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = IdlePool::default();
+        let pool = IdleConnections::default();
         let mut servers = Vec::new();
         for _ in 0..MAX_IDLE + 3 {
             let (sender, server) = pair(&listener).await;
@@ -554,7 +554,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_connection_is_not_pooled() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = IdlePool::default();
+        let pool = IdleConnections::default();
         let (closed, server) = pair(&listener).await;
         drop(server);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::{Color, Weights};
+use crate::config::{Pool, Weights};
 use crate::route::{RoutingTable, Tenant};
 
 /// `GET /v1/tenants/{name}` (and each element of `GET /v1/tenants`): one
@@ -24,9 +24,9 @@ pub struct TenantView<'a> {
     /// Preview host patterns, likewise.
     pub preview_hosts: Vec<String>,
     /// `"blue"` or `"green"`: the pool known to be good.
-    pub stable: Color,
+    pub stable: Pool,
     /// The other pool.
-    pub candidate: Color,
+    pub candidate: Pool,
     /// `{"blue": B, "green": G}` as configured now.
     pub weights: Weights,
     /// `steady, split, ramping, baking, reverted`.
@@ -169,7 +169,7 @@ pub struct RolloutView {
     pub since: String,
 }
 
-impl Serialize for Color {
+impl Serialize for Pool {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
@@ -184,7 +184,7 @@ pub fn tenant_view<'a>(
 ) -> TenantView<'a> {
     let c = &tenant.config;
     let now = Instant::now();
-    let pool = |color: Color| PoolView {
+    let pool = |color: Pool| PoolView {
         share: f64::from(c.weights.share_bp(color)) / 100.0,
         endpoints: tenant
             .endpoints(color)
@@ -196,7 +196,7 @@ pub fn tenant_view<'a>(
             })
             .collect(),
     };
-    let window = |color: Color| {
+    let window = |color: Pool| {
         let s = tenant.state.slo.window(color, now);
         WindowView {
             requests: s.requests,
@@ -248,12 +248,12 @@ pub fn tenant_view<'a>(
         weights: c.weights,
         status,
         pools: PerPool {
-            blue: pool(Color::Blue),
-            green: pool(Color::Green),
+            blue: pool(Pool::Blue),
+            green: pool(Pool::Green),
         },
         slo: PerPool {
-            blue: window(Color::Blue),
-            green: window(Color::Green),
+            blue: window(Pool::Blue),
+            green: window(Pool::Green),
         },
         verdict: verdict.as_str(),
         breach: match verdict {

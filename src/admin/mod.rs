@@ -19,7 +19,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::config::Color;
+use crate::config::Pool;
 use crate::control::{Change, ChangeError, Control, Origin, Outcome, Source};
 use crate::proxy::Proxy;
 use auth::{AuthError, Caller};
@@ -178,7 +178,7 @@ impl Admin {
                     .iter()
                     .filter(|t| caller.may_touch(t.name()))
                     .map(|t| {
-                        api::tenant_view(&table, t, self.control.shared.bake_started(t.name()))
+                        api::tenant_view(&table, t, self.control.published.bake_started(t.name()))
                     })
                     .collect();
                 Ok(json(StatusCode::OK, &views))
@@ -189,7 +189,7 @@ impl Admin {
                 let tenant = table
                     .tenant(name)
                     .ok_or_else(|| ApiError::not_found(format!("no tenant named {name}")))?;
-                let bake = self.control.shared.bake_started(name);
+                let bake = self.control.published.bake_started(name);
                 Ok(json(
                     StatusCode::OK,
                     &api::tenant_view(&table, tenant, bake),
@@ -238,9 +238,9 @@ impl Admin {
                 let running_before = self.rollout_running(name);
                 let outcome = self.submit(change, caller, body.reason).await?;
                 let table = self.proxy.table.load();
-                let view = table
-                    .tenant(name)
-                    .map(|t| api::tenant_view(&table, t, self.control.shared.bake_started(name)));
+                let view = table.tenant(name).map(|t| {
+                    api::tenant_view(&table, t, self.control.published.bake_started(name))
+                });
                 Ok(json(
                     StatusCode::OK,
                     &RampAnswer {
@@ -263,14 +263,14 @@ impl Admin {
                         ApiError::new(StatusCode::BAD_REQUEST, "limit must be a whole number")
                     })?,
                 };
-                let mut events = self.control.shared.events().recent(tenant, usize::MAX);
+                let mut events = self.control.published.events().recent(tenant, usize::MAX);
                 // A scoped token sees only its tenants' events.
                 events.retain(|e| e.tenant.as_deref().is_none_or(|t| caller.may_touch(t)));
                 let skip = events.len().saturating_sub(limit);
                 Ok(json(StatusCode::OK, &events[skip..]))
             }
             (&Method::GET, ["config"]) => {
-                let status = self.control.shared.status().clone();
+                let status = self.control.published.status().clone();
                 let view = serde_json::json!({
                     "path": status.path.display().to_string(),
                     "generation": status.generation,
@@ -321,7 +321,7 @@ impl Admin {
     /// Whether a ramp or a promotion's bake runs on `tenant` now.
     fn rollout_running(&self, tenant: &str) -> bool {
         let table = self.proxy.table.load();
-        let bake = self.control.shared.bake_started(tenant);
+        let bake = self.control.published.bake_started(tenant);
         table.tenant(tenant).is_some_and(|t| {
             bake.is_some()
                 || t.config
@@ -357,11 +357,11 @@ impl Admin {
                 .metrics()
                 .inflight
                 .set(f64::from(tenant.state.inflight()));
-            for color in Color::ALL {
+            for color in Pool::ALL {
                 let rate = tenant.state.slo.window(color, now).error_rate();
                 tenant.metrics().pool(color).slo_error_rate.set(rate);
             }
-            for color in Color::ALL {
+            for color in Pool::ALL {
                 for ep in tenant.endpoints(color) {
                     let healthy = if ep.is_healthy() { 1.0 } else { 0.0 };
                     metrics
@@ -377,7 +377,7 @@ impl Admin {
                 return false;
             };
             endpoint.is_none_or(|(pool, address)| {
-                Color::parse(pool)
+                Pool::parse(pool)
                     .is_some_and(|c| t.endpoints(c).iter().any(|e| &*e.address == address))
             })
         });

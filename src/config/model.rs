@@ -12,54 +12,54 @@ use std::time::{Duration, SystemTime};
 /// One of the two pools every tenant owns (the SPEC's *pool*: `blue` or
 /// `green`). Which one is stable is per tenant ([`TenantConfig::stable`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Color {
+pub enum Pool {
     /// The pool named `blue` in the file, the API and metric labels.
     Blue,
     /// The pool named `green` in the file, the API and metric labels.
     Green,
 }
 
-impl Color {
-    /// Both pools, in [`Color::index`] order: `[Blue, Green]`.
-    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+impl Pool {
+    /// Both pools, in [`Pool::index`] order: `[Blue, Green]`.
+    pub const ALL: [Pool; 2] = [Pool::Blue, Pool::Green];
 
     /// `"blue"` or `"green"`: the spelling of the file, the admin API, the
     /// `X-Turnout-Pool` header and the `pool` metric label.
     pub fn as_str(self) -> &'static str {
         match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
+            Pool::Blue => "blue",
+            Pool::Green => "green",
         }
     }
 
     /// The other pool: the candidate of a stable pool and vice versa.
-    pub fn other(self) -> Color {
+    pub fn other(self) -> Pool {
         match self {
-            Color::Blue => Color::Green,
-            Color::Green => Color::Blue,
+            Pool::Blue => Pool::Green,
+            Pool::Green => Pool::Blue,
         }
     }
 
     /// Position in per-pool arrays (`[blue, green]`).
     pub fn index(self) -> usize {
         match self {
-            Color::Blue => 0,
-            Color::Green => 1,
+            Pool::Blue => 0,
+            Pool::Green => 1,
         }
     }
 
-    /// The inverse of [`Color::as_str`]: exactly `"blue"` or `"green"`
+    /// The inverse of [`Pool::as_str`]: exactly `"blue"` or `"green"`
     /// (lower case); `None` for anything else.
-    pub fn parse(s: &str) -> Option<Color> {
+    pub fn parse(s: &str) -> Option<Pool> {
         match s {
-            "blue" => Some(Color::Blue),
-            "green" => Some(Color::Green),
+            "blue" => Some(Pool::Blue),
+            "green" => Some(Pool::Green),
             _ => None,
         }
     }
 }
 
-impl fmt::Display for Color {
+impl fmt::Display for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -86,7 +86,7 @@ pub enum WeightsError {
     /// Both weights are 0: no pool would get the traffic.
     BothZero,
     /// This pool's weight is above [`Weights::MAX`].
-    TooLarge(Color),
+    TooLarge(Pool),
 }
 
 impl fmt::Display for WeightsError {
@@ -114,7 +114,7 @@ impl Weights {
         if blue == 0 && green == 0 {
             return Err(WeightsError::BothZero);
         }
-        for (pool, weight) in [(Color::Blue, blue), (Color::Green, green)] {
+        for (pool, weight) in [(Pool::Blue, blue), (Pool::Green, green)] {
             if weight > Weights::MAX {
                 return Err(WeightsError::TooLarge(pool));
             }
@@ -123,22 +123,22 @@ impl Weights {
     }
 
     /// All traffic to `pool`: `{pool = 100, other = 0}`.
-    pub fn all_on(pool: Color) -> Weights {
+    pub fn all_on(pool: Pool) -> Weights {
         Weights::split(pool.other(), 100)
     }
 
     /// `candidate_percent` of the traffic to the pool other than `stable`,
     /// the rest to `stable` (a rollout step); a percent above 100 counts as
     /// 100. The weights always add up to 100.
-    pub fn split(stable: Color, candidate_percent: u32) -> Weights {
+    pub fn split(stable: Pool, candidate_percent: u32) -> Weights {
         let candidate = candidate_percent.min(100);
         let stable_weight = 100 - candidate;
         match stable {
-            Color::Blue => Weights {
+            Pool::Blue => Weights {
                 blue: stable_weight,
                 green: candidate,
             },
-            Color::Green => Weights {
+            Pool::Green => Weights {
                 blue: candidate,
                 green: stable_weight,
             },
@@ -156,10 +156,10 @@ impl Weights {
     }
 
     /// The weight of `color`.
-    pub fn of(&self, color: Color) -> u32 {
+    pub fn of(&self, color: Pool) -> u32 {
         match color {
-            Color::Blue => self.blue,
-            Color::Green => self.green,
+            Pool::Blue => self.blue,
+            Pool::Green => self.green,
         }
     }
 
@@ -169,7 +169,7 @@ impl Weights {
     }
 
     /// The pool's share of traffic in basis points (0..=10 000).
-    pub fn share_bp(&self, color: Color) -> u32 {
+    pub fn share_bp(&self, color: Pool) -> u32 {
         (u64::from(self.of(color)) * 10_000 / u64::from(self.total())) as u32
     }
 }
@@ -372,12 +372,12 @@ pub struct TenantConfig {
     /// The token preview requests must carry, read from `preview_token_env`.
     pub preview_token: Option<String>,
     /// The pool known to be good; reverts send all traffic there.
-    pub stable: Color,
+    pub stable: Pool,
     /// The split between the pools.
     pub weights: Weights,
     /// Where the sticky key is read; `None` draws each request at random.
     pub sticky: Option<StickyKey>,
-    /// Endpoint addresses (`host:port`), indexed by `Color::index`.
+    /// Endpoint addresses (`host:port`), indexed by `Pool::index`.
     pub pools: [Vec<String>; 2],
     /// The certificate served for the tenant's hosts on the HTTPS listener.
     pub tls: Option<TlsFiles>,
@@ -389,19 +389,19 @@ pub struct TenantConfig {
 
 impl TenantConfig {
     /// The pool that is not stable: the one carrying a new release.
-    pub fn candidate(&self) -> Color {
+    pub fn candidate(&self) -> Pool {
         self.stable.other()
     }
 
     /// The endpoint addresses (`host:port`) of `color`, in file order.
-    pub fn pool(&self, color: Color) -> &[String] {
+    pub fn pool(&self, color: Pool) -> &[String] {
         &self.pools[color.index()]
     }
 
     /// A pool that would get traffic but has no endpoints: the stable pool,
     /// or one with weight above 0. The rule every change must pass.
-    pub fn empty_pool_in_use(&self) -> Option<(Color, String)> {
-        Color::ALL.into_iter().find_map(|color| {
+    pub fn empty_pool_in_use(&self) -> Option<(Pool, String)> {
+        Pool::ALL.into_iter().find_map(|color| {
             if !self.pool(color).is_empty() {
                 return None;
             }
@@ -523,58 +523,58 @@ mod tests {
         assert_eq!(Weights::new(0, 0), Err(WeightsError::BothZero));
         assert_eq!(
             Weights::new(Weights::MAX + 1, 1),
-            Err(WeightsError::TooLarge(Color::Blue))
+            Err(WeightsError::TooLarge(Pool::Blue))
         );
         assert_eq!(
             Weights::new(0, u32::MAX),
-            Err(WeightsError::TooLarge(Color::Green))
+            Err(WeightsError::TooLarge(Pool::Green))
         );
         assert_eq!(
             WeightsError::BothZero.to_string(),
             "weights must not both be 0"
         );
         assert_eq!(
-            WeightsError::TooLarge(Color::Green).to_string(),
+            WeightsError::TooLarge(Pool::Green).to_string(),
             "the green weight must be at most 1000000"
         );
         let w = Weights::new(0, 7).unwrap();
         assert_eq!((w.blue(), w.green(), w.total()), (0, 7, 7));
         let max = Weights::new(Weights::MAX, Weights::MAX).unwrap();
         assert_eq!(max.total(), 2 * Weights::MAX);
-        assert_eq!(max.share_bp(Color::Blue), 5_000);
+        assert_eq!(max.share_bp(Pool::Blue), 5_000);
     }
 
     #[test]
     fn shares_add_up_and_follow_the_weights() {
         let w = Weights::new(1, 2).unwrap();
-        assert_eq!(w.of(Color::Blue), 1);
-        assert_eq!(w.of(Color::Green), 2);
-        assert_eq!(w.share_bp(Color::Blue), 3_333);
-        assert_eq!(w.share_bp(Color::Green), 6_666);
+        assert_eq!(w.of(Pool::Blue), 1);
+        assert_eq!(w.of(Pool::Green), 2);
+        assert_eq!(w.share_bp(Pool::Blue), 3_333);
+        assert_eq!(w.share_bp(Pool::Green), 6_666);
         let one_sided = Weights::new(5, 0).unwrap();
-        assert_eq!(one_sided.share_bp(Color::Blue), 10_000);
-        assert_eq!(one_sided.share_bp(Color::Green), 0);
+        assert_eq!(one_sided.share_bp(Pool::Blue), 10_000);
+        assert_eq!(one_sided.share_bp(Pool::Green), 0);
     }
 
     #[test]
     fn all_on_and_split_are_valid_by_shape() {
-        assert_eq!(Weights::all_on(Color::Blue), Weights::new(100, 0).unwrap());
-        assert_eq!(Weights::all_on(Color::Green), Weights::new(0, 100).unwrap());
+        assert_eq!(Weights::all_on(Pool::Blue), Weights::new(100, 0).unwrap());
+        assert_eq!(Weights::all_on(Pool::Green), Weights::new(0, 100).unwrap());
         assert_eq!(
-            Weights::split(Color::Blue, 20),
+            Weights::split(Pool::Blue, 20),
             Weights::new(80, 20).unwrap()
         );
         assert_eq!(
-            Weights::split(Color::Green, 20),
+            Weights::split(Pool::Green, 20),
             Weights::new(20, 80).unwrap()
         );
-        assert_eq!(Weights::split(Color::Blue, 0), Weights::all_on(Color::Blue));
+        assert_eq!(Weights::split(Pool::Blue, 0), Weights::all_on(Pool::Blue));
         assert_eq!(
-            Weights::split(Color::Blue, 250),
-            Weights::all_on(Color::Green)
+            Weights::split(Pool::Blue, 250),
+            Weights::all_on(Pool::Green)
         );
         for percent in 0..=100 {
-            for stable in Color::ALL {
+            for stable in Pool::ALL {
                 let w = Weights::split(stable, percent);
                 assert_eq!(w.total(), 100);
                 assert_eq!(w.of(stable.other()), percent);

@@ -1,7 +1,7 @@
 //! Loading a tenant's certificate and key, as validation does: the files
 //! must parse and the key must match the certificate.
 //!
-//! It lives in `config` rather than beside the listener (`crate::tls`)
+//! It lives in `config` rather than beside the listener (`crate::server::tls`)
 //! because a certificate that does not load is a problem of the control
 //! file, reported at its `tls.cert` or `tls.key` key like any other, and
 //! the loaded key is part of the validated state the control task swaps in.

@@ -492,12 +492,12 @@ fn tenant(
         .as_deref()
         .and_then(|var| secret(p, path.key("preview_token_env"), var, env));
 
-    let stable = Color::parse(&rt.stable).unwrap_or_else(|| {
+    let stable = Pool::parse(&rt.stable).unwrap_or_else(|| {
         p.add(
             path.key("stable"),
             format!("`{}` is not \"blue\" or \"green\"", rt.stable),
         );
-        Color::Blue
+        Pool::Blue
     });
 
     let weights = weights(p, &path.key("weights"), rt.weights, stable);
@@ -506,7 +506,7 @@ fn tenant(
 
     let pp = path.key("pools");
     let pools = [rt.pools.blue, rt.pools.green];
-    for color in Color::ALL {
+    for color in Pool::ALL {
         let list = &pools[color.index()];
         let cp = pp.key(color.as_str());
         for (i, ep) in list.iter().enumerate() {
@@ -579,8 +579,8 @@ fn valid_endpoint(ep: &str) -> bool {
 /// The file's `weights`, each out-of-range value located at its own key and
 /// `{0, 0}` at the table. After a problem the tenant gets all traffic on
 /// `stable`, a placeholder that is never applied (the file is refused).
-fn weights(p: &mut Problems, wp: &KeyPath, raw: RawWeights, stable: Color) -> Weights {
-    let mut weight = |pool: Color, v: i64| {
+fn weights(p: &mut Problems, wp: &KeyPath, raw: RawWeights, stable: Pool) -> Weights {
+    let mut weight = |pool: Pool, v: i64| {
         let w = u32::try_from(v).ok().filter(|w| *w <= Weights::MAX);
         if w.is_none() {
             let message = format!("must be between 0 and {}", Weights::MAX);
@@ -588,10 +588,7 @@ fn weights(p: &mut Problems, wp: &KeyPath, raw: RawWeights, stable: Color) -> We
         }
         w
     };
-    let (blue, green) = (
-        weight(Color::Blue, raw.blue),
-        weight(Color::Green, raw.green),
-    );
+    let (blue, green) = (weight(Pool::Blue, raw.blue), weight(Pool::Green, raw.green));
     let (Some(blue), Some(green)) = (blue, green) else {
         return Weights::all_on(stable);
     };

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use toml_edit::{DocumentMut, Item, TableLike, Value};
 
-use super::{Color, RolloutProgress, Weights};
+use super::{Pool, RolloutProgress, Weights};
 
 /// The keys of one tenant a change sets. `None` leaves a key as the file
 /// has it.
@@ -29,7 +29,7 @@ pub struct TenantEdit {
     /// keeping its layout (inline or not).
     pub weights: Option<Weights>,
     /// New `stable` (after a promotion).
-    pub stable: Option<Color>,
+    pub stable: Option<Pool>,
     /// `Some(None)` removes `rollout.progress`.
     pub progress: Option<Option<RolloutProgress>>,
 }
@@ -261,7 +261,7 @@ mod tests {
                 TenantEdit {
                     tenant: "shop".into(),
                     weights: Some(Weights::new(70, 30).unwrap()),
-                    stable: Some(Color::Green),
+                    stable: Some(Pool::Green),
                     progress: None,
                 },
                 TenantEdit {

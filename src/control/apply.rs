@@ -80,7 +80,7 @@ impl ControlTask {
         }
         // The candidate starts afresh: its next traffic is judged on its own.
         state.slo.restart(candidate);
-        self.shared.ramps().step_ended(tenant);
+        self.published.ramps().step_ended(tenant);
         state.breach_handled();
         result
     }
@@ -165,7 +165,7 @@ impl ControlTask {
         let (next, edit) = self.validate(edit)?;
         if edit.weights.is_some() || edit.stable.is_some() {
             // Any decision about the split ends an in-memory bake.
-            self.shared.ramps().split_decided(&edit.tenant);
+            self.published.ramps().split_decided(&edit.tenant);
         }
         let origin = Origin {
             reason: origin
@@ -202,7 +202,7 @@ impl ControlTask {
         let Some(stored) = committed.stored else {
             return Ok(applied);
         };
-        if self.shared.status().last_error.is_some() {
+        if self.published.status().last_error.is_some() {
             // The file was read and is valid again (fixed before the watcher
             // saw it): that ends the reload error, as a reload would.
             self.reload_succeeded();
@@ -284,7 +284,7 @@ impl ControlTask {
         self.health.reconcile(&table);
         let previous = std::mem::replace(&mut self.running, next);
         self.watch_tls_files();
-        self.shared.ramps().retain(&table);
+        self.published.ramps().retain(&table);
         for t in table.tenants() {
             let Some(before) = previous.tenant(t.name()) else {
                 continue;
@@ -306,7 +306,7 @@ impl ControlTask {
     fn record(&mut self, previous: &Config, origin: &Origin, persisted: bool) -> Outcome {
         let events = describe(previous, &self.running, origin, persisted, self.generation);
         let webhook = self.running.notify.clone();
-        let mut log = self.shared.events();
+        let mut log = self.published.events();
         for event in events {
             let recorded = log.record(event);
             if let Some(hook) = &webhook
@@ -350,7 +350,7 @@ impl ControlTask {
 
     /// Publishes the generation and persistence to `GET /v1/config`.
     pub(super) fn update_status(&self) {
-        let mut status = self.shared.status();
+        let mut status = self.published.status();
         status.generation = self.generation;
         status.persisted = self.persisted();
     }

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::{Color, Config, TenantConfig, Weights};
+use crate::config::{Config, Pool, TenantConfig, Weights};
 
 /// How many events are kept in memory.
 pub const EVENTS_KEPT: usize = 1000;
@@ -60,7 +60,7 @@ pub struct Event {
     /// `None` when the tenant was removed.
     pub to: Option<Weights>,
     /// The stable pool after the change (before it, for a removed tenant).
-    pub stable: Option<Color>,
+    pub stable: Option<Pool>,
     /// Why: the origin's reason, or what changed.
     pub reason: String,
     /// Whether the change is in the store.
@@ -92,7 +92,7 @@ impl EventLog {
             actor = event.actor.as_deref().unwrap_or("-"),
             from = %fmt_weights(event.from),
             to = %fmt_weights(event.to),
-            stable = event.stable.map_or("-", Color::as_str),
+            stable = event.stable.map_or("-", Pool::as_str),
             persisted = event.persisted,
             generation = event.generation,
             reason = %event.reason,

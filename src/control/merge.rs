@@ -62,7 +62,7 @@ fn merge_tenant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Color, Weights};
+    use crate::config::{Pool, Weights};
     use std::path::Path;
 
     fn config(blue: u32, green: u32, green_pool: &str) -> Config {
@@ -93,7 +93,7 @@ mod tests {
         running.tenant_mut("t").unwrap().weights = Weights::new(100, 0).unwrap();
         let merged = merge(&running, &file, config(50, 50, "\"b:1\""));
         assert_eq!(weights(&merged), Weights::new(50, 50).unwrap());
-        assert_eq!(merged.tenant("t").unwrap().stable, Color::Blue);
+        assert_eq!(merged.tenant("t").unwrap().stable, Pool::Blue);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! steps: validate in full → commit to the store → swap the routing table
 //! (one `ArcSwap` store) → record an event per tenant touched → notify the
 //! webhook. The admin API reads history and status through the small
-//! [`Shared`] block.
+//! [`Published`] block.
 //!
 //! The modules, in the order a change meets them:
 //! - `task`: the loop — receives every source and dispatches each change;
@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{ConfigError, Weights};
 pub use events::{Event, EventLog, Source};
 pub use rollout::Ramps;
-pub use task::{Parts, start};
+pub use task::{Wiring, start};
 
 /// A change to the control state: what each source asks of the control task.
 #[derive(Debug, Clone)]
@@ -222,13 +222,13 @@ pub struct ReloadStatus {
 
 /// What the control task shares with readers. The task is its only writer;
 /// each lock is held for a copy or an insert, never across an await.
-pub struct Shared {
+pub struct Published {
     events: Mutex<EventLog>,
     status: Mutex<ReloadStatus>,
     ramps: Mutex<Ramps>,
 }
 
-impl Shared {
+impl Published {
     /// When the promote bake of `tenant` began, for a tenant without a
     /// rollout table (whose bake has no `progress` key to live in).
     pub fn bake_started(&self, tenant: &str) -> Option<SystemTime> {
@@ -261,7 +261,7 @@ struct Request {
 pub struct Control {
     tx: mpsc::Sender<Request>,
     /// History and status, for the admin API.
-    pub shared: Arc<Shared>,
+    pub published: Arc<Published>,
 }
 
 impl Control {

@@ -42,7 +42,7 @@ impl ControlTask {
     /// A valid version was read: the reload error, if any, is over.
     pub(super) fn reload_succeeded(&mut self) {
         self.proxy.metrics.reloads_ok.increment(1);
-        let mut status = self.shared.status();
+        let mut status = self.published.status();
         status.last_reload = Some(SystemTime::now());
         status.last_error = None;
     }
@@ -52,7 +52,7 @@ impl ControlTask {
     fn reload_failed(&mut self, error: ConfigError) -> ChangeError {
         self.proxy.metrics.reloads_error.increment(1);
         tracing::error!(path = %self.store.path().display(), error = %error, "control file not applied; the last good state keeps serving");
-        let mut status = self.shared.status();
+        let mut status = self.published.status();
         status.last_reload = Some(SystemTime::now());
         status.last_error = Some(error.to_string());
         ChangeError::File(error)

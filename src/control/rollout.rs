@@ -211,7 +211,7 @@ impl ControlTask {
     pub(super) fn tick(&mut self) {
         let table = self.proxy.table.load();
         let due = self
-            .shared
+            .published
             .ramps()
             .due(&self.running, &table, SystemTime::now());
         self.pending.extend(due);
@@ -267,7 +267,7 @@ impl ControlTask {
             r.progress
                 .as_ref()
                 .is_some_and(|p| r.steps.get(p.step) == Some(&100))
-        }) || self.shared.bake_started(tenant).is_some();
+        }) || self.published.bake_started(tenant).is_some();
         if baking && t.weights == weights {
             return Ok(self.outcome(false));
         }
@@ -290,7 +290,7 @@ impl ControlTask {
         self.check_candidate(tenant, weights, force)?;
         let outcome = self.edit(edit, None, origin, &reason).await?;
         if !has_table {
-            self.shared.ramps().baking(tenant, SystemTime::now());
+            self.published.ramps().baking(tenant, SystemTime::now());
         }
         self.mark_step(tenant);
         Ok(outcome)
@@ -338,7 +338,7 @@ impl ControlTask {
         if let Err(e) = &result {
             tracing::error!(%tenant, error = %e, "ending the rollout failed");
         }
-        self.shared.ramps().step_ended(tenant);
+        self.published.ramps().step_ended(tenant);
         result
     }
 
@@ -364,7 +364,7 @@ impl ControlTask {
         if let Err(e) = &result {
             tracing::error!(%tenant, error = %e, "promotion failed");
         }
-        let mut ramps = self.shared.ramps();
+        let mut ramps = self.published.ramps();
         ramps.split_decided(tenant);
         ramps.step_ended(tenant);
         result
@@ -374,7 +374,7 @@ impl ControlTask {
     fn mark_step(&mut self, tenant: &str) {
         let table = self.proxy.table.load();
         if let Some(t) = table.tenant(tenant) {
-            self.shared
+            self.published
                 .ramps()
                 .stepped(tenant, t.state.completed(t.candidate()));
         }

@@ -17,13 +17,13 @@ use tokio::sync::{mpsc, watch};
 
 use super::events::EventLog;
 use super::store::{Load, Store};
-use super::{Change, ChangeError, Control, Origin, Outcome, ReloadStatus, Request, Shared};
+use super::{Change, ChangeError, Control, Origin, Outcome, Published, ReloadStatus, Request};
 use crate::config::{Config, ConfigError};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::proxy::Proxy;
-use crate::route::{Breach, Registry};
+use crate::route::{Breach, TableBuilder};
 
 /// Changes queued before senders wait.
 const QUEUE: usize = 64;
@@ -31,11 +31,11 @@ const QUEUE: usize = 64;
 const ROLLOUT_TICK: Duration = Duration::from_millis(100);
 
 /// What the control task needs from the rest of the process.
-pub struct Parts {
+pub struct Wiring {
     /// Where the control state lives (the control file, for now).
     pub store: Box<dyn Store>,
     /// Builds routing tables (and keeps tenants' state across them).
-    pub registry: Arc<Registry>,
+    pub registry: Arc<TableBuilder>,
     /// The process's metrics, which the proxy records into too.
     pub metrics: Arc<Metrics>,
     /// Probes the endpoints of the serving table.
@@ -53,11 +53,11 @@ pub struct Parts {
 /// `rollout`.
 pub(super) struct ControlTask {
     pub(super) store: Box<dyn Store>,
-    pub(super) registry: Arc<Registry>,
+    pub(super) registry: Arc<TableBuilder>,
     pub(super) proxy: Arc<Proxy>,
     pub(super) health: Arc<health::Checker>,
     pub(super) notifier: Notifier,
-    pub(super) shared: Arc<Shared>,
+    pub(super) published: Arc<Published>,
     /// The state being served (the same `Arc` the routing table holds).
     pub(super) running: Arc<Config>,
     /// The last version of the store's state that loaded and validated.
@@ -72,16 +72,16 @@ pub(super) struct ControlTask {
 /// starts the control task. Returns the handle every source of change
 /// holds, and the proxy serving generation 1 (not yet on any listener).
 /// `Err` is the located error of a state that does not load.
-pub async fn start(parts: Parts) -> Result<(Control, Arc<Proxy>), ConfigError> {
-    let mut store = parts.store;
+pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError> {
+    let mut store = wiring.store;
     let first = store.load(Load::Always).await?.ok_or_else(|| {
         ConfigError::general(store.path(), "the store returned no state".to_owned())
     })?;
     let generation = first.revision.unwrap_or(1);
     let running = Arc::new(first.config);
-    let table = parts.registry.build(Arc::clone(&running), generation);
-    let proxy = Arc::new(Proxy::new(table, parts.metrics));
-    let shared = Arc::new(Shared {
+    let table = wiring.registry.build(Arc::clone(&running), generation);
+    let proxy = Arc::new(Proxy::new(table, wiring.metrics));
+    let published = Arc::new(Published {
         events: Mutex::new(EventLog::default()),
         status: Mutex::new(ReloadStatus {
             path: store.path().to_owned(),
@@ -93,14 +93,14 @@ pub async fn start(parts: Parts) -> Result<(Control, Arc<Proxy>), ConfigError> {
         ramps: Mutex::default(),
     });
     let (tx, rx) = mpsc::channel::<Request>(QUEUE);
-    let control = Control { tx, shared };
+    let control = Control { tx, published };
     let mut task = ControlTask {
         store,
-        registry: parts.registry,
+        registry: wiring.registry,
         proxy: Arc::clone(&proxy),
-        health: parts.health,
-        notifier: parts.notifier,
-        shared: Arc::clone(&control.shared),
+        health: wiring.health,
+        notifier: wiring.notifier,
+        published: Arc::clone(&control.published),
         stored: (*running).clone(),
         running,
         generation,
@@ -110,7 +110,7 @@ pub async fn start(parts: Parts) -> Result<(Control, Arc<Proxy>), ConfigError> {
     task.health.reconcile(&task.proxy.table.load());
     task.store.watch(control.clone());
     task.watch_tls_files();
-    tokio::spawn(task.run(rx, parts.breaches, parts.stop));
+    tokio::spawn(task.run(rx, wiring.breaches, wiring.stop));
     Ok((control, proxy))
 }
 

@@ -8,7 +8,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::{
-    Admin, CtlError, EXIT_ENDED, EXIT_OK, EXIT_REVERTED, EXIT_TIMEOUT, StartArgs, report,
+    AdminClient, CtlError, EXIT_ENDED, EXIT_OK, EXIT_REVERTED, EXIT_TIMEOUT, StartArgs, report,
     status_line,
 };
 
@@ -23,7 +23,7 @@ const REVERT_EVENT_WINDOW: usize = 20;
 
 /// Starts a rollout or a promotion, and follows it with `--wait`.
 pub(super) async fn start(
-    admin: &Admin,
+    admin: &AdminClient,
     action: &str,
     args: StartArgs,
     json: bool,
@@ -187,7 +187,7 @@ impl Progress {
 /// with `json` the tenant view as one JSON line) each time the step, phase
 /// or split changes.
 async fn follow(
-    admin: &Admin,
+    admin: &AdminClient,
     tenant: &str,
     candidate: &str,
     json: bool,
@@ -235,7 +235,7 @@ fn progress_text(rollout: &Value) -> String {
 /// as it was when the rollout started). The tenant reads `reverted` as soon
 /// as its traffic has moved back; the event is recorded once the control
 /// file has been written, a moment later, so it is waited for.
-async fn revert_reason(admin: &Admin, tenant: &str, before: &Value) -> String {
+async fn revert_reason(admin: &AdminClient, tenant: &str, before: &Value) -> String {
     let since = before["generation"].as_u64().unwrap_or(0);
     let path = format!("/v1/events?tenant={tenant}&limit={REVERT_EVENT_WINDOW}");
     for _ in 0..REVERT_EVENT_TRIES {

@@ -3,7 +3,7 @@
 //!
 //! A request is not finished when the upstream's headers arrive but when the
 //! last byte of the body has gone out (or the client went away), so the
-//! `Exchange` — tenant slot, endpoint in-flight count, metrics, access log —
+//! `Accounting` — tenant slot, endpoint in-flight count, metrics, access log —
 //! rides inside the body and settles on drop. The body also enforces what is
 //! left of `request_timeout` while it streams.
 
@@ -18,7 +18,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use crate::config::Color;
+use crate::config::Pool;
 use crate::metrics::UpstreamError;
 use crate::route::endpoint::{Endpoint, InflightGuard};
 use crate::route::{Admission, Tenant};
@@ -46,7 +46,7 @@ impl AccessLog {
     pub fn write(
         &self,
         tenant: &Tenant,
-        pool: Option<Color>,
+        pool: Option<Pool>,
         endpoint: Option<&Endpoint>,
         status: u16,
         elapsed: std::time::Duration,
@@ -56,7 +56,7 @@ impl AccessLog {
             target: "turnout::access",
             time = %humantime::format_rfc3339_millis(std::time::SystemTime::now()),
             tenant = tenant.name(),
-            pool = pool.map_or("-", Color::as_str),
+            pool = pool.map_or("-", Pool::as_str),
             endpoint = endpoint.map_or("-", |e| &*e.address),
             method = %self.method,
             path = %self.path.escape_debug(),
@@ -70,12 +70,12 @@ impl AccessLog {
 }
 
 /// One request's claim on tenant and endpoint, settled when it drops.
-pub struct Exchange {
+pub struct Accounting {
     /// The tenant the request was routed to.
     pub tenant: Arc<Tenant>,
     /// The pool that served it (after any failover): the `pool` label, the
     /// SLO window recorded into.
-    pub pool: Color,
+    pub pool: Pool,
     /// When the request was received; durations are measured from here.
     pub started: Instant,
     /// The status sent to the client; 0 until a response head exists, and
@@ -101,7 +101,7 @@ pub struct Exchange {
     pub _deadline: Option<DeadlineGuard>,
 }
 
-impl Drop for Exchange {
+impl Drop for Accounting {
     fn drop(&mut self) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.started);
@@ -167,7 +167,7 @@ pin_project_lite::pin_project! {
         #[pin]
         deadline: Option<Sleep>,
         until: Option<tokio::time::Instant>,
-        exchange: Option<Exchange>,
+        exchange: Option<Accounting>,
         // The upstream connection, back to its pool once the body is read.
         lease: Option<Lease>,
     }
@@ -219,7 +219,7 @@ impl ProxyBody {
     }
 
     /// Attaches the bookkeeping that settles when the body is done.
-    pub fn with_exchange(mut self, exchange: Exchange) -> ProxyBody {
+    pub fn with_exchange(mut self, exchange: Accounting) -> ProxyBody {
         self.exchange = Some(exchange);
         self
     }
@@ -285,7 +285,7 @@ impl Body for ProxyBody {
 
 /// The upstream failed after the response head: the pool's error
 /// (`turnout_upstream_errors_total{kind="body"}`, SPEC section 6).
-fn body_failed(exchange: &mut Option<Exchange>) {
+fn body_failed(exchange: &mut Option<Accounting>) {
     if let Some(ex) = exchange.as_mut() {
         ex.body_failed = true;
         ex.tenant

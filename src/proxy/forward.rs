@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 
 use super::ConnInfo;
 use super::error::ProxyError;
-use crate::config::Color;
+use crate::config::Pool;
 use crate::metrics::{LocalError, UpstreamError};
 use crate::route::Tenant;
 use crate::route::endpoint::{self, Endpoint, InflightGuard};
@@ -237,7 +237,7 @@ fn origin_form(uri: Uri) -> Uri {
 
 /// What came back from upstream, with the endpoint that answered and the
 /// connection, to be returned to its pool when the body has been read.
-pub struct Answer {
+pub struct UpstreamResponse {
     /// The upstream's response, head read, body still streaming.
     pub response: Response<Incoming>,
     /// The in-flight slot of the endpoint that answered; held until the
@@ -265,13 +265,13 @@ pub struct Failure {
 /// client abandons it (`upstream::Rescuable`).
 pub async fn send(
     tenant: &Arc<Tenant>,
-    pool: Color,
+    pool: Pool,
     first: Arc<Endpoint>,
     mut parts: Parts,
     body: Incoming,
     deadline: tokio::time::Instant,
     rescuable: bool,
-) -> Result<Answer, Failure> {
+) -> Result<UpstreamResponse, Failure> {
     use http_body::Body as _;
     let bodiless = body.is_end_stream();
     let rescuable = rescuable && bodiless;
@@ -298,7 +298,7 @@ pub async fn send(
         };
         let kind = match answered {
             Ok(Ok((response, sender))) => {
-                return Ok(Answer {
+                return Ok(UpstreamResponse {
                     response,
                     lease: Lease::new(
                         sender,
@@ -332,7 +332,7 @@ pub async fn send(
                     None => UpstreamError::Connect,
                 }
             }
-            Ok(Err(SendError::Exchange(e)))
+            Ok(Err(SendError::Accounting(e)))
                 if upload.as_ref().is_some_and(|u| u.client_failed()) =>
             {
                 // The client's body broke, not the upstream (SPEC section 6).
@@ -342,7 +342,7 @@ pub async fn send(
                     tried: endpoint,
                 });
             }
-            Ok(Err(SendError::Exchange(e))) => {
+            Ok(Err(SendError::Accounting(e))) => {
                 metrics.upstream_error(UpstreamError::Protocol);
                 tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "upstream exchange failed");
                 UpstreamError::Protocol

@@ -19,14 +19,14 @@ use http::header::{HeaderName, HeaderValue, SET_COOKIE};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::config::{Color, StickyKey};
+use crate::config::{Pool, StickyKey};
 use crate::metrics::{Metrics, Rejected, Unrouted};
 use crate::route::pool::PoolChoice;
 use crate::route::{Endpoint, RoutingTable, Tenant, endpoint, host, pool};
 use crate::server::Tunnels;
 use crate::server::conn::ConnState;
 use authority::Refusal;
-use body::{AccessLog, Exchange, ProxyBody};
+use body::{AccessLog, Accounting, ProxyBody};
 use error::ProxyError;
 
 /// `X-Turnout-Pool: blue|green`, set on every proxied response (and a
@@ -141,7 +141,7 @@ impl Proxy {
         };
         let (pool, endpoint) = pick_endpoint(&tenant, pool, preview);
         let deadline = started + tenant.config.settings.request_timeout;
-        let mut exchange = Exchange {
+        let mut exchange = Accounting {
             tenant: Arc::clone(&tenant),
             pool,
             started,
@@ -265,7 +265,7 @@ impl Proxy {
 
 /// The endpoint for a request: from its pool, or — when that pool has no
 /// healthy endpoint and the request is not a preview — from the other pool.
-fn pick_endpoint(tenant: &Tenant, pool: Color, preview: bool) -> (Color, Option<Arc<Endpoint>>) {
+fn pick_endpoint(tenant: &Tenant, pool: Pool, preview: bool) -> (Pool, Option<Arc<Endpoint>>) {
     if let Some(ep) = endpoint::choose(tenant.endpoints(pool), None) {
         return (pool, Some(ep));
     }
@@ -282,12 +282,12 @@ fn pick_endpoint(tenant: &Tenant, pool: Color, preview: bool) -> (Color, Option<
     }
 }
 
-fn pool_header(pool: Color) -> HeaderValue {
+fn pool_header(pool: Pool) -> HeaderValue {
     HeaderValue::from_static(pool.as_str())
 }
 
 /// Ties the exchange to the response so it settles when the body ends.
-fn settle(resp: Response<ProxyBody>, mut exchange: Exchange) -> Response<ProxyBody> {
+fn settle(resp: Response<ProxyBody>, mut exchange: Accounting) -> Response<ProxyBody> {
     exchange.status = resp.status().as_u16();
     resp.map(|body| body.with_exchange(exchange))
 }

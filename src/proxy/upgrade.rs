@@ -18,8 +18,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::X_TURNOUT_POOL;
-use super::body::{Exchange, ProxyBody};
-use crate::config::Color;
+use super::body::{Accounting, ProxyBody};
+use crate::config::Pool;
 use crate::server::TunnelGuard;
 
 /// The protocols an HTTP/1.1 request asks to switch to, if it does, with
@@ -83,7 +83,7 @@ pub fn restore(headers: &mut HeaderMap, protocol: HeaderValue) {
 
 /// The 101 sent to the client: the upstream's, minus its other hop-by-hop
 /// headers, naming the pool.
-pub fn switching_response<B>(upstream: &Response<B>, pool: Color) -> Response<ProxyBody> {
+pub fn switching_response<B>(upstream: &Response<B>, pool: Pool) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(bytes::Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = upstream.headers().clone();
@@ -104,7 +104,7 @@ pub fn switching_response<B>(upstream: &Response<B>, pool: Color) -> Response<Pr
 pub fn spawn_tunnel(
     client: OnUpgrade,
     upstream: OnUpgrade,
-    exchange: Exchange,
+    exchange: Accounting,
     guard: TunnelGuard,
 ) {
     tokio::spawn(async move {

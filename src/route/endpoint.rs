@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use http::uri::Authority;
 
-use crate::upstream::IdlePool;
+use crate::upstream::IdleConnections;
 
 /// One upstream address (`host:port`), shared by every pool of every tenant
 /// that lists it: its health verdict, requests in flight and idle
-/// connections. Lives in the `Registry` as long as some tenant lists it.
+/// connections. Lives in the `TableBuilder` as long as some tenant lists it.
 #[derive(Debug)]
 pub struct Endpoint {
     /// `host:port` exactly as the control file spells it; the registry key,
@@ -22,7 +22,7 @@ pub struct Endpoint {
     healthy: AtomicBool,
     inflight: AtomicU32,
     /// Idle keep-alive connections to this address.
-    pub connections: IdlePool,
+    pub connections: IdleConnections,
 }
 
 impl Endpoint {
@@ -33,7 +33,7 @@ impl Endpoint {
             address: address.into(),
             healthy: AtomicBool::new(true),
             inflight: AtomicU32::new(0),
-            connections: IdlePool::default(),
+            connections: IdleConnections::default(),
         })
     }
 

@@ -4,7 +4,7 @@
 //! each time a change is applied; the proxy holds it in an `ArcSwap`, so a
 //! request sees the old table or the new one, never a mix. Everything that
 //! must outlive a table — endpoint health and in-flight counts, a tenant's
-//! in-flight count and metric handles — lives in the `Registry`, keyed by
+//! in-flight count and metric handles — lives in the `TableBuilder`, keyed by
 //! address or tenant name, and each new table links to it.
 
 pub mod endpoint;
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::config::{Color, Config, TenantConfig};
+use crate::config::{Config, Pool, TenantConfig};
 use crate::metrics::{Metrics, TenantMetrics};
 use crate::slo::Verdict;
 use crate::slo::guard::TenantGuard;
@@ -69,7 +69,7 @@ pub struct Tenant {
     /// Seed of the sticky hash (`sticky::tenant_seed`).
     seed: u64,
     candidate_share_bp: u32,
-    /// Endpoints per pool, indexed by `Color::index`.
+    /// Endpoints per pool, indexed by `Pool::index`.
     pools: [Box<[Arc<Endpoint>]>; 2],
     /// What outlives this table: in-flight count, metrics, SLO guard.
     pub state: Arc<TenantState>,
@@ -82,17 +82,17 @@ impl Tenant {
     }
 
     /// The pool known to be good.
-    pub fn stable(&self) -> Color {
+    pub fn stable(&self) -> Pool {
         self.config.stable
     }
 
     /// The pool carrying the new release.
-    pub fn candidate(&self) -> Color {
+    pub fn candidate(&self) -> Pool {
         self.config.stable.other()
     }
 
     /// The endpoints of `pool`, in file order (healthy or not).
-    pub fn endpoints(&self, pool: Color) -> &[Arc<Endpoint>] {
+    pub fn endpoints(&self, pool: Pool) -> &[Arc<Endpoint>] {
         &self.pools[pool.index()]
     }
 
@@ -103,7 +103,7 @@ impl Tenant {
 
     /// The pool for a sticky key: the candidate iff the key's bucket is below
     /// the candidate's share.
-    pub fn pool_for_key(&self, key: &[u8]) -> Color {
+    pub fn pool_for_key(&self, key: &[u8]) -> Pool {
         if sticky::bucket(self.seed, key) < self.candidate_share_bp {
             self.candidate()
         } else {
@@ -113,12 +113,12 @@ impl Tenant {
 
     /// A pool drawn at random by weight (`Weights` are never both 0, so the
     /// range is never empty).
-    pub fn draw(&self) -> Color {
+    pub fn draw(&self) -> Pool {
         let w = self.config.weights;
         if fastrand::u32(..w.total()) < w.blue() {
-            Color::Blue
+            Pool::Blue
         } else {
-            Color::Green
+            Pool::Green
         }
     }
 
@@ -129,7 +129,7 @@ impl Tenant {
 
     /// The candidate's verdict now (`pool` is the candidate; the verdict
     /// judges the candidate's exposure, with stable as its baseline).
-    pub fn verdict(&self, pool: Color) -> Verdict {
+    pub fn verdict(&self, pool: Pool) -> Verdict {
         debug_assert_eq!(pool, self.candidate());
         self.state.slo.judge(self.stable()).verdict()
     }
@@ -184,7 +184,7 @@ impl TenantState {
     /// Requests of `pool` finished since the process started that were
     /// evidence about it (see [`TenantState::completed_one`]); the ramp
     /// compares two readings to count a step's requests.
-    pub fn completed(&self, pool: Color) -> u64 {
+    pub fn completed(&self, pool: Pool) -> u64 {
         self.completed[pool.index()].load(Ordering::Relaxed)
     }
 
@@ -198,19 +198,19 @@ impl TenantState {
     }
 
     /// Counts a request of `pool` abandoned by its client before the head.
-    pub fn abandoned(&self, pool: Color) {
+    pub fn abandoned(&self, pool: Pool) {
         self.abandoned[pool.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests of `pool` abandoned by their clients since the process
     /// started.
-    pub fn abandoned_count(&self, pool: Color) -> u64 {
+    pub fn abandoned_count(&self, pool: Pool) -> u64 {
         self.abandoned[pool.index()].load(Ordering::Relaxed)
     }
 
     /// Counts a finished request of `pool` that is evidence about it (for
     /// the ramp's per-step count).
-    pub fn completed_one(&self, pool: Color) {
+    pub fn completed_one(&self, pool: Pool) {
         self.completed[pool.index()].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -240,7 +240,7 @@ impl Drop for Admission {
 
 /// The long-lived state routing tables link to. Only the control path
 /// (building a table) takes its locks; requests never do.
-pub struct Registry {
+pub struct TableBuilder {
     /// The process's metrics, where tenant handles are registered.
     pub metrics: Arc<Metrics>,
     breach_tx: mpsc::UnboundedSender<Breach>,
@@ -248,10 +248,10 @@ pub struct Registry {
     tenants: Mutex<HashMap<String, Arc<TenantState>>>,
 }
 
-impl Registry {
+impl TableBuilder {
     /// A registry whose tenants report SLO breaches on `breach_tx`.
-    pub fn new(metrics: Arc<Metrics>, breach_tx: mpsc::UnboundedSender<Breach>) -> Registry {
-        Registry {
+    pub fn new(metrics: Arc<Metrics>, breach_tx: mpsc::UnboundedSender<Breach>) -> TableBuilder {
+        TableBuilder {
             metrics,
             breach_tx,
             endpoints: Mutex::default(),
@@ -270,7 +270,7 @@ impl Registry {
         let mut tenants = Vec::with_capacity(config.tenants.len());
 
         for (index, tc) in config.tenants.iter().enumerate() {
-            let pools = Color::ALL.map(|color| {
+            let pools = Pool::ALL.map(|color| {
                 tc.pool(color)
                     .iter()
                     .filter_map(|address| {
@@ -295,7 +295,7 @@ impl Registry {
                 })
             });
             state.slo.configure(&tc.settings.slo);
-            for color in Color::ALL {
+            for color in Pool::ALL {
                 let share = f64::from(tc.weights.share_bp(color)) / 100.0;
                 state.metrics.pool(color).share.set(share);
             }
@@ -319,7 +319,7 @@ impl Registry {
         }
         // Tenants that left the file: their shares are 0 from now on.
         for state in old_tenants.values() {
-            for color in Color::ALL {
+            for color in Pool::ALL {
                 state.metrics.pool(color).share.set(0.0);
             }
         }

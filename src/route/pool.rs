@@ -11,7 +11,7 @@ use http::HeaderMap;
 use http::header::COOKIE;
 
 use super::{Tenant, sticky};
-use crate::config::{Color, StickyKey};
+use crate::config::{Pool, StickyKey};
 
 /// The header a preview request carries its token in.
 pub const PREVIEW_TOKEN_HEADER: &str = "x-turnout-preview";
@@ -22,7 +22,7 @@ pub enum PoolChoice {
     /// Serve from this pool; `preview` requests must not fail over.
     Pool {
         /// The pool chosen.
-        pool: Color,
+        pool: Pool,
         /// The request came in on a preview host (so `pool` is the
         /// candidate, and a 503 rather than a failover when it is down).
         preview: bool,
@@ -31,7 +31,7 @@ pub enum PoolChoice {
     /// the cookie to `key` so the user stays there.
     NewCookie {
         /// The pool `key`'s bucket picks.
-        pool: Color,
+        pool: Pool,
         /// The fresh key (`sticky::fresh_key`: 32 hex digits) for the
         /// `Set-Cookie` of the response.
         key: String,

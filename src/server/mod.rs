@@ -10,6 +10,7 @@
 
 pub mod conn;
 pub mod deadlines;
+pub mod tls;
 pub mod watched;
 
 use std::future::Future;

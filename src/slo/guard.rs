@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use super::sequential::{Breach, Guard, Judgement, Plan, Tallies};
 use super::window::{Snapshot, Window};
 use super::{Verdict, judge};
-use crate::config::{Color, SloSettings};
+use crate::config::{Pool, SloSettings};
 
 /// The SLO state of one tenant (both pools).
 pub struct TenantGuard {
@@ -77,8 +77,8 @@ impl TenantGuard {
         &self,
         name: &str,
         slo: &SloSettings,
-        pool: Color,
-        stable: Color,
+        pool: Pool,
+        stable: Pool,
         candidate_exposed: bool,
         error: bool,
         elapsed: Duration,
@@ -118,7 +118,7 @@ impl TenantGuard {
 
     /// The candidate's verdict now, with its bounds (for the tenant view,
     /// the ramp and promotion).
-    pub fn judge(&self, stable: Color) -> Judgement {
+    pub fn judge(&self, stable: Pool) -> Judgement {
         let candidate = stable.other();
         self.test.load().judge(
             self.tallies[candidate.index()].load(),
@@ -127,7 +127,7 @@ impl TenantGuard {
     }
 
     /// A pool's window now.
-    pub fn window(&self, pool: Color, now: Instant) -> Snapshot {
+    pub fn window(&self, pool: Pool, now: Instant) -> Snapshot {
         self.windows.load()[pool.index()].snapshot(now)
     }
 
@@ -135,7 +135,7 @@ impl TenantGuard {
     /// is a new candidate after a promotion, or it was reverted): its
     /// window is cleared and the test starts afresh on both pools' counts
     /// from now on.
-    pub fn restart(&self, candidate: Color) {
+    pub fn restart(&self, candidate: Pool) {
         self.windows.load()[candidate.index()].clear();
         self.clear_tallies();
         self.test.load().reset();
@@ -176,18 +176,18 @@ mod tests {
         let mut breaches = 0;
         for i in 0..60 {
             let error = i % 2 == 0;
-            if g.record("t", &s, Color::Green, Color::Blue, true, error, ms, now)
+            if g.record("t", &s, Pool::Green, Pool::Blue, true, error, ms, now)
                 .is_some()
             {
                 breaches += 1;
             }
         }
         assert_eq!(breaches, 1, "one breach until it is handled");
-        assert_eq!(g.judge(Color::Blue).standing.as_str(), "breach");
-        g.restart(Color::Green);
+        assert_eq!(g.judge(Pool::Blue).standing.as_str(), "breach");
+        g.restart(Pool::Green);
         g.breach_handled();
-        assert_eq!(g.judge(Color::Blue).standing.as_str(), "inconclusive");
-        assert_eq!(g.window(Color::Green, now).requests, 0);
+        assert_eq!(g.judge(Pool::Blue).standing.as_str(), "inconclusive");
+        assert_eq!(g.window(Pool::Green, now).requests, 0);
     }
 
     #[test]
@@ -198,8 +198,8 @@ mod tests {
             let b = g.record(
                 "t",
                 &s,
-                Color::Green,
-                Color::Blue,
+                Pool::Green,
+                Pool::Blue,
                 false,
                 true,
                 Duration::ZERO,

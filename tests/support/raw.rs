@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a raw upstream sends for a request head; `None`: nothing.
-type Answer = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+type UpstreamResponse = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// A raw HTTP/1.1 upstream, running. It answers `GET /healthz` probes with
 /// an empty 200 (not recorded); every other request head is recorded in
@@ -32,7 +32,7 @@ pub struct RawUpstream {
 /// How a `RawUpstream` behaves; `spawn` starts it.
 #[must_use]
 pub struct RawBuilder {
-    answer: Answer,
+    answer: UpstreamResponse,
     per_connection: Option<usize>,
     close_each: bool,
 }
@@ -55,7 +55,7 @@ impl RawUpstream {
 }
 
 impl RawBuilder {
-    fn new(answer: Answer) -> RawBuilder {
+    fn new(answer: UpstreamResponse) -> RawBuilder {
         RawBuilder {
             answer,
             per_connection: None,
