@@ -140,7 +140,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         serving.clone(),
     ));
     if let Some(https) = https {
-        let acceptor = crate::server::tls::acceptor(Arc::clone(&proxy))
+        let acceptor = crate::server::tls::acceptor(Arc::clone(&proxy.table))
             .map_err(|e| StartError::Refused(format!("cannot set up TLS: {e}")))?;
         tasks.spawn(server::serve_proxy(
             https,

@@ -28,8 +28,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::route::{Endpoint, TenantState};
-
 /// A request body on its way upstream: the client's stream, or nothing for a
 /// bodiless request (which can then be sent again on a retry).
 pub type UpstreamBody = Either<Upload, Empty<Bytes>>;
@@ -138,7 +136,7 @@ pub enum SendError {
     /// comes back for a retry elsewhere.
     Connect(std::io::Error, Box<Request<UpstreamBody>>),
     /// The exchange failed after the connection was up.
-    Accounting(hyper::Error),
+    Exchange(hyper::Error),
 }
 
 struct Idle {
@@ -154,9 +152,11 @@ impl Idle {
     }
 }
 
-/// The idle keep-alive connections of one endpoint.
-#[derive(Default)]
+/// The idle keep-alive connections of one endpoint, with its address.
+/// Shared (`Arc`) by the endpoint and every exchange lent one of them.
 pub struct IdleConnections {
+    /// The endpoint's `host:port`, where new connections go.
+    address: Box<str>,
     idle: SegQueue<Idle>,
     /// Entries in `idle`, kept apart because `SegQueue::len` is not cheap.
     count: AtomicUsize,
@@ -174,6 +174,16 @@ impl std::fmt::Debug for IdleConnections {
 }
 
 impl IdleConnections {
+    /// No connection yet to `address` (`host:port`).
+    pub fn new(address: &str) -> IdleConnections {
+        IdleConnections {
+            address: address.into(),
+            idle: SegQueue::new(),
+            count: AtomicUsize::new(0),
+            rescues: AtomicUsize::new(0),
+        }
+    }
+
     /// The oldest idle connection that is still open and fresh, with how
     /// long it idled.
     fn take(&self) -> Option<(Sender, Duration)> {
@@ -226,26 +236,31 @@ impl IdleConnections {
 /// cannot reuse a half-read response).
 pub struct Lease {
     sender: Sender,
-    endpoint: Arc<Endpoint>,
+    connections: Arc<IdleConnections>,
     /// For a request with a body: how its upload is going.
     upload: Option<Arc<UploadState>>,
-    /// The tenant whose slot a rescue holds, when the rest of the response
-    /// may be read off in the background as the client goes away (see
-    /// [`Lease::rescue`]).
-    rescuable: Option<Arc<TenantState>>,
+    /// When the rest of the response may be read off in the background as
+    /// the client goes away (see [`Lease::rescue`]): what the rescue holds
+    /// on the caller's behalf while it runs.
+    rescuable: Option<Holder>,
 }
 
+/// Makes what a rescue holds while it runs — the caller's slots (a
+/// tenant's `max_inflight`, an endpoint's in-flight count), so abandoning
+/// requests frees no capacity and load balancing still sees the load.
+pub type Holder = Box<dyn FnOnce() -> Box<dyn Send> + Send>;
+
 impl Lease {
-    /// Lends `sender`, a connection to `endpoint`, to one exchange.
+    /// Lends `sender`, a connection of `connections`, to one exchange.
     pub fn new(
         sender: Sender,
-        endpoint: Arc<Endpoint>,
+        connections: Arc<IdleConnections>,
         upload: Option<Arc<UploadState>>,
-        rescuable: Option<Arc<TenantState>>,
+        rescuable: Option<Holder>,
     ) -> Lease {
         Lease {
             sender,
-            endpoint,
+            connections,
             upload,
             rescuable,
         }
@@ -256,13 +271,13 @@ impl Lease {
     /// [`RESCUE_BYTES`] within [`RESCUE_TIME`]) and keep the connection;
     /// otherwise close it.
     pub fn rescue(mut self, rest: Incoming) {
-        let Some(tenant) = self.rescuable.take() else {
+        let Some(holder) = self.rescuable.take() else {
             return;
         };
         if self.upload.is_some() {
             return;
         }
-        let Some(held) = Held::take(&self.endpoint, &tenant) else {
+        let Some(held) = Held::take(&self.connections, holder) else {
             return;
         };
         tokio::spawn(async move {
@@ -280,7 +295,7 @@ impl Lease {
         if self.upload.is_some_and(|upload| !upload.sent()) {
             return;
         }
-        self.endpoint.connections.put(self.sender);
+        self.connections.put(self.sender);
     }
 }
 
@@ -298,33 +313,28 @@ pub const RESCUE_MAX: usize = 8;
 /// (so abandoning requests frees no capacity and P2C still sees the load),
 /// and one of the endpoint's [`RESCUE_MAX`] places.
 struct Held {
-    _slot: crate::route::Admission,
-    _inflight: crate::route::endpoint::InflightGuard,
-    endpoint: Arc<Endpoint>,
+    _slots: Box<dyn Send>,
+    connections: Arc<IdleConnections>,
 }
 
 impl Held {
     /// `None` when the endpoint already has [`RESCUE_MAX`] rescues running.
-    fn take(endpoint: &Arc<Endpoint>, tenant: &Arc<TenantState>) -> Option<Held> {
-        let rescues = &endpoint.connections.rescues;
+    fn take(connections: &Arc<IdleConnections>, holder: Holder) -> Option<Held> {
+        let rescues = &connections.rescues;
         if rescues.fetch_add(1, Ordering::AcqRel) >= RESCUE_MAX {
             rescues.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
         Some(Held {
-            _slot: tenant.hold(),
-            _inflight: endpoint.start(),
-            endpoint: Arc::clone(endpoint),
+            _slots: holder(),
+            connections: Arc::clone(connections),
         })
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.endpoint
-            .connections
-            .rescues
-            .fetch_sub(1, Ordering::AcqRel);
+        self.connections.rescues.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -362,20 +372,21 @@ type PendingSend = Pin<Box<dyn Future<Output = SendResult> + Send>>;
 /// gone.
 pub struct Rescuable {
     exchange: Option<PendingSend>,
-    endpoint: Arc<Endpoint>,
-    tenant: Arc<TenantState>,
+    connections: Arc<IdleConnections>,
+    holder: Option<Holder>,
 }
 
 impl Rescuable {
-    /// Wraps `exchange`, a send to `endpoint` for `tenant`.
-    pub fn new<F>(exchange: F, endpoint: Arc<Endpoint>, tenant: Arc<TenantState>) -> Rescuable
+    /// Wraps `exchange`, a send on `connections`; `holder` makes what a
+    /// rescue holds while it runs.
+    pub fn new<F>(exchange: F, connections: Arc<IdleConnections>, holder: Holder) -> Rescuable
     where
         F: Future<Output = SendResult> + Send + 'static,
     {
         Rescuable {
             exchange: Some(Box::pin(exchange)),
-            endpoint,
-            tenant,
+            connections,
+            holder: Some(holder),
         }
     }
 }
@@ -395,10 +406,10 @@ impl Future for Rescuable {
 
 impl Drop for Rescuable {
     fn drop(&mut self) {
-        let Some(exchange) = self.exchange.take() else {
+        let (Some(exchange), Some(holder)) = (self.exchange.take(), self.holder.take()) else {
             return;
         };
-        let Some(held) = Held::take(&self.endpoint, &self.tenant) else {
+        let Some(held) = Held::take(&self.connections, holder) else {
             return;
         };
         tokio::spawn(async move {
@@ -406,7 +417,7 @@ impl Drop for Rescuable {
             if let Ok(Ok((response, sender))) = answered
                 && drain(response.into_body()).await
             {
-                held.endpoint.connections.put(sender);
+                held.connections.put(sender);
             }
             drop(held);
         });
@@ -448,12 +459,12 @@ async fn connect(address: &str, timeout: Duration) -> std::io::Result<Sender> {
 /// again (bodiless, idempotent method) — what nginx and Go's client do. Only
 /// then is the request head copied.
 pub async fn send(
-    endpoint: Arc<Endpoint>,
+    connections: Arc<IdleConnections>,
     connect_timeout: Duration,
     mut request: Request<UpstreamBody>,
 ) -> SendResult {
-    let address = &*endpoint.address;
-    let mut reused = endpoint.connections.take();
+    let address = &*connections.address;
+    let mut reused = connections.take();
     loop {
         let fresh = reused.is_none();
         let may_be_stale = reused
@@ -470,7 +481,7 @@ pub async fn send(
         };
         if let Err(e) = sender.ready().await {
             if fresh {
-                return Err(SendError::Accounting(e));
+                return Err(SendError::Exchange(e));
             }
             continue;
         }
@@ -486,7 +497,7 @@ pub async fn send(
                     );
                     request = copy;
                 }
-                _ => return Err(SendError::Accounting(e.into_error())),
+                _ => return Err(SendError::Exchange(e.into_error())),
             },
         }
     }
@@ -530,7 +541,7 @@ mod tests {
     #[tokio::test]
     async fn keeps_at_most_max_idle_and_drops_closed_connections() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = IdleConnections::default();
+        let pool = IdleConnections::new("127.0.0.1:1");
         let mut servers = Vec::new();
         for _ in 0..MAX_IDLE + 3 {
             let (sender, server) = pair(&listener).await;
@@ -554,7 +565,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_connection_is_not_pooled() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = IdleConnections::default();
+        let pool = IdleConnections::new("127.0.0.1:1");
         let (closed, server) = pair(&listener).await;
         drop(server);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

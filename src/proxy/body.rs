@@ -18,11 +18,11 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use super::conn::DeadlineGuard;
 use crate::config::Pool;
 use crate::metrics::UpstreamError;
 use crate::route::endpoint::{Endpoint, InflightGuard};
 use crate::route::{Admission, Tenant};
-use crate::server::conn::DeadlineGuard;
 use crate::upstream::Lease;
 
 /// The error type of every body the proxy sends.

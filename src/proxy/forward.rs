@@ -18,7 +18,7 @@ use http::{HeaderMap, Request, Response, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
-use super::ConnInfo;
+use super::conn::ConnInfo;
 use super::error::ProxyError;
 use crate::config::Pool;
 use crate::metrics::{LocalError, UpstreamError};
@@ -220,6 +220,14 @@ pub fn prepare_response<B: http_body::Body>(headers: &mut HeaderMap, body: &B) {
     remove_hop_by_hop(headers);
 }
 
+/// What an abandoned exchange holds while it finishes in the background
+/// (`upstream::Rescuable`): a slot of the tenant's `max_inflight` and the
+/// endpoint's in-flight count.
+fn slots(tenant: &Tenant, endpoint: &Arc<Endpoint>) -> upstream::Holder {
+    let (state, endpoint) = (Arc::clone(&tenant.state), Arc::clone(endpoint));
+    Box::new(move || Box::new((state.hold(), endpoint.start())))
+}
+
 /// The request target for the upstream: origin-form (`/path?query`), as
 /// HTTP/1.1 origin servers expect. An HTTP/2 request (or a proxy-style
 /// absolute-form one) carries scheme and authority in its URI; `Host`
@@ -289,9 +297,10 @@ pub async fn send(
     let connect_timeout = tenant.config.settings.connect_timeout;
     loop {
         let guard = endpoint.start();
-        let sent = upstream::send(Arc::clone(&endpoint), connect_timeout, request);
+        let sent = upstream::send(Arc::clone(&endpoint.connections), connect_timeout, request);
         let answered = if rescuable {
-            let sent = Rescuable::new(sent, Arc::clone(&endpoint), Arc::clone(&tenant.state));
+            let holder = slots(tenant, &endpoint);
+            let sent = Rescuable::new(sent, Arc::clone(&endpoint.connections), holder);
             tokio::time::timeout_at(deadline, sent).await
         } else {
             tokio::time::timeout_at(deadline, sent).await
@@ -302,9 +311,9 @@ pub async fn send(
                     response,
                     lease: Lease::new(
                         sender,
-                        Arc::clone(&endpoint),
+                        Arc::clone(&endpoint.connections),
                         upload,
-                        rescuable.then(|| Arc::clone(&tenant.state)),
+                        rescuable.then(|| slots(tenant, &endpoint)),
                     ),
                     endpoint: guard,
                 });
@@ -332,7 +341,7 @@ pub async fn send(
                     None => UpstreamError::Connect,
                 }
             }
-            Ok(Err(SendError::Accounting(e)))
+            Ok(Err(SendError::Exchange(e)))
                 if upload.as_ref().is_some_and(|u| u.client_failed()) =>
             {
                 // The client's body broke, not the upstream (SPEC section 6).
@@ -342,7 +351,7 @@ pub async fn send(
                     tried: endpoint,
                 });
             }
-            Ok(Err(SendError::Accounting(e))) => {
+            Ok(Err(SendError::Exchange(e))) => {
                 metrics.upstream_error(UpstreamError::Protocol);
                 tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "upstream exchange failed");
                 UpstreamError::Protocol

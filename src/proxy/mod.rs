@@ -6,11 +6,12 @@
 
 pub mod authority;
 pub mod body;
+pub mod conn;
+pub mod deadlines;
 pub mod error;
 pub mod forward;
 pub mod upgrade;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,10 +24,9 @@ use crate::config::{Pool, StickyKey};
 use crate::metrics::{Metrics, Rejected, Unrouted};
 use crate::route::pool::PoolChoice;
 use crate::route::{Endpoint, RoutingTable, Tenant, endpoint, host, pool};
-use crate::server::Tunnels;
-use crate::server::conn::ConnState;
 use authority::Refusal;
 use body::{AccessLog, Accounting, ProxyBody};
+use conn::{ConnInfo, Tunnels};
 use error::ProxyError;
 
 /// `X-Turnout-Pool: blue|green`, set on every proxied response (and a
@@ -34,45 +34,11 @@ use error::ProxyError;
 /// served them (SPEC section 4.5). After a failover it names the other pool.
 pub static X_TURNOUT_POOL: HeaderName = HeaderName::from_static("x-turnout-pool");
 
-/// What a connection knows about its client, computed once per connection.
-#[derive(Clone)]
-pub struct ConnInfo {
-    /// The client's address as the listener accepted it.
-    pub peer: SocketAddr,
-    /// The client IP, ready for `X-Forwarded-For`.
-    pub client_ip: HeaderValue,
-    /// `http` or `https`, for `X-Forwarded-Proto`.
-    pub proto: HeaderValue,
-    /// The TLS server name the client asked for.
-    pub sni: Option<Arc<str>>,
-    /// What the connection's requests share with its timer (`server::conn`).
-    pub state: Arc<ConnState>,
-}
-
-impl ConnInfo {
-    /// The facts of a connection from `peer`; `sni` over TLS.
-    pub fn new(
-        peer: SocketAddr,
-        tls: bool,
-        sni: Option<Arc<str>>,
-        state: Arc<ConnState>,
-    ) -> ConnInfo {
-        let ip = peer.ip().to_string();
-        ConnInfo {
-            peer,
-            client_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
-            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
-            sni,
-            state,
-        }
-    }
-}
-
 /// The data plane: the current routing table and the metrics it feeds.
 pub struct Proxy {
     /// The current routing table. Each request loads it once; only the
     /// control task stores a new one.
-    pub table: ArcSwap<RoutingTable>,
+    pub table: Arc<ArcSwap<RoutingTable>>,
     /// The process's metrics (the unrouted and local-error counters are
     /// bumped here; per-tenant ones through the table's tenants).
     pub metrics: Arc<Metrics>,
@@ -84,7 +50,7 @@ impl Proxy {
     /// A proxy serving `table` (generation 1 at start-up), with no tunnels.
     pub fn new(table: RoutingTable, metrics: Arc<Metrics>) -> Proxy {
         Proxy {
-            table: ArcSwap::from_pointee(table),
+            table: Arc::new(ArcSwap::from_pointee(table)),
             metrics,
             tunnels: Arc::default(),
         }

@@ -19,8 +19,8 @@ use hyper_util::rt::TokioIo;
 
 use super::X_TURNOUT_POOL;
 use super::body::{Accounting, ProxyBody};
+use super::conn::TunnelGuard;
 use crate::config::Pool;
-use crate::server::TunnelGuard;
 
 /// The protocols an HTTP/1.1 request asks to switch to, if it does, with
 /// `h2c` left out.

@@ -21,8 +21,9 @@ pub struct Endpoint {
     pub address: Box<str>,
     healthy: AtomicBool,
     inflight: AtomicU32,
-    /// Idle keep-alive connections to this address.
-    pub connections: IdleConnections,
+    /// Idle keep-alive connections to this address (shared with the
+    /// exchanges lent one).
+    pub connections: Arc<IdleConnections>,
 }
 
 impl Endpoint {
@@ -33,7 +34,7 @@ impl Endpoint {
             address: address.into(),
             healthy: AtomicBool::new(true),
             inflight: AtomicU32::new(0),
-            connections: IdleConnections::default(),
+            connections: Arc::new(IdleConnections::new(address)),
         })
     }
 

@@ -9,14 +9,12 @@
 //! hyper once upgraded, are counted so the drain can wait for both.
 
 pub mod conn;
-pub mod deadlines;
 pub mod tls;
 pub mod watched;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -26,13 +24,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::{LocalError, Metrics};
-use crate::proxy::{ConnInfo, Proxy};
-pub use conn::HEAD_TIMEOUT as HEADER_READ_TIMEOUT;
-use conn::{ConnState, Counted};
+use crate::proxy::Proxy;
+pub use crate::proxy::conn::HEAD_TIMEOUT as HEADER_READ_TIMEOUT;
+use crate::proxy::conn::{ConnInfo, ConnState, OpenCount};
+pub use crate::proxy::conn::{OpenGuard, TunnelGuard, Tunnels};
+use conn::Counted;
 use watched::Watched;
 
 /// The largest request head accepted; beyond it the client gets 431.
@@ -106,55 +106,6 @@ pub struct ServeSettings {
     pub idle_timeout: Duration,
     /// Where accept failures of the process's own making are counted.
     pub metrics: Option<Arc<Metrics>>,
-}
-
-/// Things still open — connections, or upgraded tunnels — for the drain to
-/// wait on.
-#[derive(Default)]
-pub struct OpenCount {
-    open: AtomicUsize,
-    closed: Notify,
-}
-
-/// Upgraded connections (WebSocket) still open.
-pub type Tunnels = OpenCount;
-
-impl OpenCount {
-    /// Counts one open until the guard drops.
-    pub fn open(self: &Arc<Self>) -> OpenGuard {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        OpenGuard(Arc::clone(self))
-    }
-
-    /// How many are open now.
-    pub fn count(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// Resolves when none is open.
-    pub async fn all_closed(&self) {
-        loop {
-            let notified = self.closed.notified();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// One open connection or tunnel.
-pub struct OpenGuard(Arc<OpenCount>);
-
-/// The guard of an open tunnel.
-pub type TunnelGuard = OpenGuard;
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.closed.notify_waiters();
-        }
-    }
 }
 
 /// Accepts connections until `stop` turns true, serving each with `handler`;

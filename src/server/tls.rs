@@ -8,17 +8,18 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::tls::provider;
-use crate::proxy::Proxy;
+use crate::route::RoutingTable;
 use crate::route::host;
 
 struct SniResolver {
-    proxy: Arc<Proxy>,
+    table: Arc<ArcSwap<RoutingTable>>,
 }
 
 impl std::fmt::Debug for SniResolver {
@@ -31,7 +32,7 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let mut buf = String::new();
         let name = host::normalize(hello.server_name()?, &mut buf)?;
-        let table = self.proxy.table.load();
+        let table = self.table.load();
         let (tenant, _) = table.route(name)?;
         tenant.config.tls.as_ref().map(|t| Arc::clone(&t.certified))
     }
@@ -39,11 +40,11 @@ impl ResolvesServerCert for SniResolver {
 
 /// The acceptor of the HTTPS listener: TLS 1.2 and 1.3, ALPN `h2` and
 /// `http/1.1`, certificates by SNI.
-pub fn acceptor(proxy: Arc<Proxy>) -> Result<TlsAcceptor, rustls::Error> {
+pub fn acceptor(table: Arc<ArcSwap<RoutingTable>>) -> Result<TlsAcceptor, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { proxy }));
+        .with_cert_resolver(Arc::new(SniResolver { table }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use super::conn::{ConnState, HEAD_TIMEOUT};
+use crate::proxy::conn::{ConnState, HEAD_TIMEOUT};
 
 /// A connection's I/O, timing the head of a kept-alive HTTP/1.1
 /// connection's next request from its first byte.
