@@ -135,6 +135,9 @@ pub enum SendError {
     /// No connection could be opened: nothing was sent, and the request
     /// comes back for a retry elsewhere.
     Connect(std::io::Error, Box<Request<UpstreamBody>>),
+    /// A reused connection turned out closed by the upstream (see
+    /// [`send`]): the request comes back to be sent on a new connection.
+    Stale(Box<Request<UpstreamBody>>),
     /// The exchange failed after the connection was up.
     Exchange(hyper::Error),
 }
@@ -451,55 +454,57 @@ async fn connect(address: &str, timeout: Duration) -> std::io::Result<Sender> {
     Ok(sender)
 }
 
-/// Sends `request` on an idle connection of `pool` or a new one to
-/// `address`. A reused connection that turns out to be closed before the
-/// request went out is replaced by a new one, once. So is one that the
-/// upstream closed before answering, when it had idled long enough for the
-/// upstream's keep-alive timer to be the reason and the request can be sent
-/// again (bodiless, idempotent method) — what nginx and Go's client do. Only
-/// then is the request head copied.
+/// One attempt to send `request` to the endpoint of `connections`: on its
+/// idle connection when `reuse` (and one is there), else on a new one. The
+/// retry policy is the caller's (`proxy::forward::send`, the one loop):
+/// [`SendError::Stale`] says the attempt met a reused connection the
+/// upstream had closed — before the request went out, or, after an idle
+/// long enough for the upstream's keep-alive timer to be the reason, before
+/// any answer to a request that can be sent again (bodiless, idempotent) —
+/// and hands the request back for one more attempt on a new connection, as
+/// nginx and Go's client do. Only then is the request head copied.
 pub async fn send(
     connections: Arc<IdleConnections>,
     connect_timeout: Duration,
-    mut request: Request<UpstreamBody>,
+    request: Request<UpstreamBody>,
+    reuse: bool,
 ) -> SendResult {
     let address = &*connections.address;
-    let mut reused = connections.take();
-    loop {
-        let fresh = reused.is_none();
-        let may_be_stale = reused
-            .as_ref()
-            .is_some_and(|(_, idled)| *idled >= MAY_BE_STALE_AFTER);
-        let mut sender = match reused.take() {
-            Some((s, _)) => s,
-            // Boxed: connecting is rare, and its future would otherwise
-            // make every request's future larger.
-            None => match Box::pin(connect(address, connect_timeout)).await {
-                Ok(s) => s,
-                Err(e) => return Err(SendError::Connect(e, Box::new(request))),
-            },
-        };
-        if let Err(e) = sender.ready().await {
-            if fresh {
-                return Err(SendError::Exchange(e));
+    let reused = if reuse { connections.take() } else { None };
+    let fresh = reused.is_none();
+    let may_be_stale = reused
+        .as_ref()
+        .is_some_and(|(_, idled)| *idled >= MAY_BE_STALE_AFTER);
+    let mut sender = match reused {
+        Some((s, _)) => s,
+        // Boxed: connecting is rare, and its future would otherwise make
+        // every request's future larger.
+        None => match Box::pin(connect(address, connect_timeout)).await {
+            Ok(s) => s,
+            Err(e) => return Err(SendError::Connect(e, Box::new(request))),
+        },
+    };
+    if let Err(e) = sender.ready().await {
+        return Err(if fresh {
+            SendError::Exchange(e)
+        } else {
+            SendError::Stale(Box::new(request))
+        });
+    }
+    let spare = may_be_stale.then(|| replayable(&request)).flatten();
+    match sender.try_send_request(request).await {
+        Ok(response) => Ok((response, sender)),
+        Err(mut e) => match (e.take_message(), spare) {
+            (Some(unsent), _) if !fresh => Err(SendError::Stale(Box::new(unsent))),
+            (None, Some(copy)) if closed_before_answer(e.error()) => {
+                tracing::debug!(
+                    address,
+                    "idle upstream connection closed under a request; sending it again"
+                );
+                Err(SendError::Stale(Box::new(copy)))
             }
-            continue;
-        }
-        let spare = may_be_stale.then(|| replayable(&request)).flatten();
-        match sender.try_send_request(request).await {
-            Ok(response) => return Ok((response, sender)),
-            Err(mut e) => match (e.take_message(), spare) {
-                (Some(unsent), _) if !fresh => request = unsent,
-                (None, Some(copy)) if closed_before_answer(e.error()) => {
-                    tracing::debug!(
-                        address,
-                        "idle upstream connection closed under a request; sending it again"
-                    );
-                    request = copy;
-                }
-                _ => return Err(SendError::Exchange(e.into_error())),
-            },
-        }
+            _ => Err(SendError::Exchange(e.into_error())),
+        },
     }
 }
 

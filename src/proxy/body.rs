@@ -288,10 +288,8 @@ impl Body for ProxyBody {
 fn body_failed(exchange: &mut Option<Accounting>) {
     if let Some(ex) = exchange.as_mut() {
         ex.body_failed = true;
-        ex.tenant
-            .metrics()
-            .pool(ex.pool)
-            .upstream_error(UpstreamError::Body);
+        let err = super::error::ProxyError::Upstream(UpstreamError::Body);
+        err.count(None, Some(ex.tenant.metrics()), Some(ex.pool));
     }
 }
 

@@ -12,7 +12,8 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::authority::Refusal;
 use super::body::ProxyBody;
-use crate::metrics::{LocalError, UpstreamError};
+use crate::config::Pool;
+use crate::metrics::{LocalError, Metrics, Rejected, TenantMetrics, Unrouted, UpstreamError};
 
 /// Why the proxy answered a request itself.
 #[derive(Debug)]
@@ -41,6 +42,50 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Counts the error where SPEC section 10 says — the one place that
+    /// maps an error to its metric: unrouted requests by reason (process
+    /// `metrics`), rejections by reason (the `tenant`'s), upstream errors by
+    /// kind (the tenant's `pool`), local errors by reason. An error without
+    /// a counter of its own (no healthy endpoint, the client's faults) is
+    /// counted only in `turnout_requests_total` with its status. A counter
+    /// whose owner is not given is left alone.
+    pub fn count(
+        &self,
+        metrics: Option<&Metrics>,
+        tenant: Option<&TenantMetrics>,
+        pool: Option<Pool>,
+    ) {
+        match self {
+            ProxyError::Refused(Refusal::NoHost) => {
+                metrics.inspect(|m| m.unrouted(Unrouted::NoHost));
+            }
+            ProxyError::Refused(_) => {
+                metrics.inspect(|m| m.unrouted(Unrouted::InvalidRequest));
+            }
+            ProxyError::UnknownHost(_) => {
+                metrics.inspect(|m| m.unrouted(Unrouted::UnknownHost));
+            }
+            ProxyError::Misdirected => {
+                metrics.inspect(|m| m.unrouted(Unrouted::Misdirected));
+            }
+            ProxyError::Overloaded => {
+                tenant.inspect(|t| t.rejected(Rejected::MaxInflight));
+            }
+            ProxyError::PreviewForbidden => {
+                tenant.inspect(|t| t.rejected(Rejected::PreviewToken));
+            }
+            ProxyError::Upstream(kind) => {
+                if let (Some(t), Some(pool)) = (tenant, pool) {
+                    t.pool(pool).upstream_error(*kind);
+                }
+            }
+            ProxyError::Local(reason) => {
+                metrics.inspect(|m| m.local_error(*reason));
+            }
+            ProxyError::NoHealthyEndpoint | ProxyError::ClientBody | ProxyError::ClientTimeout => {}
+        }
+    }
+
     /// Whether the outcome is evidence about the pool that was tried (SPEC
     /// section 6): not when the client or the proxy itself caused it.
     pub fn blames_pool(&self) -> bool {

@@ -264,9 +264,11 @@ pub struct Failure {
     pub tried: Arc<Endpoint>,
 }
 
-/// Sends the request to `first`, retrying once on another endpoint of the
-/// same pool when no connection could be opened and the request has no
-/// body (SPEC §4, item 6; retries on the same endpoint are `upstream::send`'s).
+/// Sends the request to `first` — the one retry loop: once on another
+/// endpoint of the same pool when no connection could be opened and the
+/// request has no body (SPEC §4, item 6), once on a new connection when a
+/// reused one turned out stale (`upstream::send`). The error of the answer
+/// is counted by the caller (`ProxyError::count`).
 /// A connection the proxy could not open for a reason of its own (out of
 /// file descriptors, ports) is a local failure: not the endpoint's, not
 /// retried. `rescuable`: the exchange may finish in the background when the
@@ -283,7 +285,6 @@ pub async fn send(
     use http_body::Body as _;
     let bodiless = body.is_end_stream();
     let rescuable = rescuable && bodiless;
-    let metrics = tenant.metrics().pool(pool);
     parts.uri = origin_form(std::mem::take(&mut parts.uri));
     let (upstream_body, upload) = if bodiless {
         (Either::Right(Empty::new()), None)
@@ -293,11 +294,14 @@ pub async fn send(
     };
     let mut request = Request::from_parts(parts, upstream_body);
     let mut endpoint = first;
-    let mut retried = false;
+    // The retry policy, all of it: one more endpoint after a failed
+    // connect (bodiless requests), one new connection after a stale one.
+    let (mut retried, mut reuse) = (false, true);
     let connect_timeout = tenant.config.settings.connect_timeout;
     loop {
         let guard = endpoint.start();
-        let sent = upstream::send(Arc::clone(&endpoint.connections), connect_timeout, request);
+        let conns = Arc::clone(&endpoint.connections);
+        let sent = upstream::send(conns, connect_timeout, request, reuse);
         let answered = if rescuable {
             let holder = slots(tenant, &endpoint);
             let sent = Rescuable::new(sent, Arc::clone(&endpoint.connections), holder);
@@ -318,6 +322,12 @@ pub async fn send(
                     endpoint: guard,
                 });
             }
+            Ok(Err(SendError::Stale(unsent))) if reuse => {
+                request = *unsent;
+                reuse = false;
+                continue;
+            }
+            Ok(Err(SendError::Stale(_))) => UpstreamError::Protocol,
             Ok(Err(SendError::Connect(e, unsent))) => {
                 if let Some(local) = LocalError::of(&e) {
                     tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "no upstream connection: the proxy is out of resources");
@@ -326,16 +336,19 @@ pub async fn send(
                         tried: endpoint,
                     });
                 }
-                metrics.upstream_error(UpstreamError::Connect);
                 tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "upstream connect failed");
                 let next = (bodiless && !retried)
                     .then(|| endpoint::choose(tenant.endpoints(pool), Some(&endpoint)))
                     .flatten();
                 match next {
                     Some(n) => {
+                        // A failed attempt that is not the answer: counted
+                        // here; the answer's error is counted by the caller.
+                        let failed = ProxyError::Upstream(UpstreamError::Connect);
+                        failed.count(None, Some(tenant.metrics()), Some(pool));
                         request = *unsent;
                         endpoint = n;
-                        retried = true;
+                        (retried, reuse) = (true, true);
                         continue;
                     }
                     None => UpstreamError::Connect,
@@ -352,7 +365,6 @@ pub async fn send(
                 });
             }
             Ok(Err(SendError::Exchange(e))) => {
-                metrics.upstream_error(UpstreamError::Protocol);
                 tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "upstream exchange failed");
                 UpstreamError::Protocol
             }
@@ -367,10 +379,7 @@ pub async fn send(
                     tried: endpoint,
                 });
             }
-            Err(_elapsed) => {
-                metrics.upstream_error(UpstreamError::Timeout);
-                UpstreamError::Timeout
-            }
+            Err(_elapsed) => UpstreamError::Timeout,
         };
         return Err(Failure {
             error: ProxyError::Upstream(kind),

@@ -21,7 +21,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::config::{Pool, StickyKey};
-use crate::metrics::{Metrics, Rejected, Unrouted};
+use crate::metrics::Metrics;
 use crate::route::pool::PoolChoice;
 use crate::route::{Endpoint, RoutingTable, Tenant, endpoint, host, pool};
 use authority::Refusal;
@@ -68,8 +68,8 @@ impl Proxy {
         let started = Instant::now();
         let (tenant, preview, host) = match self.tenant_for(&req, conn) {
             Ok(found) => found,
-            Err((reason, err)) => {
-                self.metrics.unrouted(reason);
+            Err(err) => {
+                err.count(Some(&self.metrics), None, None);
                 return err.into_response();
             }
         };
@@ -80,8 +80,8 @@ impl Proxy {
         });
         // Turned away before a pool is chosen: in the access log and
         // `turnout_rejected_total` only (SPEC sections 2 and 10).
-        let turned_away = |reason: Rejected, err: ProxyError| {
-            tenant.metrics().rejected(reason);
+        let turned_away = |err: ProxyError| {
+            err.count(None, Some(tenant.metrics()), None);
             let resp = err.into_response();
             if let Some(log) = &access_log {
                 log.write(
@@ -96,13 +96,13 @@ impl Proxy {
             resp
         };
         let Some(admission) = tenant.admit() else {
-            return turned_away(Rejected::MaxInflight, ProxyError::Overloaded);
+            return turned_away(ProxyError::Overloaded);
         };
         let (pool, preview, new_cookie) = match pool::choose(&tenant, preview, req.headers()) {
             PoolChoice::Pool { pool, preview } => (pool, preview, None),
             PoolChoice::NewCookie { pool, key } => (pool, false, Some(key)),
             PoolChoice::PreviewForbidden => {
-                return turned_away(Rejected::PreviewToken, ProxyError::PreviewForbidden);
+                return turned_away(ProxyError::PreviewForbidden);
             }
         };
         let (pool, endpoint) = pick_endpoint(&tenant, pool, preview);
@@ -122,7 +122,7 @@ impl Proxy {
             _deadline: Some(conn.state.deadline(deadline)),
         };
         let Some(endpoint) = endpoint else {
-            return settle(ProxyError::NoHealthyEndpoint.into_response(), exchange);
+            return self.fail(ProxyError::NoHealthyEndpoint, exchange);
         };
 
         // An upgrade (WebSocket) keeps its `Upgrade` header; the client's
@@ -140,12 +140,8 @@ impl Proxy {
         let mut answer = match sent {
             Ok(answer) => answer,
             Err(failure) => {
-                if let ProxyError::Local(reason) = failure.error {
-                    self.metrics.local_error(reason);
-                }
-                exchange.judged = failure.error.blames_pool();
                 exchange.tried = Some(failure.tried);
-                return settle(failure.error.into_response(), exchange);
+                return self.fail(failure.error, exchange);
             }
         };
         if answer.response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -155,12 +151,8 @@ impl Proxy {
             exchange.endpoint = Some(answer.endpoint);
             let (Some(client_side), true) = (client_side, agreed) else {
                 // A switch the client did not ask for: never passed on.
-                tenant
-                    .metrics()
-                    .pool(pool)
-                    .upstream_error(crate::metrics::UpstreamError::Protocol);
                 let err = ProxyError::Upstream(crate::metrics::UpstreamError::Protocol);
-                return settle(err.into_response(), exchange);
+                return self.fail(err, exchange);
             };
             exchange.status = 101;
             conn.state.upgraded();
@@ -187,6 +179,20 @@ impl Proxy {
         )
     }
 
+    /// Answers a request the proxy could not forward with `err`: counted
+    /// where it belongs (`ProxyError::count`), judged only when it is the
+    /// pool's doing (SPEC section 6), settled with its accounting.
+    fn fail(&self, err: ProxyError, mut exchange: Accounting) -> Response<ProxyBody> {
+        let tenant = &exchange.tenant;
+        err.count(
+            Some(&self.metrics),
+            Some(tenant.metrics()),
+            Some(exchange.pool),
+        );
+        exchange.judged = err.blames_pool();
+        settle(err.into_response(), exchange)
+    }
+
     /// Host → tenant, with the authoritative host (`authority::of`) to
     /// forward as `Host` and `X-Forwarded-Host`.
     #[allow(clippy::type_complexity)]
@@ -194,20 +200,14 @@ impl Proxy {
         &self,
         req: &Request<Incoming>,
         conn: &ConnInfo,
-    ) -> Result<(Arc<Tenant>, bool, HeaderValue), (Unrouted, ProxyError)> {
-        let raw = authority::of(req).map_err(|refusal| {
-            let reason = match refusal {
-                Refusal::NoHost => Unrouted::NoHost,
-                _ => Unrouted::InvalidRequest,
-            };
-            (reason, ProxyError::Refused(refusal))
-        })?;
-        let no_host = || (Unrouted::NoHost, ProxyError::Refused(Refusal::NoHost));
+    ) -> Result<(Arc<Tenant>, bool, HeaderValue), ProxyError> {
+        let raw = authority::of(req).map_err(ProxyError::Refused)?;
+        let no_host = || ProxyError::Refused(Refusal::NoHost);
         let raw_str = raw.to_str().map_err(|_| no_host())?;
         let mut buf = String::new();
         let host = host::normalize(raw_str, &mut buf).ok_or_else(no_host)?;
         let table = self.table.load();
-        let misdirected = || (Unrouted::Misdirected, ProxyError::Misdirected);
+        let misdirected = || ProxyError::Misdirected;
         match table.route(host) {
             Some((tenant, preview)) => {
                 // Over TLS, the certificate was chosen by SNI: the host must
@@ -221,10 +221,7 @@ impl Proxy {
                 }
                 Ok((Arc::clone(tenant), preview, raw))
             }
-            None => Err((
-                Unrouted::UnknownHost,
-                ProxyError::UnknownHost(host.to_owned()),
-            )),
+            None => Err(ProxyError::UnknownHost(host.to_owned())),
         }
     }
 }
