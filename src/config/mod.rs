@@ -7,6 +7,7 @@
 
 pub mod locate;
 pub mod model;
+pub mod pool;
 pub mod raw;
 pub mod secrets;
 pub mod tls;
