@@ -50,6 +50,11 @@ fn tenant(i: usize) -> TenantConfig {
 }
 
 fn table(tenants: usize) -> RoutingTable {
+    table_with(tenants, Settings::default())
+}
+
+/// Tenants whose settings are `settings` (every tenant alike).
+fn table_with(tenants: usize, settings: Settings) -> RoutingTable {
     let config = Config {
         listen: Listen {
             http: "127.0.0.1:0".parse().unwrap(),
@@ -58,7 +63,13 @@ fn table(tenants: usize) -> RoutingTable {
             idle_timeout: std::time::Duration::from_secs(60),
         },
         defaults: Settings::default(),
-        tenants: (0..tenants).map(|i| Arc::new(tenant(i))).collect(),
+        tenants: (0..tenants)
+            .map(|i| {
+                let mut t = tenant(i);
+                t.settings = settings.clone();
+                Arc::new(t)
+            })
+            .collect(),
         tokens: vec![],
         notify: None,
     };
@@ -76,7 +87,9 @@ fn decide(
     let host = host::normalize(raw_host, &mut buf)?;
     let (tenant, preview) = table.route(host)?;
     let pool = match pool::choose(tenant, preview, headers) {
-        PoolChoice::Pool { pool, .. } | PoolChoice::NewCookie { pool, .. } => pool,
+        PoolChoice::Pool { pool, .. }
+        | PoolChoice::NewCookie { pool, .. }
+        | PoolChoice::Cohort { pool } => pool,
         PoolChoice::PreviewForbidden => return None,
     };
     endpoint::choose(tenant.endpoints(pool), None)
@@ -96,6 +109,46 @@ fn routing(c: &mut Criterion) {
             b.iter(|| decide(&t, black_box(&wild), &headers).unwrap())
         });
     }
+    group.finish();
+}
+
+/// The insiders' cohort (issue 16): a tenant without rules pays nothing
+/// (`routing_decision`); with rules, a header lookup or one cookie scan.
+fn cohort(c: &mut Criterion) {
+    use turnout::config::MatchRule;
+    let settings = Settings {
+        candidate_match: vec![
+            MatchRule::Header {
+                name: http::HeaderName::from_static("x-canary"),
+                value: "always".to_owned(),
+            },
+            MatchRule::Cookie {
+                name: "canary".to_owned(),
+                value: "always".to_owned(),
+            },
+        ],
+        ..Settings::default()
+    };
+    let t = table_with(10_000, settings);
+    let host = "t5000.example.com";
+    let mut group = c.benchmark_group("cohort");
+    let none = HeaderMap::new();
+    group.bench_function("rules_no_match", |b| {
+        b.iter(|| decide(&t, black_box(host), &none).unwrap())
+    });
+    let mut header = HeaderMap::new();
+    header.insert("x-canary", http::HeaderValue::from_static("always"));
+    group.bench_function("header_match", |b| {
+        b.iter(|| decide(&t, black_box(host), &header).unwrap())
+    });
+    let mut cookie = HeaderMap::new();
+    cookie.insert(
+        http::header::COOKIE,
+        http::HeaderValue::from_static("session=abc; lang=en; canary=always"),
+    );
+    group.bench_function("cookie_match", |b| {
+        b.iter(|| decide(&t, black_box(host), &cookie).unwrap())
+    });
     group.finish();
 }
 
@@ -218,6 +271,7 @@ fn control_file_load(c: &mut Criterion) {
 criterion_group!(
     benches,
     routing,
+    cohort,
     sticky_hash,
     slo_window,
     slo_guard,

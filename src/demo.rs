@@ -108,6 +108,8 @@ hosts = ["127.0.0.1", "localhost", "shop.demo"]
 preview_hosts = ["preview.shop.demo"]
 stable = "blue"
 weights = {{ blue = 80, green = 20 }}
+# The insiders' cohort: these requests always reach the candidate.
+candidate_match = [{{ header = "x-canary", value = "always" }}]
 pools.blue = ["{blue}"]
 pools.green = ["{green}"]
 
@@ -153,6 +155,9 @@ Try:
 
   # the preview host always reaches the candidate pool (green)
   curl -s -H 'Host: preview.shop.demo' http://{http}/
+
+  # the insiders' cohort (candidate_match) reaches the candidate at any weight
+  curl -s -H 'x-canary: always' http://{http}/
 
   # sticky tenant: the same user always lands in the same pool
   for i in $(seq 5); do curl -s -H 'Host: blog.demo' -H 'x-user-id: alice' http://{http}/; done

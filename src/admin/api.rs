@@ -41,6 +41,9 @@ pub struct TenantView<'a> {
     pub breach: Option<String>,
     /// The bounds the verdict stands on (SPEC section 6).
     pub judgement: JudgementView,
+    /// The insiders' cohort rules (`candidate_match`, SPEC section 4.3),
+    /// as the control file writes them: `{header|cookie, value}`.
+    pub candidate_match: Vec<serde_json::Value>,
     /// The ramp or promote bake in progress; `null` when none runs.
     pub rollout: Option<RolloutView>,
     /// The tenant's requests in flight now (admitted under `max_inflight`).
@@ -261,6 +264,19 @@ pub fn tenant_view<'a>(
             _ => None,
         },
         judgement: JudgementView::from(&judgement),
+        candidate_match: c
+            .settings
+            .candidate_match
+            .iter()
+            .map(|rule| match rule {
+                crate::config::MatchRule::Header { name, value } => {
+                    serde_json::json!({ "header": name.as_str(), "value": value })
+                }
+                crate::config::MatchRule::Cookie { name, value } => {
+                    serde_json::json!({ "cookie": name, "value": value })
+                }
+            })
+            .collect(),
         rollout,
         inflight: tenant.state.inflight(),
         generation: table.generation,

@@ -119,6 +119,29 @@ pub struct Settings {
     pub health: HealthSettings,
     /// The SLO guard of the tenant's candidate.
     pub slo: SloSettings,
+    /// The insiders' cohort (SPEC section 4.3): requests matching any rule
+    /// go to the candidate whatever the weights; empty: no cohort.
+    pub candidate_match: Vec<MatchRule>,
+}
+
+/// One `candidate_match` rule: a header or a cookie with an exact value
+/// (ingress-nginx's canary-by-header/-cookie, Flagger's A/B `match`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatchRule {
+    /// The request header `name` equals `value` exactly.
+    Header {
+        /// The header's name (lower-case).
+        name: http::HeaderName,
+        /// The exact value.
+        value: String,
+    },
+    /// The cookie `name`, among the request's cookies, equals `value`.
+    Cookie {
+        /// The cookie's name.
+        name: String,
+        /// The exact value.
+        value: String,
+    },
 }
 
 impl Default for Settings {
@@ -129,6 +152,7 @@ impl Default for Settings {
             max_inflight: 2048,
             drain_timeout: Duration::from_secs(30),
             access_log: false,
+            candidate_match: Vec::new(),
             health: HealthSettings {
                 path: "/healthz".to_owned(),
                 interval: Duration::from_secs(2),

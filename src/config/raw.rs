@@ -65,6 +65,8 @@ pub struct RawSettings {
     pub drain_timeout: Option<String>,
     /// `access_log`: one log line per request when `true`.
     pub access_log: Option<bool>,
+    /// `candidate_match`: the insiders' cohort rules (SPEC section 4.3).
+    pub candidate_match: Option<Vec<RawMatch>>,
     /// `[defaults.health]` (or a tenant's `health`).
     #[serde(default)]
     pub health: RawHealth,
@@ -185,6 +187,8 @@ pub struct RawTenant {
     pub drain_timeout: Option<String>,
     /// As [`RawSettings::access_log`], for this tenant.
     pub access_log: Option<bool>,
+    /// As [`RawSettings::candidate_match`], for this tenant.
+    pub candidate_match: Option<Vec<RawMatch>>,
     /// The tenant's `health` table, over `[defaults.health]`.
     #[serde(default)]
     pub health: RawHealth,
@@ -212,6 +216,19 @@ pub struct RawSticky {
     pub header: Option<String>,
     /// A cookie name (`[A-Za-z0-9._-]+`), e.g. `"turnout_id"`.
     pub cookie: Option<String>,
+}
+
+/// One `candidate_match` rule: exactly one of `header` or `cookie`, and
+/// the exact `value` it must have.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// A request header name, e.g. `"x-canary"`.
+    pub header: Option<String>,
+    /// A cookie name (`[A-Za-z0-9._-]+`), e.g. `"canary"`.
+    pub cookie: Option<String>,
+    /// The exact value that matches.
+    pub value: String,
 }
 
 /// `pools.blue` and `pools.green`: endpoints as `host:port` strings. Either

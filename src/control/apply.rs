@@ -34,7 +34,13 @@ impl ControlTask {
         self.check_generation(if_match)?;
         self.check_candidate(tenant, weights, force)?;
         let edit = split_edit(tenant, weights);
-        self.edit(edit, if_match, origin, "weights set").await
+        let outcome = self.edit(edit, if_match, origin, "weights set").await?;
+        // A weights call is a new intent even with the same values: it
+        // lifts a revert's latch (SPEC section 4.3, the cohort).
+        if let Some(t) = self.proxy.table.load().tenant(tenant) {
+            t.state.reverted.store(false, Ordering::Relaxed);
+        }
+        Ok(outcome)
     }
 
     /// `Change::Rollback`: all traffic to the stable pool; ends a ramp.
@@ -77,6 +83,16 @@ impl ControlTask {
                 }
                 Err(e) => tracing::error!(%tenant, error = %e, "SLO revert failed"),
             }
+        } else if !state.reverted.swap(true, Ordering::Relaxed) {
+            // At weight 0 the breach came from the insiders' cohort: no
+            // weights to move, but the tenant is reverted — its cohort goes
+            // to stable until a new intent — and it is recorded and sent
+            // like any revert.
+            let reason = origin.reason.as_deref().unwrap_or("-").to_owned();
+            state.metrics.reverts.increment(1);
+            tracing::warn!(%tenant, pool = candidate.as_str(), %reason, "candidate reverted on its cohort: SLO breached");
+            self.record_latch(t, origin, reason);
+            result = Ok(self.outcome(true));
         }
         // The candidate starts afresh: its next traffic is judged on its own.
         state.slo.restart(candidate);
@@ -299,6 +315,28 @@ impl ControlTask {
             }
         }
         Some(previous)
+    }
+
+    /// Records a revert that moved no weights (a cohort's, at weight 0) as
+    /// an event of its own, and notifies the webhook.
+    fn record_latch(&mut self, t: &crate::route::Tenant, origin: &Origin, reason: String) {
+        let event = super::events::Event {
+            seq: 0,
+            at: std::time::SystemTime::now(),
+            tenant: Some(t.name().to_owned()),
+            source: origin.source,
+            actor: origin.actor.clone(),
+            from: Some(t.config.weights),
+            to: Some(t.config.weights),
+            stable: Some(t.stable()),
+            reason,
+            persisted: self.persisted(),
+            generation: self.generation,
+        };
+        let recorded = self.published.events().record(event);
+        if let Some(hook) = &self.running.notify {
+            self.notifier.send(hook, recorded.seq, &recorded);
+        }
     }
 
     /// Records the events of a change already swapped in, and notifies the

@@ -91,6 +91,9 @@ pub struct Accounting {
     /// Whether the outcome is evidence about the pool: false for the
     /// proxy's own failures (SPEC section 6).
     pub judged: bool,
+    /// An insiders' cohort request (`candidate_match`): evidence about the
+    /// candidate even at weight 0 (SPEC section 6).
+    pub cohort: bool,
     /// The upstream failed after the response head (`kind="body"`).
     pub body_failed: bool,
     /// What to log when the tenant has `access_log = true`.
@@ -122,7 +125,7 @@ impl Drop for Accounting {
             let t = &self.tenant;
             let error = self.body_failed || self.status >= 500;
             t.state.completed_one(self.pool);
-            let exposed = t.candidate_share_bp() > 0;
+            let exposed = t.candidate_share_bp() > 0 || self.cohort;
             let slo = &t.config.settings.slo;
             let state = &t.state;
             if let Some(breach) = state.slo.record(

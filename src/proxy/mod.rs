@@ -98,9 +98,15 @@ impl Proxy {
         let Some(admission) = tenant.admit() else {
             return turned_away(ProxyError::Overloaded);
         };
+        let mut cohort = false;
         let (pool, preview, new_cookie) = match pool::choose(&tenant, preview, req.headers()) {
             PoolChoice::Pool { pool, preview } => (pool, preview, None),
             PoolChoice::NewCookie { pool, key } => (pool, false, Some(key)),
+            // The insiders' cohort never fails over, and is judged.
+            PoolChoice::Cohort { pool } => {
+                cohort = true;
+                (pool, true, None)
+            }
             PoolChoice::PreviewForbidden => {
                 return turned_away(ProxyError::PreviewForbidden);
             }
@@ -116,6 +122,7 @@ impl Proxy {
             endpoint: None,
             tried: None,
             judged: true,
+            cohort,
             body_failed: false,
             access_log,
             _admission: admission,

@@ -11,7 +11,7 @@ use http::HeaderMap;
 use http::header::COOKIE;
 
 use super::{Tenant, sticky};
-use crate::config::{Pool, StickyKey};
+use crate::config::{MatchRule, Pool, StickyKey};
 
 /// The header a preview request carries its token in.
 pub const PREVIEW_TOKEN_HEADER: &str = "x-turnout-preview";
@@ -36,6 +36,12 @@ pub enum PoolChoice {
         /// `Set-Cookie` of the response.
         key: String,
     },
+    /// A request of the insiders' cohort (`candidate_match`): the
+    /// candidate, whatever the weights, never failing over.
+    Cohort {
+        /// The candidate pool.
+        pool: Pool,
+    },
     /// A preview request without the right token.
     PreviewForbidden,
 }
@@ -52,6 +58,24 @@ pub fn choose(tenant: &Tenant, preview: bool, headers: &HeaderMap) -> PoolChoice
         return PoolChoice::Pool {
             pool: tenant.candidate(),
             preview: true,
+        };
+    }
+    let rules = &tenant.config.settings.candidate_match;
+    if !rules.is_empty() && rules.iter().any(|rule| matches(rule, headers)) {
+        // While the tenant is reverted the cohort goes to stable too, until
+        // a new intent (SPEC section 4.3).
+        if tenant
+            .state
+            .reverted
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return PoolChoice::Pool {
+                pool: tenant.stable(),
+                preview: false,
+            };
+        }
+        return PoolChoice::Cohort {
+            pool: tenant.candidate(),
         };
     }
     match &tenant.config.sticky {
@@ -84,6 +108,20 @@ pub fn choose(tenant: &Tenant, preview: bool, headers: &HeaderMap) -> PoolChoice
     PoolChoice::Pool {
         pool: tenant.draw(),
         preview: false,
+    }
+}
+
+/// Whether a request carries what `rule` asks for: a header lookup, or one
+/// scan of the `Cookie` fields; no allocation.
+fn matches(rule: &MatchRule, headers: &HeaderMap) -> bool {
+    match rule {
+        MatchRule::Header { name, value } => headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.as_bytes() == value.as_bytes()),
+        MatchRule::Cookie { name, value } => {
+            cookie(headers, name).is_some_and(|v| v == value.as_bytes())
+        }
     }
 }
 

@@ -420,6 +420,10 @@ pub(super) fn settings(
             base.drain_timeout,
         ),
         access_log: raw.access_log.unwrap_or(base.access_log),
+        candidate_match: match &raw.candidate_match {
+            Some(rules) => tenant::candidate_match(p, &path.key("candidate_match"), rules),
+            None => base.candidate_match.clone(),
+        },
         health,
         slo,
     }

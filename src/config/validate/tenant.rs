@@ -151,6 +151,7 @@ pub(super) fn tenant(
         max_inflight: rt.max_inflight,
         drain_timeout: rt.drain_timeout,
         access_log: rt.access_log,
+        candidate_match: rt.candidate_match,
         health: rt.health,
         slo: rt.slo,
     };
@@ -233,6 +234,52 @@ fn sticky(p: &mut Problems, path: &KeyPath, raw: RawSticky) -> Option<StickyKey>
             None
         }
     }
+}
+
+/// `candidate_match`: each rule names exactly one of a header (a valid
+/// header name) or a cookie (`[A-Za-z0-9._-]+`) and a value a request can
+/// carry (visible ASCII and spaces).
+pub(super) fn candidate_match(
+    p: &mut Problems,
+    path: &KeyPath,
+    raw: &[RawMatch],
+) -> Vec<MatchRule> {
+    let mut rules = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        let at = path.index(i);
+        let value_ok = !r.value.is_empty() && r.value.bytes().all(|b| (b' '..=b'~').contains(&b));
+        if !value_ok {
+            p.add(
+                at.key("value"),
+                "must be non-empty printable ASCII, as a header or cookie value is",
+            );
+        }
+        match (&r.header, &r.cookie) {
+            (Some(h), None) => match http::HeaderName::from_str(h) {
+                Ok(name) if value_ok => rules.push(MatchRule::Header {
+                    name,
+                    value: r.value.clone(),
+                }),
+                Ok(_) => {}
+                Err(_) => p.add(at.key("header"), format!("`{h}` is not a header name")),
+            },
+            (None, Some(c)) => {
+                let ok = !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !ok {
+                    p.add(at.key("cookie"), format!("`{c}` is not a cookie name"));
+                } else if value_ok {
+                    rules.push(MatchRule::Cookie {
+                        name: c.clone(),
+                        value: r.value.clone(),
+                    });
+                }
+            }
+            _ => p.add(at, "set exactly one of `header` or `cookie`"),
+        }
+    }
+    rules
 }
 
 fn rollout(p: &mut Problems, path: &KeyPath, raw: RawRollout) -> Rollout {
