@@ -177,16 +177,10 @@ fn slo_window(c: &mut Criterion) {
 /// and two tally adds; a candidate error also runs the sequential test,
 /// which is a cached threshold lookup (no lock, no allocation).
 fn slo_guard(c: &mut Criterion) {
-    use turnout::config::{Baseline, Pool, SloSettings};
+    use turnout::config::Pool;
     use turnout::slo::guard::TenantGuard;
-    let slo = SloSettings {
-        max_error_rate: 0.05,
-        window: Duration::from_secs(30),
-        min_requests: 20,
-        max_p99: None,
-        baseline: Baseline::Absolute,
-        confidence: 0.99,
-    };
+    // The SPEC's default SLO: 0.05, 30 s, 20 requests, 0.99.
+    let slo = Settings::default().slo;
     let guard = TenantGuard::new(&slo);
     let now = Instant::now();
     let ms = Duration::from_millis(2);

@@ -157,15 +157,9 @@ impl TenantGuard {
 mod tests {
     use super::*;
 
+    /// The SPEC's default SLO: 0.05, 30 s, 20 requests, 0.99.
     fn slo() -> SloSettings {
-        SloSettings {
-            max_error_rate: 0.05,
-            window: Duration::from_secs(30),
-            min_requests: 20,
-            max_p99: None,
-            baseline: crate::config::Baseline::Absolute,
-            confidence: 0.99,
-        }
+        crate::config::Settings::default().slo
     }
 
     #[test]

@@ -107,12 +107,9 @@ mod tests {
 
     fn slo(baseline: Baseline, max_p99: Option<Duration>) -> SloSettings {
         SloSettings {
-            max_error_rate: 0.05,
-            window: Duration::from_secs(30),
-            min_requests: 20,
             max_p99,
             baseline,
-            confidence: 0.99,
+            ..crate::config::Settings::default().slo
         }
     }
 

@@ -3,14 +3,13 @@
 use super::*;
 use crate::slo::Verdict;
 
+/// The SPEC's default SLO (0.05, 20 requests, 0.99) with a baseline and
+/// latency limit of the test's choosing.
 fn settings(baseline: Baseline, max_p99: Option<Duration>) -> SloSettings {
     SloSettings {
-        max_error_rate: 0.05,
-        window: Duration::from_secs(30),
-        min_requests: 20,
         max_p99,
         baseline,
-        confidence: 0.99,
+        ..crate::config::Settings::default().slo
     }
 }
 
