@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 
 const RULES: &str = r#"candidate_match = [{ header = "x-canary", value = "always" }, { cookie = "canary", value = "always" }]"#;
@@ -81,14 +80,7 @@ async fn split_http2_cookie_fields_match_too() {
         .extra(RULES)
         .spawn()
         .await;
-    let tcp = tokio::net::TcpStream::connect(proxy.running.http_addr)
-        .await
-        .unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2c(proxy.running.http_addr).await;
     let req = Request::get("http://shop.test/")
         .version(Version::HTTP_2)
         .header("cookie", "session=abc")

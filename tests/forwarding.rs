@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 
 #[tokio::test]
@@ -172,14 +171,7 @@ async fn h2c_prior_knowledge_works() {
     let proxy = Setup::shop().on(&up).spawn().await;
     // Speak HTTP/2 directly on a TCP connection to the proxy, so the tenant's
     // host travels in `:authority` as a browser would send it.
-    let tcp = tokio::net::TcpStream::connect(proxy.running.http_addr)
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2c(proxy.running.http_addr).await;
     for _ in 0..3 {
         let req = Request::get("http://shop.test/headers")
             .body(Full::<Bytes>::default())

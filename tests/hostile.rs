@@ -12,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -65,12 +64,7 @@ async fn every_way_of_naming_two_hosts_ends_in_one_host_or_a_400() {
     }
 
     // HTTP/2: `:authority` wins; a `host` naming another host is malformed.
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2c(addr).await;
     let mut send = |req: Request<Full<Bytes>>| {
         let fut = h2.send_request(req);
         async move { fut.await.map(|r| r.status().as_u16()) }
@@ -197,14 +191,7 @@ async fn connect_and_asterisk_targets_are_refused_not_forwarded() {
 async fn http2_cookie_fields_reach_http1_as_one_cookie() {
     let up = spawn_upstream("blue").await;
     let proxy = Setup::shop().on(&up).spawn().await;
-    let tcp = tokio::net::TcpStream::connect(proxy.running.http_addr)
-        .await
-        .unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2c(proxy.running.http_addr).await;
     let req = Request::get("http://shop.test/headers")
         .version(Version::HTTP_2)
         .header("cookie", "session=abc")

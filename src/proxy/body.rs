@@ -222,8 +222,8 @@ impl ProxyBody {
     }
 
     /// Attaches the bookkeeping that settles when the body is done.
-    pub fn with_exchange(mut self, exchange: Accounting) -> ProxyBody {
-        self.exchange = Some(exchange);
+    pub fn with_accounting(mut self, accounting: Accounting) -> ProxyBody {
+        self.exchange = Some(accounting);
         self
     }
 }

@@ -134,17 +134,6 @@ pub(crate) fn now_ms() -> u64 {
     Instant::now().saturating_duration_since(origin).as_millis() as u64 + 1
 }
 
-/// Milliseconds-since-origin of `at` (0 when it is before the origin).
-fn ms_of(at: Instant) -> u64 {
-    let now = Instant::now();
-    let current = now_ms();
-    if at >= now {
-        current + at.duration_since(now).as_millis() as u64
-    } else {
-        current.saturating_sub(now.duration_since(at).as_millis() as u64)
-    }
-}
-
 /// What one connection's requests and its timer share.
 pub struct ConnState {
     pub(crate) opened_ms: u64,
@@ -201,10 +190,11 @@ impl ConnState {
         }
     }
 
-    /// Registers the instant by which a request must be over; the
-    /// connection is closed if it is still in flight a second after.
-    pub fn deadline(self: &Arc<Self>, deadline: Instant) -> DeadlineGuard {
-        let at = ms_of(deadline);
+    /// Registers a request that must be over within `timeout` (its
+    /// `request_timeout`) from now; the connection is closed if it is still
+    /// in flight a second after. One clock read.
+    pub fn deadline(self: &Arc<Self>, timeout: Duration) -> DeadlineGuard {
+        let at = now_ms() + timeout.as_millis() as u64;
         let slot = self.deadlines.add(at);
         if at + DEADLINE_GRACE_MS < self.timer_ms.load(Relaxed) {
             // Rare: the timer is set for later (a fresh or idle connection).
@@ -345,7 +335,7 @@ mod tests {
         ));
 
         let guard = state.request(false);
-        let deadline = state.deadline(Instant::now() + Duration::from_secs(5));
+        let deadline = state.deadline(Duration::from_secs(5));
         assert!(matches!(
             state.judge(now_ms(), idle),
             Judgement::WaitUntil(_)

@@ -60,6 +60,13 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
 /// fixed list are there, so only those are looked up again; the usual
 /// `Connection: keep-alive` costs one removal and no allocation.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    remove_hop_by_hop_but(headers, false);
+}
+
+/// [`remove_hop_by_hop`], keeping `TE: trailers` when `keep_trailers` and
+/// the request's `TE` lists it (SPEC 4.5: gRPC needs it). `TE` is looked at
+/// only when the one walk over the names found it.
+fn remove_hop_by_hop_but(headers: &mut HeaderMap, keep_trailers: bool) {
     let mut present = 0u8;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
@@ -89,10 +96,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    // `TE` is HOP_BY_HOP[3].
+    let trailers = keep_trailers && present & (1 << 3) != 0 && wants_trailers(headers);
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(*name);
         }
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -133,21 +145,15 @@ pub fn prepare(
     body_length: Option<u64>,
 ) {
     let headers = &mut parts.headers;
-    let trailers = wants_trailers(headers);
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Both framings (RFC 9112 §6.1): the chunked one is what hyper read.
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    remove_hop_by_hop(headers);
-    if trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
+    remove_hop_by_hop_but(headers, true);
     if let Some(protocol) = upgrade {
         super::upgrade::restore(headers, protocol);
     }
     if parts.version == Version::HTTP_2 {
         join_cookies(headers);
     }
+    // A chunked upload (a length beside it or not, RFC 9112 §6.1) has no
+    // exact size: its length goes.
     fix_length(headers, body_length);
     headers.insert(header::HOST, host.clone());
     let forwarded_for = if headers.contains_key(&X_FORWARDED_FOR) {
@@ -210,12 +216,10 @@ pub fn fix_length(headers: &mut HeaderMap, exact: Option<u64>) {
 /// wins (RFC 9112 §6.3). `body` is the upstream body, whose framing hyper
 /// read; a bodiless answer (HEAD, 204, 304) keeps its length as sent.
 pub fn prepare_response<B: http_body::Body>(headers: &mut HeaderMap, body: &B) {
+    // A chunked body (with or without a length beside it) has no exact
+    // size: `fix_length` drops the length.
     if !body.is_end_stream() {
-        if headers.contains_key(header::TRANSFER_ENCODING) {
-            headers.remove(header::CONTENT_LENGTH);
-        } else {
-            fix_length(headers, body.size_hint().exact());
-        }
+        fix_length(headers, body.size_hint().exact());
     }
     remove_hop_by_hop(headers);
 }

@@ -126,7 +126,7 @@ impl Proxy {
             body_failed: false,
             access_log,
             _admission: admission,
-            _deadline: Some(conn.state.deadline(deadline)),
+            _deadline: Some(conn.state.deadline(tenant.config.settings.request_timeout)),
         };
         let Some(endpoint) = endpoint else {
             return self.fail(ProxyError::NoHealthyEndpoint, exchange);
@@ -259,5 +259,5 @@ fn pool_header(pool: Pool) -> HeaderValue {
 /// Ties the exchange to the response so it settles when the body ends.
 fn settle(resp: Response<ProxyBody>, mut exchange: Accounting) -> Response<ProxyBody> {
     exchange.status = resp.status().as_u16();
-    resp.map(|body| body.with_exchange(exchange))
+    resp.map(|body| body.with_accounting(exchange))
 }

@@ -231,3 +231,17 @@ impl Drop for Traffic {
         self.0.store(true, Ordering::Relaxed);
     }
 }
+
+/// An HTTP/2 client with prior knowledge (h2c) on a new TCP connection to
+/// `addr`, its connection driven in the background.
+pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
