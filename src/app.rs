@@ -123,6 +123,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         proxy: Arc::clone(&proxy),
         control: control.clone(),
         ready: false.into(),
+        streams: Default::default(),
     });
 
     let serving = server::ServeSettings {

@@ -17,6 +17,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 mod follow;
+mod sse;
+mod watch;
 
 /// Done: the call succeeded; with `--wait`, the candidate became stable.
 pub const EXIT_OK: u8 = 0;
@@ -72,6 +74,10 @@ pub enum CtlCommand {
     Status {
         /// The tenant to show; every tenant the token may see when absent.
         tenant: Option<String>,
+        /// Keep showing it, redrawn on each event (a screen on a terminal,
+        /// a tenant's line again when it changes otherwise) until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
     },
     /// Set a tenant's weights.
     Weights {
@@ -113,6 +119,10 @@ pub enum CtlCommand {
         /// At most this many, the latest.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Then print each new event as it is recorded (from the event
+        /// stream; with --json one JSON document a line), until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -257,7 +267,14 @@ async fn execute(admin: &AdminClient, command: CtlCommand, json: bool) -> Result
             admin.call(Method::GET, "/readyz", None).await?;
             Ok(EXIT_OK)
         }
-        CtlCommand::Status { tenant } => {
+        CtlCommand::Status {
+            tenant,
+            watch: true,
+        } => watch::status(admin, tenant.as_deref()).await,
+        CtlCommand::Status {
+            tenant,
+            watch: false,
+        } => {
             let path =
                 tenant.map_or_else(|| "/v1/tenants".to_owned(), |t| format!("/v1/tenants/{t}"));
             let value = admin.call(Method::GET, &path, None).await?;
@@ -321,7 +338,16 @@ async fn execute(admin: &AdminClient, command: CtlCommand, json: bool) -> Result
         }
         CtlCommand::Rollout(args) => follow::start(admin, "rollout", args, json).await,
         CtlCommand::Promote(args) => follow::start(admin, "promote", args, json).await,
-        CtlCommand::Events { tenant, limit } => {
+        CtlCommand::Events {
+            tenant,
+            limit,
+            follow: true,
+        } => watch::events(admin, tenant.as_deref(), limit, json).await,
+        CtlCommand::Events {
+            tenant,
+            limit,
+            follow: false,
+        } => {
             let mut path = format!("/v1/events?limit={limit}");
             if let Some(t) = tenant {
                 path.push_str(&format!("&tenant={t}"));

@@ -4,10 +4,14 @@
 //! more plainly here than a router framework would. Reads come from the
 //! routing table and the control plane's shared status; every write is a
 //! `control::Change` sent to the control task, the same path file edits take.
+//! The operator console (`ui`) is a page over this same API, and the event
+//! stream (`stream`) the event log live.
 
 pub mod api;
 pub mod auth;
 pub mod input;
+pub mod stream;
+pub mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 
@@ -37,7 +41,13 @@ pub struct Admin {
     pub control: Control,
     /// True once every listener is bound; false again while draining.
     pub ready: AtomicBool,
+    /// The `GET /v1/events/stream` streams open now.
+    pub streams: stream::Streams,
 }
+
+/// The body of an admin answer: a whole JSON or text document, or the
+/// event stream.
+pub type AdminBody = Either<Full<Bytes>, stream::EventStream>;
 
 /// An admin API failure: a status and a message, sent as `{"error": "..."}`.
 #[derive(Debug)]
@@ -116,21 +126,40 @@ impl Admin {
     /// when tokens are configured). Never fails: an [`ApiError`] becomes
     /// its status with `{"error": "..."}`, and a 401 carries
     /// `WWW-Authenticate: Bearer realm="turnout"` (RFC 9110 §11.6.1).
-    pub async fn handle(&self, req: Request<Incoming>) -> ApiResponse {
-        match self.route(req).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                let mut resp = json(e.status, &serde_json::json!({ "error": e.message }));
-                if e.status == StatusCode::UNAUTHORIZED {
-                    // RFC 9110 §11.6.1: a 401 names the scheme it wants.
-                    resp.headers_mut().insert(
-                        http::header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Bearer realm=\"turnout\""),
-                    );
-                }
-                resp
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<AdminBody> {
+        let answer = if req.method() == Method::GET && req.uri().path() == "/v1/events/stream" {
+            match self.stream(&req) {
+                Ok(resp) => return resp.map(Either::Right),
+                Err(e) => Err(e),
             }
+        } else {
+            self.route(req).await
+        };
+        answer.unwrap_or_else(error_response).map(Either::Left)
+    }
+
+    /// `GET /v1/events/stream?tenant=`: the reader role of `GET /v1/events`.
+    fn stream(&self, req: &Request<Incoming>) -> Result<Response<stream::EventStream>, ApiError> {
+        let caller = self.caller(req.headers())?;
+        let tenant = query_value(req.uri().query(), "tenant").filter(|t| !t.is_empty());
+        if let Some(t) = tenant {
+            scope(&caller, t)?;
         }
+        let resume = stream::last_event_id(req.headers())?;
+        let request = stream::StreamRequest {
+            tenant: tenant.map(str::to_owned),
+            authorization: req
+                .headers()
+                .get(AUTHORIZATION)
+                .map(|v| v.as_bytes().to_vec()),
+        };
+        stream::open(
+            &self.control.published,
+            &self.proxy.table,
+            &self.streams,
+            request,
+            resume,
+        )
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<ApiResponse, ApiError> {
@@ -145,7 +174,9 @@ impl Admin {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }),
             (&Method::GET, ["metrics"]) => Ok(self.metrics()),
+            (&Method::GET, ["ui", rest @ ..]) => ui::asset(rest),
             (_, ["v1", rest @ ..]) => {
+                ui::refuse_cross_site(&method, req.headers())?;
                 let caller = self.caller(req.headers())?;
                 self.v1(&method, rest, &caller, req).await
             }
@@ -298,6 +329,7 @@ impl Admin {
                 | ["tenants", _]
                 | ["tenants", _, "weights" | "rollback" | "rollout" | "promote"]
                 | ["events"]
+                | ["events", "stream"]
                 | ["config"]
                 | ["config", "reload"],
             ) => Err(ApiError::new(
@@ -399,6 +431,19 @@ fn scope(caller: &Caller, tenant: &str) -> Result<(), ApiError> {
             format!("this token may not act on tenant {tenant}"),
         ))
     }
+}
+
+/// `{"error": "..."}` with the error's status; a 401 carries
+/// `WWW-Authenticate: Bearer realm="turnout"` (RFC 9110 §11.6.1).
+fn error_response(e: ApiError) -> ApiResponse {
+    let mut resp = json(e.status, &serde_json::json!({ "error": e.message }));
+    if e.status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"turnout\""),
+        );
+    }
+    resp
 }
 
 fn text(status: StatusCode, body: &'static str) -> ApiResponse {

@@ -2,12 +2,17 @@
 //! change is described as events (`describe`).
 //!
 //! The last thousand are kept in memory for `GET /v1/events`; each is also
-//! logged when it is recorded, so a log pipeline has the full history.
+//! logged when it is recorded, so a log pipeline has the full history, and
+//! sent on a broadcast channel for `GET /v1/events/stream`. The channel is
+//! bounded and never waits: a subscriber that falls behind loses its place
+//! (`Lagged`) and catches up from the history by `seq`, so no reader can
+//! hold up the control task that records.
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tokio::sync::broadcast;
 
 use crate::config::{Config, Pool, TenantConfig, Weights};
 
@@ -73,14 +78,54 @@ fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error
     s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
-/// A bounded, ordered history.
-#[derive(Default)]
+/// How many events the live channel holds for its slowest subscriber
+/// before that one lags (and catches up from the history).
+pub const LIVE_BUFFER: usize = 256;
+
+/// A bounded, ordered history, and its live feed.
 pub struct EventLog {
     events: VecDeque<Event>,
     next_seq: u64,
+    live: broadcast::Sender<Event>,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        EventLog {
+            events: VecDeque::with_capacity(EVENTS_KEPT),
+            next_seq: 0,
+            live: broadcast::channel(LIVE_BUFFER).0,
+        }
+    }
 }
 
 impl EventLog {
+    /// A receiver of every event recorded from now on. Taken while the log
+    /// is locked, it misses nothing after [`EventLog::since`] read under
+    /// the same lock, and repeats nothing before it.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+
+    /// The kept events after `seq`, oldest first, and whether the history
+    /// still reaches back to `seq + 1` (false when some were dropped from
+    /// it, being more than [`EVENTS_KEPT`] behind).
+    pub fn since(&self, seq: u64) -> (Vec<Event>, bool) {
+        let newer: Vec<Event> = self
+            .events
+            .iter()
+            .skip_while(|e| e.seq <= seq)
+            .cloned()
+            .collect();
+        let whole = self.events.front().is_none_or(|e| e.seq <= seq + 1);
+        (newer, whole)
+    }
+
+    /// The seq of the newest event recorded; 0 before the first.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Numbers, logs and keeps `event`; returns the numbered copy.
     pub fn record(&mut self, mut event: Event) -> Event {
         self.next_seq += 1;
@@ -102,6 +147,8 @@ impl EventLog {
             self.events.pop_front();
         }
         self.events.push_back(event.clone());
+        // Never waits; an error only says that nobody is listening.
+        let _ = self.live.send(event.clone());
         event
     }
 
@@ -247,5 +294,27 @@ mod tests {
             a.iter().map(|e| e.seq).collect::<Vec<_>>(),
             [1001, 1003, 1005]
         );
+        let (newer, whole) = log.since(1003);
+        assert_eq!(
+            newer.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1004, 1005]
+        );
+        assert!(whole);
+        let (newer, whole) = log.since(2);
+        assert_eq!(newer.len(), EVENTS_KEPT);
+        assert!(!whole, "events 3 to 5 were dropped from the history");
+        assert!(log.since(5).1);
+        assert_eq!(log.last_seq(), 1005);
+    }
+
+    #[test]
+    fn subscribers_get_what_is_recorded_after_they_subscribe() {
+        let mut log = EventLog::default();
+        log.record(event("a"));
+        let mut rx = log.subscribe();
+        log.record(event("b"));
+        let got = rx.try_recv().expect("the event recorded after subscribing");
+        assert_eq!((got.seq, got.tenant.as_deref()), (2, Some("b")));
+        assert!(rx.try_recv().is_err());
     }
 }
