@@ -221,7 +221,8 @@ impl Feed {
                             return;
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, after = self.last, "an event stream client fell behind; catching up from the history");
                         let (missed, whole) = self.published.events().since(self.last);
                         if !whole && self.gap(self.last).await.is_err() {
                             return;

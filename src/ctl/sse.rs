@@ -44,10 +44,7 @@ impl Parser {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Message> {
         self.pending.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            let Some(end) = self.pending.iter().position(|&b| b == b'\n' || b == b'\r') else {
-                break;
-            };
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n' || b == b'\r') {
             // A CR at the very end may be the first half of a CRLF.
             if self.pending[end] == b'\r' && end + 1 == self.pending.len() {
                 break;

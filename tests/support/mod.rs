@@ -14,7 +14,8 @@
 //! - `proxy`: turnout in-process (`TestProxy`), `Reply`, `Traffic`;
 //! - `binary`: the turnout binary as a child process (`BinaryProxy`);
 //! - `admin`: the admin API's JSON (`json`, `view`, `wait_event`);
-//! - `metrics`: reading `/metrics` (`metric_value`, `metric_or_absent`).
+//! - `metrics`: reading `/metrics` (`metric_value`, `metric_or_absent`);
+//! - `sse`: the event stream (`open_stream`, `Sse::next_within`).
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 mod admin;
@@ -23,6 +24,7 @@ mod metrics;
 mod proxy;
 mod raw;
 mod setup;
+mod sse;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -40,6 +42,7 @@ pub use metrics::*;
 pub use proxy::*;
 pub use raw::*;
 pub use setup::*;
+pub use sse::*;
 pub use upstream::*;
 
 /// The HTTP client the tests use (plain HTTP/1.1, pooled).

@@ -133,13 +133,13 @@ function poolsTable(t, withEndpoints) {
         el('li', { class: e.healthy ? '' : 'down', text: e.address + (e.healthy ? ' up' : ' DOWN') }))));
     }
     body.append(el('tr', { 'data-pool': pool },
-      el('th', { scope: 'row', text: pool + ' (' + poolRole(t, pool) + ')' }),
+      el('th', { scope: 'row' }, pool, el('span', { class: 'role', text: poolRole(t, pool) })),
       el('td', { class: 'num', text: pct(t.pools[pool].share) }),
-      el('td', { class: 'num', text: rate(slo.error_rate) + ' of ' + slo.requests }),
+      el('td', { class: 'num', text: rate(slo.error_rate) + ' (' + slo.requests + ' req)' }),
       el('td', { class: 'num', text: slo.p99_ms === null ? '–' : Math.round(slo.p99_ms) + ' ms' }),
       health));
   }
-  return el('table', { class: 'pools' }, el('thead', {}, head), body);
+  return el('div', { class: 'table-wrap' }, el('table', { class: 'pools' }, el('thead', {}, head), body));
 }
 
 function progress(t) {
