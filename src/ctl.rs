@@ -74,8 +74,9 @@ pub enum CtlCommand {
     Status {
         /// The tenant to show; every tenant the token may see when absent.
         tenant: Option<String>,
-        /// Keep showing it, redrawn on each event (a screen on a terminal,
-        /// a tenant's line again when it changes otherwise) until Ctrl-C.
+        /// Keep showing it until Ctrl-C: a screen redrawn on each event on a
+        /// terminal; otherwise (or with --json) the line (JSON) of the
+        /// tenant each event is about.
         #[arg(long)]
         watch: bool,
     },
@@ -270,7 +271,7 @@ async fn execute(admin: &AdminClient, command: CtlCommand, json: bool) -> Result
         CtlCommand::Status {
             tenant,
             watch: true,
-        } => watch::status(admin, tenant.as_deref()).await,
+        } => watch::status(admin, tenant.as_deref(), json).await,
         CtlCommand::Status {
             tenant,
             watch: false,

@@ -5,10 +5,10 @@
 //! screen, like `watch(1)` or `kubectl argo rollouts get rollout --watch`)
 //! on each event and every [`REDRAW`], and gives the terminal back as it
 //! was on Ctrl-C. When stdout is not a terminal it prints plain lines
-//! instead: the overview once, then a tenant's lines again each time an
-//! event changes them — no escape codes, fit for a log or `grep`.
+//! instead: the overview once, then the line of the tenant each event is
+//! about, as it stands after it — no escape codes, fit for a log or `grep`
+//! (with `--json`, on a terminal too: the tenant views, one JSON a line).
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::sse::{self, Update};
-use super::{AdminClient, CtlError, EXIT_OK, event_line, status_line};
+use super::{AdminClient, CtlError, EXIT_OK, event_line, printable, status_line};
 
 /// How often the terminal screen is redrawn without an event (the SLO
 /// counters move with traffic, not with events).
@@ -92,7 +92,11 @@ impl Drop for Screen {
 }
 
 /// `ctl status --watch [TENANT]`.
-pub(super) async fn status(admin: &AdminClient, tenant: Option<&str>) -> Result<u8, CtlError> {
+pub(super) async fn status(
+    admin: &AdminClient,
+    tenant: Option<&str>,
+    json: bool,
+) -> Result<u8, CtlError> {
     // The first read fails fast (a wrong URL, 401) before the screen changes.
     let first = tenants(admin, tenant).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -101,7 +105,7 @@ pub(super) async fn status(admin: &AdminClient, tenant: Option<&str>) -> Result<
     });
     let mut follow = std::pin::pin!(follow);
     let mut stop = Stop::listen()?;
-    if std::io::stdout().is_terminal() {
+    if !json && std::io::stdout().is_terminal() {
         let _screen = Screen::enter();
         let mut last_event = String::from("none yet");
         draw(&first, &last_event);
@@ -124,31 +128,47 @@ pub(super) async fn status(admin: &AdminClient, tenant: Option<&str>) -> Result<
             }
         }
     }
-    println!("{}", header());
-    let mut shown: HashMap<String, String> = HashMap::new();
+    let line = |t: &Value| if json { t.to_string() } else { status_line(t) };
+    if !json {
+        println!("{}", header());
+    }
     for t in &first {
-        let line = status_line(t);
-        println!("{line}");
-        shown.insert(t["name"].as_str().unwrap_or("?").to_owned(), line);
+        println!("{}", line(t));
     }
     loop {
-        tokio::select! {
+        let update = tokio::select! {
             () = stop.wait() => return Ok(EXIT_OK),
             ended = &mut follow => return ended.map(|()| EXIT_OK),
-            Some(_) = rx.recv() => {}
-        }
-        let Ok(list) = tenants(admin, tenant).await else {
-            continue;
+            Some(update) = rx.recv() => update,
+        };
+        // The tenant the event is about, as it stands now; every tenant
+        // after a change outside any tenant, or events lost.
+        let about = match &update {
+            Update::Event(e) => e["tenant"].as_str().map(str::to_owned),
+            Update::Gap(_) => None,
+        };
+        let list = match about {
+            Some(t) => match tenants(admin, Some(&t)).await {
+                Ok(list) => list,
+                Err(_) => {
+                    println!("{t:<20} (gone: {})", printable_event(&update));
+                    continue;
+                }
+            },
+            None => tenants(admin, tenant).await.unwrap_or_default(),
         };
         for t in &list {
-            let line = status_line(t);
-            let name = t["name"].as_str().unwrap_or("?").to_owned();
-            if shown.get(&name) != Some(&line) {
-                println!("{line}");
-                shown.insert(name, line);
-            }
+            println!("{}", line(t));
         }
         let _ = std::io::stdout().flush();
+    }
+}
+
+/// The reason of an event update, for a tenant that is gone.
+fn printable_event(update: &Update) -> String {
+    match update {
+        Update::Event(e) => printable(e["reason"].as_str().unwrap_or("removed")).into_owned(),
+        Update::Gap(_) => "events lost".to_owned(),
     }
 }
 
