@@ -261,3 +261,56 @@ async fn the_console_shows_tenants_acts_and_updates_live() {
         .await;
     browser.client.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_with_a_strict_policy_and_cross_site_writes_are_refused() {
+    let up = spawn_upstream("up").await;
+    let proxy = Setup::shop().on(&up).weights(90, 10).spawn().await;
+    let page = proxy.admin_get("/ui").await;
+    assert_eq!(page.status, 200);
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(page.headers["x-content-type-options"], "nosniff");
+    assert!(
+        page.text()
+            .contains("<script src=\"/ui/console.js\" defer>")
+    );
+    let script = proxy.admin_get("/ui/console.js").await;
+    assert_eq!(script.status, 200);
+    assert!(
+        script.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert_eq!(proxy.admin_get("/ui/secrets.txt").await.status, 404);
+
+    // A form another web site posts to the (token-less) admin API.
+    let mut req = admin_request(
+        proxy.running.admin_addr,
+        "POST",
+        "/v1/tenants/shop/rollback",
+        None,
+        None,
+    );
+    req.headers_mut()
+        .insert("sec-fetch-site", "cross-site".parse().unwrap());
+    let r = proxy.send(req).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(proxy.weights("shop").await, (90, 10), "nothing changed");
+    let mut req = admin_request(
+        proxy.running.admin_addr,
+        "POST",
+        "/v1/tenants/shop/rollback",
+        None,
+        None,
+    );
+    req.headers_mut()
+        .insert("sec-fetch-site", "same-origin".parse().unwrap());
+    assert_eq!(proxy.send(req).await.status, 200, "the console's own call");
+    assert_eq!(proxy.weights("shop").await, (100, 0));
+}

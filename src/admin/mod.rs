@@ -122,12 +122,14 @@ impl From<Outcome> for ChangeView {
 
 impl Admin {
     /// Answers one request to the admin listener: `/healthz`, `/readyz`,
-    /// `/metrics`, and the `/v1` calls of SPEC section 8 (authenticated
-    /// when tokens are configured). Never fails: an [`ApiError`] becomes
+    /// `/metrics`, the console (`/ui`, SPEC section 14), and the `/v1`
+    /// calls of SPEC section 8 (authenticated when tokens are configured),
+    /// `/v1/events/stream` among them, the one answer that is a stream. Never fails: an [`ApiError`] becomes
     /// its status with `{"error": "..."}`, and a 401 carries
     /// `WWW-Authenticate: Bearer realm="turnout"` (RFC 9110 §11.6.1).
     pub async fn handle(&self, req: Request<Incoming>) -> Response<AdminBody> {
-        let answer = if req.method() == Method::GET && req.uri().path() == "/v1/events/stream" {
+        let stream_path = req.uri().path().trim_end_matches('/') == "/v1/events/stream";
+        let answer = if req.method() == Method::GET && stream_path {
             match self.stream(&req) {
                 Ok(resp) => return resp.map(Either::Right),
                 Err(e) => Err(e),

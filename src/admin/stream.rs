@@ -13,9 +13,10 @@
 //! into a bounded channel that the response body drains. The control task
 //! only ever does a non-blocking `broadcast::send`; a client that does not
 //! read fills its own small buffer, its task waits, and its broadcast
-//! receiver lags — then it catches up from the kept history by `seq`,
-//! so it loses nothing the history still holds, and holds up no one.
-//! When it is more than the history behind, it is sent a `gap` event.
+//! receiver lags — then it catches up from the kept history by `seq`, a
+//! chunk at a time, so it loses nothing the history still holds, holds up
+//! no one, and holds little memory. When it is more than the history
+//! behind, it is sent a `gap` event.
 //!
 //! Auth is the API's own: the reader role of `GET /v1/events` (a token's
 //! scope filters the events). The token is checked again before each
@@ -48,6 +49,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 const CLIENT_BUFFER: usize = 16;
 /// Streams open at once; more get 503 (each holds a task and a buffer).
 pub const MAX_STREAMS: usize = 256;
+/// Events read from the history at a time while a client catches up, so
+/// a lagging client holds at most this many besides its buffer.
+const CATCH_UP_CHUNK: usize = 64;
 /// What an `EventSource` waits before reconnecting, in milliseconds.
 const RETRY_MS: u64 = 2000;
 
@@ -104,7 +108,8 @@ pub struct StreamRequest {
     pub authorization: Option<Vec<u8>>,
 }
 
-/// `Last-Event-ID` (RFC-free: the HTML standard's header), a `seq`.
+/// The `Last-Event-ID` header (HTML Living Standard, server-sent events),
+/// which a reconnecting client sends: the `seq` of the last event it got.
 pub fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get("last-event-id") else {
         return Ok(None);
@@ -139,16 +144,17 @@ pub fn open(
             format!("{MAX_STREAMS} event streams are open already"),
         )
     })?;
-    let (live, after, backlog, gap) = {
+    // Subscribed first: whatever is recorded from here on reaches the live
+    // receiver (or makes it lag), so reading the history after it misses
+    // nothing; the feed passes each seq on once.
+    let (live, after) = {
         let log = published.events();
-        let live = log.subscribe();
         let after = match resume {
             Some(seq) if seq <= log.last_seq() => seq,
             Some(_) => 0,
             None => log.last_seq(),
         };
-        let (backlog, whole) = log.since(after);
-        (live, after, backlog, (!whole).then_some(after))
+        (log.subscribe(), after)
     };
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
     let first = format!("retry: {RETRY_MS}\n: turnout events\n\n");
@@ -159,11 +165,12 @@ pub fn open(
         table: Arc::clone(table),
         published: Arc::clone(published),
         last: after,
-        backlog: backlog.into(),
+        catching_up: resume.is_some(),
+        backlog: VecDeque::with_capacity(CATCH_UP_CHUNK),
         tx,
         _slot: slot,
     };
-    tokio::spawn(feed.run(live, gap));
+    tokio::spawn(feed.run(live));
     let mut resp = Response::new(EventStream { messages: rx });
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -180,7 +187,10 @@ struct Feed {
     published: Arc<Published>,
     /// The seq of the last event passed on (sent or filtered out).
     last: u64,
-    /// Events read from the history, to pass on before the live ones.
+    /// Reading the history (from `last`, a chunk at a time) rather than
+    /// the live receiver: after a resume, or once it lagged.
+    catching_up: bool,
+    /// The chunk of the history being passed on.
     backlog: VecDeque<Event>,
     tx: mpsc::Sender<Bytes>,
     _slot: Slot,
@@ -190,20 +200,19 @@ struct Feed {
 struct Closed;
 
 impl Feed {
-    async fn run(mut self, mut live: broadcast::Receiver<Event>, gap: Option<u64>) {
+    async fn run(mut self, mut live: broadcast::Receiver<Event>) {
         let start = tokio::time::Instant::now() + HEARTBEAT;
         let mut heartbeat = tokio::time::interval_at(start, HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        if let Some(after) = gap
-            && self.gap(after).await.is_err()
-        {
-            return;
-        }
         loop {
-            while let Some(event) = self.backlog.pop_front() {
-                if self.pass(&event).await.is_err() {
+            if self.catching_up {
+                // The live receiver waits (and may lag again) meanwhile:
+                // its events are passed on in seq order, never before the
+                // older ones still in the history.
+                if self.catch_up().await.is_err() {
                     return;
                 }
+                continue;
             }
             tokio::select! {
                 () = self.tx.closed() => return,
@@ -221,18 +230,30 @@ impl Feed {
                             return;
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(missed = n, after = self.last, "an event stream client fell behind; catching up from the history");
-                        let (missed, whole) = self.published.events().since(self.last);
-                        if !whole && self.gap(self.last).await.is_err() {
-                            return;
-                        }
-                        self.backlog = missed.into();
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, after = self.last, "an event stream client fell behind; catching up from the history");
+                        self.catching_up = true;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             }
         }
+    }
+
+    /// Passes on the next chunk of the history after `last`; the catch-up
+    /// is over when a chunk comes back short. Tells the client of a gap
+    /// when the history no longer reaches back to `last`.
+    async fn catch_up(&mut self) -> Result<(), Closed> {
+        let (chunk, whole) = self.published.events().since(self.last, CATCH_UP_CHUNK);
+        if !whole {
+            self.gap(self.last).await?;
+        }
+        self.catching_up = chunk.len() == CATCH_UP_CHUNK;
+        self.backlog.extend(chunk);
+        while let Some(event) = self.backlog.pop_front() {
+            self.pass(&event).await?;
+        }
+        Ok(())
     }
 
     /// Sends `event` if the caller (as its token stands now) may see it

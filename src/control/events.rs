@@ -107,18 +107,16 @@ impl EventLog {
         self.live.subscribe()
     }
 
-    /// The kept events after `seq`, oldest first, and whether the history
-    /// still reaches back to `seq + 1` (false when some were dropped from
-    /// it, being more than [`EVENTS_KEPT`] behind).
-    pub fn since(&self, seq: u64) -> (Vec<Event>, bool) {
-        let newer: Vec<Event> = self
-            .events
-            .iter()
-            .skip_while(|e| e.seq <= seq)
-            .cloned()
-            .collect();
-        let whole = self.events.front().is_none_or(|e| e.seq <= seq + 1);
-        (newer, whole)
+    /// Up to `limit` kept events after `seq`, oldest first, and whether
+    /// the history still reaches back to `seq + 1` (false when some were
+    /// dropped from it, being more than [`EVENTS_KEPT`] behind).
+    pub fn since(&self, seq: u64, limit: usize) -> (Vec<Event>, bool) {
+        // Seqs are consecutive in the log: the first after `seq` is found
+        // by arithmetic, not by a scan.
+        let first = self.events.front().map_or(0, |e| e.seq);
+        let skip = usize::try_from((seq + 1).saturating_sub(first)).unwrap_or(usize::MAX);
+        let newer = self.events.iter().skip(skip).take(limit).cloned().collect();
+        (newer, first <= seq + 1 || self.events.is_empty())
     }
 
     /// The seq of the newest event recorded; 0 before the first.
@@ -294,16 +292,16 @@ mod tests {
             a.iter().map(|e| e.seq).collect::<Vec<_>>(),
             [1001, 1003, 1005]
         );
-        let (newer, whole) = log.since(1003);
-        assert_eq!(
-            newer.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            [1004, 1005]
-        );
-        assert!(whole);
-        let (newer, whole) = log.since(2);
+        let seqs = |events: Vec<Event>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let (newer, whole) = log.since(1003, 10);
+        assert_eq!((seqs(newer), whole), (vec![1004, 1005], true));
+        let (newer, whole) = log.since(2, usize::MAX);
         assert_eq!(newer.len(), EVENTS_KEPT);
+        assert_eq!(newer.first().map(|e| e.seq), Some(6));
         assert!(!whole, "events 3 to 5 were dropped from the history");
-        assert!(log.since(5).1);
+        let (newer, whole) = log.since(5, 2);
+        assert_eq!((seqs(newer), whole), (vec![6, 7], true));
+        assert!(log.since(1005, 10).0.is_empty());
         assert_eq!(log.last_seq(), 1005);
     }
 
