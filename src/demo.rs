@@ -144,6 +144,7 @@ turnout demo is serving.
   control file: {path}
   proxy:        http://{http}   (tenant "shop": blue 80 / green 20)
   admin API:    http://{admin}
+  console:      http://{admin}/ui   (or in a terminal: turnout ctl status --watch)
   upstreams:    blue on {blue}, green on {green}
 
 Try:

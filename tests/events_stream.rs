@@ -154,6 +154,15 @@ async fn the_stream_needs_the_reader_role_and_keeps_to_the_tokens_tenants() {
     let e = blog.next_within(WAIT).await.json();
     assert_eq!(e["tenant"], "blog");
     assert_eq!(e["actor"], "ops");
+
+    // The token taken out of the control file: its stream ends at the
+    // next event (the reload's own).
+    edit_file(&proxy.path, &hex("blog-secret"), &hex("rotated"));
+    let r = proxy
+        .admin("POST", "/v1/config/reload", Some("ops-secret"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    blog.ends_within(WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,29 @@ impl Sse {
             .expect("no event stream message in time")
     }
 
+    /// Waits until the server ends the stream; fails the test if a message
+    /// comes first or it does not end within `within`.
+    pub async fn ends_within(&mut self, within: Duration) {
+        let end = tokio::time::timeout(within, async {
+            loop {
+                match self.body.frame().await {
+                    None | Some(Err(_)) => return,
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            self.text.push_str(std::str::from_utf8(data).unwrap());
+                        }
+                        assert!(
+                            !self.text.contains("data:"),
+                            "a message instead of the end: {}",
+                            self.text
+                        );
+                    }
+                }
+            }
+        });
+        end.await.expect("the event stream did not end");
+    }
+
     /// The next message, waiting as long as it takes.
     pub async fn next(&mut self) -> SseMessage {
         loop {
