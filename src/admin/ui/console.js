@@ -15,6 +15,7 @@ const state = {
   lastSeq: null,     // the newest event seen on the stream
   stream: null,      // AbortController of the running stream
   refreshTimer: null,
+  weightsEdited: false, // the weight inputs hold the operator's numbers
 };
 
 const $ = (id) => document.getElementById(id);
@@ -92,9 +93,10 @@ function notify(text) {
 }
 
 function showTokenForm(show) {
+  const opening = show && $('token-section').hidden;
   $('token-section').hidden = !show;
   $('token-toggle').setAttribute('aria-expanded', String(show));
-  if (show) $('token-input').focus();
+  if (opening) $('token-input').focus();   // once, not on every refresh
 }
 
 // ---- rendering ----
@@ -153,7 +155,7 @@ function tenantCard(t, detail) {
   const name = detail ? el('span', { text: t.name })
     : el('a', { href: '#/tenants/' + encodeURIComponent(t.name), text: t.name });
   const card = el(detail ? 'div' : 'article', { class: 'tenant', 'data-tenant': t.name },
-    el(detail ? 'h3' : 'h3', {}, name,
+    el('h3', {}, name,
       el('span', { class: 'status status-' + t.status, 'data-field': 'status', text: t.status })),
     splitBar(t),
     el('p', { class: 'facts' },
@@ -257,7 +259,7 @@ async function show() {
 
 // ---- actions ----
 
-async function act(button, what, call) {
+async function act(what, call) {
   const buttons = document.querySelectorAll('#actions button');
   buttons.forEach((b) => { b.disabled = true; });
   try {
@@ -282,20 +284,20 @@ function reasonBody() {
 function tenantPath(action) { return '/v1/tenants/' + encodeURIComponent(route().tenant) + '/' + action; }
 
 function wireActions() {
-  $('rollback').addEventListener('click', (ev) => act(ev.target, 'Rolled back to the stable pool',
+  $('rollback').addEventListener('click', () => act('Rolled back to the stable pool',
     () => api('POST', tenantPath('rollback'), { body: reasonBody() })));
-  $('rollout').addEventListener('click', (ev) => act(ev.target, 'Rollout started',
+  $('rollout').addEventListener('click', () => act('Rollout started',
     () => api('POST', tenantPath('rollout'), { body: reasonBody() })));
-  $('promote').addEventListener('click', (ev) => act(ev.target, 'Promotion started',
+  $('promote').addEventListener('click', () => act('Promotion started',
     () => api('POST', tenantPath('promote'), { body: reasonBody() })));
-  $('set-weights').addEventListener('click', (ev) => {
+  $('set-weights').addEventListener('click', () => {
     const blue = Number($('weight-blue').value), green = Number($('weight-green').value);
     if (!Number.isInteger(blue) || !Number.isInteger(green) || blue < 0 || green < 0) {
       showError(new ApiError(400, 'weights must be whole numbers, 0 or more'));
       return;
     }
     const generation = state.view ? state.view.generation : undefined;
-    act(ev.target, 'Weights set to blue ' + blue + ' / green ' + green,
+    act('Weights set to blue ' + blue + ' / green ' + green,
       () => api('PUT', tenantPath('weights'), { body: { blue, green, ...reasonBody() }, ifMatch: generation }));
   });
   for (const id of ['weight-blue', 'weight-green']) {
