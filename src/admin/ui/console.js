@@ -215,6 +215,7 @@ function route() {
 
 async function refresh() {
   const r = route();
+  const used = token();
   try {
     if (r.tenant) {
       state.view = await api('GET', '/v1/tenants/' + encodeURIComponent(r.tenant));
@@ -225,7 +226,8 @@ async function refresh() {
     }
     clearError();
   } catch (e) {
-    showError(e);
+    // An answer to a token since replaced says nothing about the new one.
+    if (token() === used) showError(e);
   }
 }
 
