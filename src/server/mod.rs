@@ -1,14 +1,16 @@
 //! Listeners and connections: accept, TLS, pick HTTP/1.1 or HTTP/2, serve,
 //! drain.
 //!
-//! hyper-util's `auto` builder serves HTTP/1.1 and HTTP/2 (h2c with prior
-//! knowledge on the plain listener, ALPN on the TLS one) with upgrades. Each
+//! hyper serves HTTP/1.1 (with upgrades) and HTTP/2 (h2c with prior
+//! knowledge on the plain listener, h2 on the TLS one), told apart by the
+//! first bytes (`served`, which also parks idle HTTP/1.1 connections). Each
 //! connection is driven by `conn::drive`, which bounds what a client can
 //! hold (SPEC section 11) and shuts it down gracefully when the process
 //! drains. Open connections and upgraded tunnels (WebSocket), which leave
 //! hyper once upgraded, are counted so the drain can wait for both.
 
 pub mod conn;
+pub mod served;
 pub mod tls;
 pub mod watched;
 
@@ -20,8 +22,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -33,7 +34,8 @@ pub use crate::proxy::conn::HEAD_TIMEOUT as HEADER_READ_TIMEOUT;
 use crate::proxy::conn::{ConnInfo, ConnState, OpenCount};
 pub use crate::proxy::conn::{OpenGuard, TunnelGuard, Tunnels};
 use conn::Counted;
-use watched::Watched;
+use served::Builders;
+use watched::{ReadReady, Watched};
 
 /// The largest request head accepted; beyond it the client gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -52,9 +54,9 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// `tls`: hyper's own advice — TLS streams write vectors poorly, so the
 /// response head and a small body are copied into one buffer instead.
-fn builder(tls: bool) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
+fn builder(tls: bool) -> Builders {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .writev(!tls)
         .timer(TokioTimer::new())
         // hyper's timer would also run while a kept-alive connection idles,
@@ -65,12 +67,13 @@ fn builder(tls: bool) -> auto::Builder<TokioExecutor> {
         // (`shutdown(SHUT_WR)`) still gets the response.
         .half_close(true)
         .max_buf_size(MAX_HEAD_BYTES);
-    b.http2()
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(MAX_PENDING_RESET_STREAMS)
         .max_header_list_size(MAX_HEAD_BYTES as u32);
-    b
+    Builders { http1, http2 }
 }
 
 /// Binds a listener with `SO_REUSEPORT`, so a new turnout can bind the same
@@ -106,6 +109,9 @@ pub struct ServeSettings {
     pub idle_timeout: Duration,
     /// Where accept failures of the process's own making are counted.
     pub metrics: Option<Arc<Metrics>>,
+    /// Where the listener's client connections are counted (the proxy's
+    /// listeners; not the admin API's).
+    pub connections: Option<crate::metrics::ConnectionGauges>,
 }
 
 /// Accepts connections until `stop` turns true, serving each with `handler`;
@@ -121,12 +127,13 @@ pub async fn serve<H, F, B>(
     settings: ServeSettings,
     tunnels: Option<Arc<Tunnels>>,
 ) where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Unpin + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = Arc::new(builder(matches!(transport, Transport::Tls(_))));
+    let gauges = settings.connections.clone();
     let connections = Arc::new(OpenCount::default());
     let mut backoff = Duration::ZERO;
     loop {
@@ -160,19 +167,24 @@ pub async fn serve<H, F, B>(
         );
         let open = connections.open();
         let idle_timeout = settings.idle_timeout;
+        let gauges = gauges.clone();
+        if let Some(g) = &gauges {
+            g.open.increment(1.0);
+        }
         tokio::spawn(async move {
+            let parked = gauges.as_ref().map(|g| g.parked.clone());
             let state = ConnState::new();
             let result = match transport {
                 Transport::Plain => {
                     let info = ConnInfo::new(peer, false, None, Arc::clone(&state));
                     let io = Watched::new(stream, Arc::clone(&state));
-                    serve_connection(&builder, io, info, handler, idle_timeout, stop).await
+                    serve_connection(&builder, io, info, handler, idle_timeout, parked, stop).await
                 }
                 Transport::Tls(acceptor) => match handshake(&acceptor, stream).await {
                     Ok((tls, sni)) => {
                         let info = ConnInfo::new(peer, true, sni, Arc::clone(&state));
                         let io = Watched::new(tls, Arc::clone(&state));
-                        serve_connection(&builder, io, info, handler, idle_timeout, stop).await
+                        serve_connection(&builder, io, info, handler, idle_timeout, parked, stop).await
                     }
                     Err(e) => Err(e),
                 },
@@ -181,6 +193,9 @@ pub async fn serve<H, F, B>(
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
             drop(open);
+            if let Some(g) = gauges {
+                g.open.decrement(1.0);
+            }
         });
     }
     drop(listener);
@@ -210,16 +225,17 @@ async fn handshake(
 }
 
 async fn serve_connection<I, H, F, B>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
+    builders: &Arc<Builders>,
+    io: Watched<I>,
     info: ConnInfo,
     handler: H,
     idle_timeout: Duration,
+    parked: Option<metrics::Gauge>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), BoxError>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static,
+    I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Unpin + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -229,15 +245,14 @@ where
         let guard = info.state.request(req.version() == http::Version::HTTP_2);
         Counted::new(handler(req, info.clone()), guard)
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    conn::drive(
-        conn,
-        |conn| conn.graceful_shutdown(),
-        &state,
-        idle_timeout,
-        stop,
-    )
-    .await
+    let conn = served::Connection::new(
+        io,
+        Arc::clone(builders),
+        service,
+        Arc::clone(&state),
+        parked,
+    );
+    conn::drive(conn, &state, idle_timeout, Some(served::PARK_AFTER), stop).await
 }
 
 /// Resolves once `stop` turns true or its sender is gone.
