@@ -462,7 +462,9 @@ async fn a_smuggled_request_never_reaches_the_upstream() {
 async fn an_idle_tls_keep_alive_connection_parks_and_serves_its_next_request() {
     let setup = tls_setup().await;
     let connector = setup.ca.connector(&[b"http/1.1"]);
-    let tls = handshake(&connector, setup.https, "shop.test").await.unwrap();
+    let tls = handshake(&connector, setup.https, "shop.test")
+        .await
+        .unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();

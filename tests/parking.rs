@@ -44,7 +44,11 @@ async fn response(s: &mut TcpStream) -> (String, String) {
             .await
             .expect("no response in time")
             .unwrap();
-        assert!(n > 0, "closed before the response: {:?}", String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "closed before the response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
 }
@@ -83,7 +87,10 @@ async fn an_idle_keep_alive_connection_parks_and_serves_its_next_requests() {
     for status in ["201", "202"] {
         let (head, body) = response(&mut s).await;
         assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{head}");
-        assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
         assert_eq!(body, "blue");
     }
     // Idle again: parked again, and a client that closes is gone.
@@ -104,9 +111,11 @@ async fn a_head_begun_before_or_after_parking_loses_no_byte() {
     // A: a pipelined request's head half sent, stalling: hyper holds those
     // bytes when the connection is looked at for parking.
     let mut a = TcpStream::connect(addr).await.unwrap();
-    a.write_all(b"GET /status/201 HTTP/1.1\r\nHost: shop.test\r\n\r\nGET /status/202 HTTP/1.1\r\nHo")
-        .await
-        .unwrap();
+    a.write_all(
+        b"GET /status/201 HTTP/1.1\r\nHost: shop.test\r\n\r\nGET /status/202 HTTP/1.1\r\nHo",
+    )
+    .await
+    .unwrap();
     let (head, _) = response(&mut a).await;
     assert!(head.starts_with("HTTP/1.1 201"), "{head}");
 
@@ -126,7 +135,9 @@ async fn a_head_begun_before_or_after_parking_loses_no_byte() {
     assert_eq!(body, "blue");
 
     // B, parked, gets its next head in two pieces.
-    b.write_all(b"GET /status/203 HTTP/1.1\r\nHo").await.unwrap();
+    b.write_all(b"GET /status/203 HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
     wait_parked(&proxy, 0.0).await;
     b.write_all(b"st: shop.test\r\n\r\n").await.unwrap();
     let (head, _) = response(&mut b).await;

@@ -372,7 +372,9 @@ mod tests {
         let idle = Duration::from_secs(60);
         let state = ConnState::new();
         let t0 = state.opened_ms;
-        assert!(matches!(state.judge(t0 + 1, idle, None), Judgement::WaitUntil(t) if t == t0 + 10_000));
+        assert!(
+            matches!(state.judge(t0 + 1, idle, None), Judgement::WaitUntil(t) if t == t0 + 10_000)
+        );
         assert!(matches!(
             state.judge(t0 + 10_000, idle, None),
             Judgement::Close(_)
@@ -394,7 +396,10 @@ mod tests {
         assert!(
             matches!(state.judge(since + 1, idle, None), Judgement::WaitUntil(t) if t == since + 60_000)
         );
-        assert!(matches!(state.judge(since + 60_000, idle, None), Judgement::Idle));
+        assert!(matches!(
+            state.judge(since + 60_000, idle, None),
+            Judgement::Idle
+        ));
     }
 
     #[test]

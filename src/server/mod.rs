@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::ConnectionGauges;
 use crate::metrics::{LocalError, Metrics};
 use crate::proxy::Proxy;
 pub use crate::proxy::conn::HEAD_TIMEOUT as HEADER_READ_TIMEOUT;
@@ -132,8 +133,7 @@ pub async fn serve<H, F, B>(
     B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = Arc::new(builder(matches!(transport, Transport::Tls(_))));
-    let gauges = settings.connections.clone();
+    let builders = Arc::new(builder(matches!(transport, Transport::Tls(_))));
     let connections = Arc::new(OpenCount::default());
     let mut backoff = Duration::ZERO;
     loop {
@@ -159,44 +159,28 @@ pub async fn serve<H, F, B>(
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let (builder, handler, transport, stop) = (
-            Arc::clone(&builder),
-            handler.clone(),
-            transport.clone(),
-            stop.clone(),
-        );
-        let open = connections.open();
-        let idle_timeout = settings.idle_timeout;
-        let gauges = gauges.clone();
-        if let Some(g) = &gauges {
+        if let Some(g) = &settings.connections {
             g.open.increment(1.0);
         }
-        tokio::spawn(async move {
-            let parked = gauges.as_ref().map(|g| g.parked.clone());
-            let state = ConnState::new();
-            let result = match transport {
-                Transport::Plain => {
-                    let info = ConnInfo::new(peer, false, None, Arc::clone(&state));
-                    let io = Watched::new(stream, Arc::clone(&state));
-                    serve_connection(&builder, io, info, handler, idle_timeout, parked, stop).await
-                }
-                Transport::Tls(acceptor) => match handshake(&acceptor, stream).await {
-                    Ok((tls, sni)) => {
-                        let info = ConnInfo::new(peer, true, sni, Arc::clone(&state));
-                        let io = Watched::new(tls, Arc::clone(&state));
-                        serve_connection(&builder, io, info, handler, idle_timeout, parked, stop).await
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        let accepted = Accepted {
+            peer,
+            builders: Arc::clone(&builders),
+            handler: handler.clone(),
+            idle_timeout: settings.idle_timeout,
+            gauges: settings.connections.clone(),
+            stop: stop.clone(),
+            _open: connections.open(),
+        };
+        // One task per connection, its future as small as its transport
+        // needs: a parked plain connection's task holds no TLS state.
+        match &transport {
+            Transport::Plain => {
+                tokio::spawn(accepted.serve_plain(stream));
             }
-            drop(open);
-            if let Some(g) = gauges {
-                g.open.decrement(1.0);
+            Transport::Tls(acceptor) => {
+                tokio::spawn(accepted.serve_tls(acceptor.clone(), stream));
             }
-        });
+        }
     }
     drop(listener);
     let drained = async {
@@ -213,6 +197,85 @@ pub async fn serve<H, F, B>(
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An accepted client connection and what serving it needs.
+struct Accepted<H> {
+    peer: SocketAddr,
+    builders: Arc<Builders>,
+    handler: H,
+    idle_timeout: Duration,
+    gauges: Option<ConnectionGauges>,
+    stop: watch::Receiver<bool>,
+    /// Counts the connection open until it is over.
+    _open: OpenGuard,
+}
+
+impl<H, F, B> Accepted<H>
+where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Unpin + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    async fn serve_plain(self, stream: TcpStream) {
+        let state = ConnState::new();
+        let info = ConnInfo::new(self.peer, false, None, Arc::clone(&state));
+        let io = Watched::new(stream, state);
+        self.serve(io, info).await;
+    }
+
+    async fn serve_tls(self, acceptor: TlsAcceptor, stream: TcpStream) {
+        // Boxed: the handshake's state is not kept for the connection's life.
+        match Box::pin(handshake(&acceptor, stream)).await {
+            Ok((tls, sni)) => {
+                let state = ConnState::new();
+                let info = ConnInfo::new(self.peer, true, sni, Arc::clone(&state));
+                let io = Watched::new(tls, state);
+                self.serve(io, info).await;
+            }
+            Err(e) => self.ended(Err(e)),
+        }
+    }
+
+    async fn serve<I>(self, io: Watched<I>, info: ConnInfo)
+    where
+        I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+    {
+        let state = Arc::clone(&info.state);
+        let handler = self.handler.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let guard = info.state.request(req.version() == http::Version::HTTP_2);
+            Counted::new(handler(req, info.clone()), guard)
+        });
+        let parked = self.gauges.as_ref().map(|g| g.parked.clone());
+        let conn = served::Connection::new(
+            io,
+            Arc::clone(&self.builders),
+            service,
+            Arc::clone(&state),
+            parked,
+        );
+        let stop = self.stop.clone();
+        let result = conn::drive(
+            conn,
+            &state,
+            self.idle_timeout,
+            Some(served::PARK_AFTER),
+            stop,
+        )
+        .await;
+        self.ended(result);
+    }
+
+    fn ended(self, result: Result<(), BoxError>) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, peer = %self.peer, "connection ended with an error");
+        }
+        if let Some(g) = &self.gauges {
+            g.open.decrement(1.0);
+        }
+    }
+}
+
 async fn handshake(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
@@ -222,37 +285,6 @@ async fn handshake(
         .map_err(|_| "TLS handshake timed out")??;
     let sni = tls.get_ref().1.server_name().map(Arc::from);
     Ok((tls, sni))
-}
-
-async fn serve_connection<I, H, F, B>(
-    builders: &Arc<Builders>,
-    io: Watched<I>,
-    info: ConnInfo,
-    handler: H,
-    idle_timeout: Duration,
-    parked: Option<metrics::Gauge>,
-    stop: watch::Receiver<bool>,
-) -> Result<(), BoxError>
-where
-    I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Unpin + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let state = Arc::clone(&info.state);
-    let service = service_fn(move |req: Request<Incoming>| {
-        let guard = info.state.request(req.version() == http::Version::HTTP_2);
-        Counted::new(handler(req, info.clone()), guard)
-    });
-    let conn = served::Connection::new(
-        io,
-        Arc::clone(builders),
-        service,
-        Arc::clone(&state),
-        parked,
-    );
-    conn::drive(conn, &state, idle_timeout, Some(served::PARK_AFTER), stop).await
 }
 
 /// Resolves once `stop` turns true or its sender is gone.

@@ -319,8 +319,7 @@ where
                 Phase::Http2(conn) => return conn.as_mut().poll(cx).map_err(Into::into),
                 Phase::Parked(io) => {
                     ready!(io.io.poll_read_ready(cx))?;
-                    let Phase::Parked(io) = std::mem::replace(&mut this.phase, Phase::Ended)
-                    else {
+                    let Phase::Parked(io) = std::mem::replace(&mut this.phase, Phase::Ended) else {
                         unreachable!("the parked phase was just polled");
                     };
                     this.set_parked(false);
