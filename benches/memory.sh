@@ -4,7 +4,9 @@
 # nginx a `server` and an `upstream` block per tenant), then IDLE client
 # connections that each made one request and stay open.
 #
-#   benches/memory.sh [TENANTS] [IDLE]      default 10000 tenants, 1000 idle
+#   benches/memory.sh [TENANTS] [IDLE] [PROTO]
+#       default 10000 tenants, 1000 idle, PROTO h1 (HTTP/1.1 keep-alive) or
+#       h2 (HTTP/2 with prior knowledge; nginx's port then speaks only h2c)
 #
 # Needs nginx and python3 (benches/load.sh installs the peers). Both proxies
 # run one worker; the upstreams are two `turnout upstream` processes.
@@ -14,6 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tenants=${1:-10000}
 idle=${2:-1000}
+proto=${3:-h1}
+case "$proto" in h1) h2flag="" ;; h2) h2flag=" http2" ;; *) echo "PROTO is h1 or h2" >&2; exit 64 ;; esac
 bin=${TURNOUT_BIN:-$PWD/target/release/turnout}
 [ -x "$bin" ] || cargo build --release --locked
 work=$(mktemp -d /tmp/turnout-memory.XXXXXX)
@@ -27,9 +31,9 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 "$bin" upstream --name blue --listen "127.0.0.1:$blue" >/dev/null 2>&1 & pids+=($!)
 "$bin" upstream --name green --listen "127.0.0.1:$green" >/dev/null 2>&1 & pids+=($!)
 
-python3 - "$work" "$tenants" "$blue" "$green" "$listen" "$admin" <<'PY'
+python3 - "$work" "$tenants" "$blue" "$green" "$listen" "$admin" "$h2flag" <<'PY'
 import sys
-work, n, blue, green, listen, admin = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+work, n, blue, green, listen, admin, h2flag = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
 with open(f"{work}/turnout.toml", "w") as f:
     f.write(f'[listen]\nhttp = "127.0.0.1:{listen}"\nadmin = "127.0.0.1:{admin}"\n\n'
             '[defaults.health]\npath = "/"\n\n')
@@ -55,7 +59,7 @@ http {{
 """)
     for i in range(n):
         f.write(f"""  upstream p{i} {{ server 127.0.0.1:{blue} weight=9; server 127.0.0.1:{green} weight=1; keepalive 8; }}
-  server {{ listen 127.0.0.1:{listen}; server_name t{i}.test;
+  server {{ listen 127.0.0.1:{listen}{h2flag}; server_name t{i}.test;
     location / {{ proxy_pass http://p{i}; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
 """)
@@ -65,15 +69,35 @@ PY
 # Opens $idle connections, one request each to a random tenant, prints
 # "open" and holds them until killed.
 cat >"$work/hold.py" <<'PY'
-import asyncio, random, sys
-port, idle, tenants = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+import asyncio, random, struct, sys
+port, idle, tenants, proto = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def frame(kind, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
 async def one():
     r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(f"GET / HTTP/1.1\r\nHost: t{random.randrange(tenants)}.test\r\n\r\n".encode())
+    host = f"t{random.randrange(tenants)}.test"
+    if proto == "h1":
+        w.write(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await w.drain()
+        head = await r.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head[:40]
+        return r, w
+    # HTTP/2 with prior knowledge: preface, empty SETTINGS, one GET
+    # (HPACK: static :method GET, :scheme http, :path /, literal
+    # :authority), then wait for the response's HEADERS frame (":status
+    # 200" is static index 8: 0x88 first).
+    block = bytes([0x82, 0x86, 0x84, 0x01, len(host)]) + host.encode()
+    w.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0) + frame(1, 0x5, 1, block))
     await w.drain()
-    head = await r.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head[:40]
-    return r, w
+    while True:
+        head = await r.readexactly(9)
+        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+        payload = await r.readexactly(length)
+        if kind == 4 and not flags & 1:
+            w.write(frame(4, 1, 0))  # SETTINGS ack
+        if kind == 1:
+            assert payload[:1] == b"\x88", payload[:8]
+            return r, w
 async def main():
     conns = []
     for i in range(0, idle, 100):
@@ -88,13 +112,13 @@ rss() { awk -v k="$2" '$1 == k":" { printf "%.1f", $2 / 1024 }' "/proc/$1/status
 measure() {
   local name=$1 pid=$2
   for _ in $(seq 300); do
-    curl -sf -o /dev/null -H "Host: t0.test" "http://127.0.0.1:$listen/" && break
+    curl -sf -o /dev/null ${h2flag:+--http2-prior-knowledge} -H "Host: t0.test" "http://127.0.0.1:$listen/" && break
     sleep 0.1
   done
   sleep 1
   local start
   start=$(rss "$pid" VmRSS)
-  python3 "$work/hold.py" "$listen" "$idle" "$tenants" >"$work/hold.out" 2>&1 &
+  python3 "$work/hold.py" "$listen" "$idle" "$tenants" "$proto" >"$work/hold.out" 2>&1 &
   local holder=$!
   for _ in $(seq 600); do
     grep -qx open "$work/hold.out" && break
@@ -102,13 +126,24 @@ measure() {
     sleep 0.1
   done
   sleep 1
+  if [ "$name" = turnout ] && [ "$proto" = h1 ]; then
+    # Idle HTTP/1.1 connections are parked a second or two after their
+    # last request (src/server/served.rs): measure once all of them are.
+    for _ in $(seq 100); do
+      parked=$(curl -sf "http://127.0.0.1:$admin/metrics" |
+        awk '/^turnout_client_connections\{state="parked"\}/ { print $2 }')
+      [ "${parked:-0}" = "$idle" ] && break
+      sleep 0.1
+    done
+    echo "turnout: ${parked:-0} of $idle idle connections parked" >&2
+  fi
   local open
   open=$(ss -Htn state established "( sport = :$listen )" | wc -l)
   printf '| %s | %s | %s | %s | %s |\n' "$name" "$start" "$(rss "$pid" VmRSS)" "$(rss "$pid" VmHWM)" "$open"
   kill "$holder" "$pid"; wait "$holder" "$pid" 2>/dev/null || true
 }
 
-echo "$tenants tenants, $idle idle client connections (MiB)"
+echo "$tenants tenants, $idle idle $proto client connections (MiB)"
 echo "| proxy | RSS after start | RSS with idle connections | peak RSS | client connections open |"
 echo "|---|---|---|---|---|"
 TOKIO_WORKER_THREADS=1 TURNOUT_LOG=warn "$bin" run --config "$work/turnout.toml" \

@@ -130,6 +130,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         drain,
         idle_timeout,
         metrics: Some(Arc::clone(&metrics)),
+        connections: Some(metrics.client_connections()),
     };
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -165,6 +166,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
         admin_stopped,
         server::ServeSettings {
             drain: Duration::ZERO,
+            connections: None,
             ..serving
         },
         None,

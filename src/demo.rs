@@ -75,6 +75,7 @@ pub async fn spawn_upstream(
             drain: std::time::Duration::ZERO,
             idle_timeout: std::time::Duration::from_secs(60),
             metrics: None,
+            connections: None,
         },
         None,
     ));

@@ -16,6 +16,9 @@ use metrics_exporter_prometheus::{
 
 use crate::config::Pool;
 
+mod connections;
+pub use connections::{CLIENT_CONNECTIONS, ConnectionGauges};
+
 /// `turnout_requests_total` (counter; `tenant, pool, code`): proxied requests
 /// /// by status class `1xx`..`5xx`, counted when the response has ended.
 pub const REQUESTS_TOTAL: &str = "turnout_requests_total";
@@ -447,6 +450,7 @@ fn describe(r: &PrometheusRecorder) {
     for (name, help) in gauges {
         r.describe_gauge(name.into(), None, help.into());
     }
+    connections::describe(r);
     r.describe_histogram(
         REQUEST_DURATION_SECONDS.into(),
         Some(Unit::Seconds),

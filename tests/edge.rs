@@ -457,3 +457,34 @@ async fn a_smuggled_request_never_reaches_the_upstream() {
         "the smuggled request reached the upstream"
     );
 }
+
+#[tokio::test]
+async fn an_idle_tls_keep_alive_connection_parks_and_serves_its_next_request() {
+    let setup = tls_setup().await;
+    let connector = setup.ca.connector(&[b"http/1.1"]);
+    let tls = handshake(&connector, setup.https, "shop.test")
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = || {
+        Request::get("/")
+            .header("host", "shop.test")
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    let parked = r#"turnout_client_connections{state="parked"}"#;
+    for _ in 0..2 {
+        let resp = sender.send_request(request()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "blue");
+        // Idle: parked, TLS session and all, and woken by the next request.
+        wait_until(WAIT, "the TLS connection parked", || async {
+            setup.proxy.metric(parked).await == 1.0
+        })
+        .await;
+    }
+    assert!(!sender.is_closed());
+}

@@ -152,6 +152,11 @@ pub struct ConnState {
     pub(crate) idle_timeout_ms: AtomicU64,
     /// The connection was upgraded (a tunnel): no longer HTTP, not timed.
     upgraded: AtomicBool,
+    /// hyper's HTTP/1.1 connection is being ended to park the socket: its
+    /// I/O must not shut the socket down (`server::served`).
+    pub parking: AtomicBool,
+    /// The socket is parked: no hyper connection, waiting for bytes.
+    pub parked: AtomicBool,
     /// Wakes the timer early: a deadline before its next firing, or the
     /// client crossing the reset rule.
     pub(crate) wake: Notify,
@@ -172,6 +177,8 @@ impl ConnState {
             timer_ms: AtomicU64::new(now + HEAD_TIMEOUT.as_millis() as u64),
             idle_timeout_ms: AtomicU64::new(u64::MAX / 4),
             upgraded: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
             wake: Notify::new(),
         })
     }
@@ -182,7 +189,11 @@ impl ConnState {
         if http2 && !self.http2.load(Relaxed) {
             self.http2.store(true, Relaxed);
         }
-        self.started.fetch_add(1, Relaxed);
+        if self.started.fetch_add(1, Relaxed) == 0 {
+            // The timer waits for a first head (10 s); from now on it
+            // judges idleness and parking instead. Once per connection.
+            self.wake.notify_one();
+        }
         self.inflight.fetch_add(1, Relaxed);
         RequestGuard {
             state: Arc::clone(self),
@@ -217,6 +228,14 @@ impl ConnState {
         self.upgraded.store(true, Relaxed);
     }
 
+    /// The parked socket has bytes (or an end) again and hyper serves it:
+    /// its idleness starts over, and the timer looks at it now.
+    pub fn unparked(&self) {
+        self.parked.store(false, Relaxed);
+        self.idle_since_ms.store(now_ms(), Relaxed);
+        self.wake.notify_one();
+    }
+
     /// Whether the connection was handed to a tunnel.
     pub fn is_upgraded(&self) -> bool {
         self.upgraded.load(Relaxed)
@@ -245,8 +264,15 @@ impl ConnState {
         started >= RESET_CHECK_AFTER && premature * 2 > started
     }
 
-    /// What the connection's timer should do at `now` (ms since origin).
-    pub(crate) fn judge(&self, now: u64, idle_timeout: Duration) -> Judgement {
+    /// What the connection's timer should do at `now` (ms since origin);
+    /// `park_after`: how long an HTTP/1.1 connection idles before it is
+    /// parked (`None`: never).
+    pub(crate) fn judge(
+        &self,
+        now: u64,
+        idle_timeout: Duration,
+        park_after: Option<Duration>,
+    ) -> Judgement {
         if self.started.load(Relaxed) == 0 {
             // A fresh connection is idle too: the shorter limit applies.
             let limit = self.opened_ms + HEAD_TIMEOUT.min(idle_timeout).as_millis() as u64;
@@ -267,12 +293,27 @@ impl ConnState {
             }
             wake = wake.min(limit);
         }
+        let parkable = park_after.filter(|_| {
+            !self.http2.load(Relaxed) && !self.is_upgraded() && !self.parked.load(Relaxed)
+        });
         if self.inflight.load(Relaxed) == 0 {
-            let limit = self.idle_since_ms.load(Relaxed) + idle_timeout.as_millis() as u64;
+            let idle_since = self.idle_since_ms.load(Relaxed);
+            let limit = idle_since + idle_timeout.as_millis() as u64;
             if now >= limit {
                 return Judgement::Idle;
             }
             wake = wake.min(limit);
+            if let Some(after) = parkable {
+                let park_at = idle_since + after.as_millis() as u64;
+                if now >= park_at {
+                    return Judgement::Park(wake);
+                }
+                wake = wake.min(park_at);
+            }
+        } else if let Some(after) = parkable {
+            // Busy now; looked at again a `park_after` from now, so a
+            // connection that then idles is parked within twice that.
+            wake = wake.min(now + after.as_millis() as u64);
         }
         Judgement::WaitUntil(wake)
     }
@@ -283,6 +324,9 @@ pub(crate) enum Judgement {
     Close(&'static str),
     /// No request in flight for `idle_timeout`: close it gracefully.
     Idle,
+    /// An HTTP/1.1 connection idle for its `park_after`: park it, then
+    /// look again at this instant (ms since origin).
+    Park(u64),
     /// Nothing to do before this instant (ms since origin).
     WaitUntil(u64),
 }
@@ -328,29 +372,34 @@ mod tests {
         let idle = Duration::from_secs(60);
         let state = ConnState::new();
         let t0 = state.opened_ms;
-        assert!(matches!(state.judge(t0 + 1, idle), Judgement::WaitUntil(t) if t == t0 + 10_000));
+        assert!(
+            matches!(state.judge(t0 + 1, idle, None), Judgement::WaitUntil(t) if t == t0 + 10_000)
+        );
         assert!(matches!(
-            state.judge(t0 + 10_000, idle),
+            state.judge(t0 + 10_000, idle, None),
             Judgement::Close(_)
         ));
 
         let guard = state.request(false);
         let deadline = state.deadline(Duration::from_secs(5));
         assert!(matches!(
-            state.judge(now_ms(), idle),
+            state.judge(now_ms(), idle, None),
             Judgement::WaitUntil(_)
         ));
         assert!(matches!(
-            state.judge(now_ms() + 7_000, idle),
+            state.judge(now_ms() + 7_000, idle, None),
             Judgement::Close(_)
         ));
         drop(deadline);
         drop(guard);
         let since = state.idle_since_ms.load(Relaxed);
         assert!(
-            matches!(state.judge(since + 1, idle), Judgement::WaitUntil(t) if t == since + 60_000)
+            matches!(state.judge(since + 1, idle, None), Judgement::WaitUntil(t) if t == since + 60_000)
         );
-        assert!(matches!(state.judge(since + 60_000, idle), Judgement::Idle));
+        assert!(matches!(
+            state.judge(since + 60_000, idle, None),
+            Judgement::Idle
+        ));
     }
 
     #[test]

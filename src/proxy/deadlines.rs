@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Slots of the deadline ring. More distinct deadline-seconds than this in
 /// flight at once on one connection (HTTP/2 only, with long timeouts) share
 /// slots: a request is then found overdue late, never early.
-const RING: usize = 64;
+const RING: usize = 16;
 
 /// The deadlines of the requests in flight on one connection, by whole
 /// second: each slot packs `second << 32 | count`. Adding and removing are
-/// one compare-and-swap; finding the earliest scans 32 words, and only the
+/// one compare-and-swap; finding the earliest scans the ring, and only the
 /// connection's timer does that.
 pub struct Deadlines {
     slots: [AtomicU64; RING],

@@ -111,22 +111,29 @@ impl<B: Body<Data = Bytes>> Body for CountedBody<B> {
 /// Errors a connection ends with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Drives `conn` until it ends, closing it as the module doc says; on
-/// `stop`, shuts it down gracefully with `shutdown_gracefully` (hyper's
-/// `graceful_shutdown`: finish the requests in flight, HTTP/2 `GOAWAY`); a
-/// connection that has not sent its first request yet gets until
-/// `ACCEPT_LINGER` after opening to do so.
-pub async fn drive<C, S>(
+/// A client connection as [`drive`] sees it: a future that ends with the
+/// connection, which can be shut down gracefully and parked.
+pub trait Served: Future<Output = Result<(), BoxError>> {
+    /// hyper's `graceful_shutdown`: finish the requests in flight (HTTP/2:
+    /// `GOAWAY`), then end; a connection with nothing in flight ends at once.
+    fn shut_down_gracefully(self: Pin<&mut Self>);
+
+    /// Gives back what an idle HTTP/1.1 connection holds, keeping the
+    /// socket (`served`); anything else is left as it is.
+    fn park(self: Pin<&mut Self>);
+}
+
+/// Drives `conn` until it ends, closing it as the module doc says and
+/// parking it once idle for `park_after` (`None`: never); on `stop`, shuts
+/// it down gracefully; a connection that has not sent its first request
+/// yet gets until `ACCEPT_LINGER` after opening to do so.
+pub async fn drive<C: Served>(
     conn: C,
-    mut shutdown_gracefully: S,
     state: &ConnState,
     idle_timeout: Duration,
+    park_after: Option<Duration>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), BoxError>
-where
-    C: Future<Output = Result<(), BoxError>>,
-    S: FnMut(Pin<&mut C>),
-{
+) -> Result<(), BoxError> {
     let mut conn = std::pin::pin!(conn);
     state
         .idle_timeout_ms
@@ -154,9 +161,9 @@ where
                 }
                 if draining && !graceful {
                     graceful = true;
-                    shutdown_gracefully(conn.as_mut());
+                    conn.as_mut().shut_down_gracefully();
                 }
-                match state.judge(now, idle_timeout) {
+                match state.judge(now, idle_timeout, park_after) {
                     Judgement::Close(why) => {
                         tracing::debug!(reason = why, "closing client connection");
                         return Ok(());
@@ -164,9 +171,13 @@ where
                     Judgement::Idle if graceful => return Ok(()),
                     Judgement::Idle => {
                         graceful = true;
-                        shutdown_gracefully(conn.as_mut());
+                        conn.as_mut().shut_down_gracefully();
                         // A peer that does not close after GOAWAY is cut off.
                         timer.as_mut().reset(tokio::time::Instant::now() + ACCEPT_LINGER);
+                    }
+                    Judgement::Park(ms) => {
+                        conn.as_mut().park();
+                        timer.as_mut().reset(at(ms));
                     }
                     Judgement::WaitUntil(ms) => timer.as_mut().reset(at(ms)),
                 }
@@ -180,7 +191,7 @@ where
                 let linger_until = state.opened_ms + ACCEPT_LINGER.as_millis() as u64;
                 if state.requests() > 0 {
                     graceful = true;
-                    shutdown_gracefully(conn.as_mut());
+                    conn.as_mut().shut_down_gracefully();
                 } else if now_ms() >= linger_until {
                     return Ok(());
                 } else {

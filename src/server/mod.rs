@@ -1,14 +1,16 @@
 //! Listeners and connections: accept, TLS, pick HTTP/1.1 or HTTP/2, serve,
 //! drain.
 //!
-//! hyper-util's `auto` builder serves HTTP/1.1 and HTTP/2 (h2c with prior
-//! knowledge on the plain listener, ALPN on the TLS one) with upgrades. Each
+//! hyper serves HTTP/1.1 (with upgrades) and HTTP/2 (h2c with prior
+//! knowledge on the plain listener, h2 on the TLS one), told apart by the
+//! first bytes (`served`, which also parks idle HTTP/1.1 connections). Each
 //! connection is driven by `conn::drive`, which bounds what a client can
 //! hold (SPEC section 11) and shuts it down gracefully when the process
 //! drains. Open connections and upgraded tunnels (WebSocket), which leave
 //! hyper once upgraded, are counted so the drain can wait for both.
 
 pub mod conn;
+pub mod served;
 pub mod tls;
 pub mod watched;
 
@@ -20,20 +22,21 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::ConnectionGauges;
 use crate::metrics::{LocalError, Metrics};
 use crate::proxy::Proxy;
 pub use crate::proxy::conn::HEAD_TIMEOUT as HEADER_READ_TIMEOUT;
 use crate::proxy::conn::{ConnInfo, ConnState, OpenCount};
 pub use crate::proxy::conn::{OpenGuard, TunnelGuard, Tunnels};
 use conn::Counted;
-use watched::Watched;
+use served::Builders;
+use watched::{ReadReady, Watched};
 
 /// The largest request head accepted; beyond it the client gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -52,9 +55,9 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// `tls`: hyper's own advice — TLS streams write vectors poorly, so the
 /// response head and a small body are copied into one buffer instead.
-fn builder(tls: bool) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
+fn builder(tls: bool) -> Builders {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .writev(!tls)
         .timer(TokioTimer::new())
         // hyper's timer would also run while a kept-alive connection idles,
@@ -65,12 +68,13 @@ fn builder(tls: bool) -> auto::Builder<TokioExecutor> {
         // (`shutdown(SHUT_WR)`) still gets the response.
         .half_close(true)
         .max_buf_size(MAX_HEAD_BYTES);
-    b.http2()
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(MAX_PENDING_RESET_STREAMS)
         .max_header_list_size(MAX_HEAD_BYTES as u32);
-    b
+    Builders { http1, http2 }
 }
 
 /// Binds a listener with `SO_REUSEPORT`, so a new turnout can bind the same
@@ -106,6 +110,9 @@ pub struct ServeSettings {
     pub idle_timeout: Duration,
     /// Where accept failures of the process's own making are counted.
     pub metrics: Option<Arc<Metrics>>,
+    /// Where the listener's client connections are counted (the proxy's
+    /// listeners; not the admin API's).
+    pub connections: Option<crate::metrics::ConnectionGauges>,
 }
 
 /// Accepts connections until `stop` turns true, serving each with `handler`;
@@ -121,12 +128,12 @@ pub async fn serve<H, F, B>(
     settings: ServeSettings,
     tunnels: Option<Arc<Tunnels>>,
 ) where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Unpin + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = Arc::new(builder(matches!(transport, Transport::Tls(_))));
+    let builders = Arc::new(builder(matches!(transport, Transport::Tls(_))));
     let connections = Arc::new(OpenCount::default());
     let mut backoff = Duration::ZERO;
     loop {
@@ -152,36 +159,28 @@ pub async fn serve<H, F, B>(
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let (builder, handler, transport, stop) = (
-            Arc::clone(&builder),
-            handler.clone(),
-            transport.clone(),
-            stop.clone(),
-        );
-        let open = connections.open();
-        let idle_timeout = settings.idle_timeout;
-        tokio::spawn(async move {
-            let state = ConnState::new();
-            let result = match transport {
-                Transport::Plain => {
-                    let info = ConnInfo::new(peer, false, None, Arc::clone(&state));
-                    let io = Watched::new(stream, Arc::clone(&state));
-                    serve_connection(&builder, io, info, handler, idle_timeout, stop).await
-                }
-                Transport::Tls(acceptor) => match handshake(&acceptor, stream).await {
-                    Ok((tls, sni)) => {
-                        let info = ConnInfo::new(peer, true, sni, Arc::clone(&state));
-                        let io = Watched::new(tls, Arc::clone(&state));
-                        serve_connection(&builder, io, info, handler, idle_timeout, stop).await
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        if let Some(g) = &settings.connections {
+            g.open.increment(1.0);
+        }
+        let accepted = Accepted {
+            peer,
+            builders: Arc::clone(&builders),
+            handler: handler.clone(),
+            idle_timeout: settings.idle_timeout,
+            gauges: settings.connections.clone(),
+            stop: stop.clone(),
+            _open: connections.open(),
+        };
+        // One task per connection, its future as small as its transport
+        // needs: a parked plain connection's task holds no TLS state.
+        match &transport {
+            Transport::Plain => {
+                tokio::spawn(accepted.serve_plain(stream));
             }
-            drop(open);
-        });
+            Transport::Tls(acceptor) => {
+                tokio::spawn(accepted.serve_tls(acceptor.clone(), stream));
+            }
+        }
     }
     drop(listener);
     let drained = async {
@@ -198,6 +197,85 @@ pub async fn serve<H, F, B>(
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An accepted client connection and what serving it needs.
+struct Accepted<H> {
+    peer: SocketAddr,
+    builders: Arc<Builders>,
+    handler: H,
+    idle_timeout: Duration,
+    gauges: Option<ConnectionGauges>,
+    stop: watch::Receiver<bool>,
+    /// Counts the connection open until it is over.
+    _open: OpenGuard,
+}
+
+impl<H, F, B> Accepted<H>
+where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Unpin + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    async fn serve_plain(self, stream: TcpStream) {
+        let state = ConnState::new();
+        let info = ConnInfo::new(self.peer, false, None, Arc::clone(&state));
+        let io = Watched::new(stream, state);
+        self.serve(io, info).await;
+    }
+
+    async fn serve_tls(self, acceptor: TlsAcceptor, stream: TcpStream) {
+        // Boxed: the handshake's state is not kept for the connection's life.
+        match Box::pin(handshake(&acceptor, stream)).await {
+            Ok((tls, sni)) => {
+                let state = ConnState::new();
+                let info = ConnInfo::new(self.peer, true, sni, Arc::clone(&state));
+                let io = Watched::new(tls, state);
+                self.serve(io, info).await;
+            }
+            Err(e) => self.ended(Err(e)),
+        }
+    }
+
+    async fn serve<I>(self, io: Watched<I>, info: ConnInfo)
+    where
+        I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+    {
+        let state = Arc::clone(&info.state);
+        let handler = self.handler.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let guard = info.state.request(req.version() == http::Version::HTTP_2);
+            Counted::new(handler(req, info.clone()), guard)
+        });
+        let parked = self.gauges.as_ref().map(|g| g.parked.clone());
+        let conn = served::Connection::new(
+            io,
+            Arc::clone(&self.builders),
+            service,
+            Arc::clone(&state),
+            parked,
+        );
+        let stop = self.stop.clone();
+        let result = conn::drive(
+            conn,
+            &state,
+            self.idle_timeout,
+            Some(served::PARK_AFTER),
+            stop,
+        )
+        .await;
+        self.ended(result);
+    }
+
+    fn ended(self, result: Result<(), BoxError>) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, peer = %self.peer, "connection ended with an error");
+        }
+        if let Some(g) = &self.gauges {
+            g.open.decrement(1.0);
+        }
+    }
+}
+
 async fn handshake(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
@@ -207,37 +285,6 @@ async fn handshake(
         .map_err(|_| "TLS handshake timed out")??;
     let sni = tls.get_ref().1.server_name().map(Arc::from);
     Ok((tls, sni))
-}
-
-async fn serve_connection<I, H, F, B>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    info: ConnInfo,
-    handler: H,
-    idle_timeout: Duration,
-    stop: watch::Receiver<bool>,
-) -> Result<(), BoxError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let state = Arc::clone(&info.state);
-    let service = service_fn(move |req: Request<Incoming>| {
-        let guard = info.state.request(req.version() == http::Version::HTTP_2);
-        Counted::new(handler(req, info.clone()), guard)
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    conn::drive(
-        conn,
-        |conn| conn.graceful_shutdown(),
-        &state,
-        idle_timeout,
-        stop,
-    )
-    .await
 }
 
 /// Resolves once `stop` turns true or its sender is gone.

@@ -115,7 +115,40 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
+    /// A connection being parked (`served`) keeps its socket open: hyper
+    /// ends its connection, but the client's is not closed.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.state.parking.load(Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A socket that can say when it has bytes (or an end) to read, without
+/// reading: how a parked connection waits with no buffer.
+pub trait ReadReady {
+    /// Ready when a read would not block (data, end of stream or an error).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// rustls reads whole records ahead of the reader; a parked connection's
+/// reader had read until the socket had nothing more, so the socket's
+/// readiness is the connection's.
+impl ReadReady for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+impl<I: ReadReady> ReadReady for Watched<I> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_read_ready(cx)
     }
 }
