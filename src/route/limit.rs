@@ -108,11 +108,6 @@ impl Limits {
         Ok(())
     }
 
-    /// Whether the tenant has any limit.
-    pub fn any(&self) -> bool {
-        self.tenant.is_some() || self.client.is_some()
-    }
-
     /// Client keys held now (at most `max_clients`); `None` without a
     /// client limit. For the tenant view.
     pub fn clients(&self) -> Option<usize> {
@@ -450,7 +445,7 @@ mod tests {
         let mut c = per_client(0.001, 1, 10);
         c.key = ClientKey::Header(http::HeaderName::from_static("x-api-key"));
         let l = Limits::rebuild(&settings(None, Some(c)), &Limits::default());
-        let mut with = |v: &'static str| {
+        let with = |v: &'static str| {
             let mut h = HeaderMap::new();
             h.insert("x-api-key", http::HeaderValue::from_static(v));
             l.check(&h, IP).is_ok()
