@@ -395,3 +395,42 @@ async fn bad_limits_are_refused_with_their_place() {
     // The last good state keeps serving.
     assert_eq!(view(&proxy, "shop").await["rate_limit"]["burst"], 5);
 }
+
+#[test]
+fn check_shows_the_limits_and_locates_a_bad_one() {
+    let check = |path: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
+            .args(["check", "--config"])
+            .arg(path)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/turnout.toml");
+    let (ok, out, err) = check(&example);
+    assert!(ok, "{err}");
+    let acme = out.lines().find(|l| l.starts_with("acme: ")).unwrap();
+    assert!(
+        acme.ends_with(
+            "; rate limit 500/s, burst 1000; client rate limit 20/s, burst 40 by header x-api-key, max 100000 clients"
+        ),
+        "{acme}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[tenants.a]\nhosts = [\"a.test\"]\nstable = \"blue\"\nweights = { blue = 1, green = 0 }\n\
+         pools.blue = [\"127.0.0.1:1\"]\npools.green = []\nclient_rate_limit = { rps = 2.5, burst = 0 }\n",
+    )
+    .unwrap();
+    let (ok, _, err) = check(&path);
+    assert!(!ok);
+    let expected = format!(
+        "{}:7:34: tenants.a.client_rate_limit.burst: must be a whole number from 1 to {}",
+        path.display(),
+        u32::MAX
+    );
+    assert!(err.contains(&expected), "wanted {expected}\ngot {err}");
+}

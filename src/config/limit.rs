@@ -107,6 +107,27 @@ pub struct ClientRateLimit {
     pub max_clients: u32,
 }
 
+/// The limits of `settings` for `turnout check`'s line about a tenant:
+/// `"; rate limit 500/s, burst 1000; client rate limit 20/s, burst 40 by
+/// header x-api-key"`, or `""` without limits.
+pub fn summary(settings: &super::Settings) -> String {
+    let mut out = String::new();
+    if let Some(l) = settings.rate_limit {
+        out.push_str(&format!("; rate limit {}/s, burst {}", l.rps, l.burst));
+    }
+    if let Some(c) = &settings.client_rate_limit {
+        let by = match &c.key {
+            ClientKey::Ip => "ip".to_owned(),
+            ClientKey::Header(name) => format!("header {name}"),
+        };
+        out.push_str(&format!(
+            "; client rate limit {}/s, burst {} by {by}, max {} clients",
+            c.limit.rps, c.limit.burst, c.max_clients
+        ));
+    }
+    out
+}
+
 /// Validates `rate_limit` at `path` (located errors on `rps` and `burst`).
 pub(super) fn rate_limit(p: &mut Problems, path: &KeyPath, raw: &RawRateLimit) -> RateLimit {
     let rps = if raw.rps.is_finite() && raw.rps > 0.0 && raw.rps <= MAX_RPS {
