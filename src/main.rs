@@ -252,7 +252,7 @@ fn summary(config: &Config) -> String {
     for t in &config.tenants {
         let hosts: Vec<String> = t.hosts.iter().map(ToString::to_string).collect();
         out.push_str(&format!(
-            "{}: hosts {}; stable {}; weights blue {} / green {}; endpoints blue {}, green {}{}\n",
+            "{}: hosts {}; stable {}; weights blue {} / green {}; endpoints blue {}, green {}{}{}\n",
             t.name,
             hosts.join(", "),
             t.stable,
@@ -265,6 +265,7 @@ fn summary(config: &Config) -> String {
             } else {
                 "; preview"
             },
+            config::limit::summary(&t.settings),
         ));
     }
     if config.tenants.is_empty() {

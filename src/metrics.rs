@@ -95,6 +95,20 @@ pub enum Rejected {
     MaxInflight = 0,
     /// A preview request without the right `X-Turnout-Preview` token: 403.
     PreviewToken = 1,
+    /// Over the tenant's `rate_limit`: 429 (SPEC section 16).
+    RateLimit = 2,
+    /// Over the client's `client_rate_limit`: 429.
+    ClientRateLimit = 3,
+}
+
+impl Rejected {
+    /// The `reason` labels, indexed by the enum's value.
+    const LABELS: [&'static str; 4] = [
+        "max_inflight",
+        "preview_token",
+        "rate_limit",
+        "client_rate_limit",
+    ];
 }
 
 /// What went wrong talking to an upstream (`kind` of
@@ -257,7 +271,7 @@ impl Metrics {
             reverts: self
                 .recorder
                 .register_counter(&with(REVERTS_TOTAL, None), &META),
-            rejected: ["max_inflight", "preview_token"].map(|r| {
+            rejected: Rejected::LABELS.map(|r| {
                 self.recorder
                     .register_counter(&with(REJECTED_TOTAL, Some(("reason", r))), &META)
             }),
@@ -318,7 +332,7 @@ pub struct TenantMetrics {
     /// `turnout_reverts_total`; bumped by the control task when it applies
     /// an SLO revert.
     pub reverts: Counter,
-    rejected: [Counter; 2],
+    rejected: [Counter; 4],
     failovers: [Counter; 2],
     /// The handles of each pool, indexed by `Pool::index`.
     pub pools: [PoolMetrics; 2],
@@ -408,7 +422,7 @@ fn describe(r: &PrometheusRecorder) {
         ),
         (
             REJECTED_TOTAL,
-            "Requests a tenant turned away (max_inflight, preview_token).",
+            "Requests a tenant turned away (max_inflight, preview_token, rate_limit, client_rate_limit).",
         ),
         (UNROUTED_TOTAL, "Requests that matched no tenant."),
         (CONFIG_RELOADS_TOTAL, "Control file reloads by result."),

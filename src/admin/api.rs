@@ -10,6 +10,9 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+mod limits;
+pub use limits::{ClientRateLimitView, RateLimitView};
+
 use crate::config::{Pool, Weights};
 use crate::route::{RoutingTable, Tenant};
 
@@ -48,6 +51,10 @@ pub struct TenantView<'a> {
     pub rollout: Option<RolloutView>,
     /// The tenant's requests in flight now (admitted under `max_inflight`).
     pub inflight: u32,
+    /// The tenant's `rate_limit` and its bucket; `null` when unset.
+    pub rate_limit: Option<RateLimitView>,
+    /// The `client_rate_limit` and the client keys held; `null` when unset.
+    pub client_rate_limit: Option<ClientRateLimitView>,
     /// The generation of the routing table the view was read from.
     pub generation: u64,
 }
@@ -233,6 +240,7 @@ pub fn tenant_view<'a>(
         }),
         _ => None,
     };
+    let (rate_limit, client_rate_limit) = limits::views(tenant);
     let status = if tenant.state.reverted.load(Ordering::Relaxed) {
         "reverted"
     } else if let Some(r) = &rollout {
@@ -279,6 +287,8 @@ pub fn tenant_view<'a>(
             .collect(),
         rollout,
         inflight: tenant.state.inflight(),
+        rate_limit,
+        client_rate_limit,
         generation: table.generation,
     }
 }

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+pub use super::limit::{ClientKey, ClientRateLimit, RateLimit};
 pub use super::pool::{Pool, Weights, WeightsError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -122,6 +123,12 @@ pub struct Settings {
     /// The insiders' cohort (SPEC section 4.3): requests matching any rule
     /// go to the candidate whatever the weights; empty: no cohort.
     pub candidate_match: Vec<MatchRule>,
+    /// The tenant's request rate, per replica (SPEC section 16); `None`:
+    /// unlimited (default).
+    pub rate_limit: Option<RateLimit>,
+    /// Each client's request rate within the tenant; `None`: unlimited
+    /// (default).
+    pub client_rate_limit: Option<ClientRateLimit>,
 }
 
 /// One `candidate_match` rule: a header or a cookie with an exact value
@@ -153,6 +160,8 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(30),
             access_log: false,
             candidate_match: Vec::new(),
+            rate_limit: None,
+            client_rate_limit: None,
             health: HealthSettings {
                 path: "/healthz".to_owned(),
                 interval: Duration::from_secs(2),

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+pub use super::limit::{RawClientKey, RawClientRateLimit, RawRateLimit};
+
 /// The whole control file (SPEC section 3): every top-level table.
 ///
 /// Every table may be absent; `validate` fills in the defaults.
@@ -67,6 +69,11 @@ pub struct RawSettings {
     pub access_log: Option<bool>,
     /// `candidate_match`: the insiders' cohort rules (SPEC section 4.3).
     pub candidate_match: Option<Vec<RawMatch>>,
+    /// `rate_limit = { rps, burst }`: the tenant's request rate (SPEC 16).
+    pub rate_limit: Option<RawRateLimit>,
+    /// `client_rate_limit = { rps, burst, key, max_clients }`: each
+    /// client's request rate (SPEC section 16).
+    pub client_rate_limit: Option<RawClientRateLimit>,
     /// `[defaults.health]` (or a tenant's `health`).
     #[serde(default)]
     pub health: RawHealth,
@@ -189,6 +196,10 @@ pub struct RawTenant {
     pub access_log: Option<bool>,
     /// As [`RawSettings::candidate_match`], for this tenant.
     pub candidate_match: Option<Vec<RawMatch>>,
+    /// As [`RawSettings::rate_limit`], for this tenant.
+    pub rate_limit: Option<RawRateLimit>,
+    /// As [`RawSettings::client_rate_limit`], for this tenant.
+    pub client_rate_limit: Option<RawClientRateLimit>,
     /// The tenant's `health` table, over `[defaults.health]`.
     #[serde(default)]
     pub health: RawHealth,

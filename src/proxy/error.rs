@@ -14,6 +14,7 @@ use super::authority::Refusal;
 use super::body::ProxyBody;
 use crate::config::Pool;
 use crate::metrics::{LocalError, Metrics, Rejected, TenantMetrics, Unrouted, UpstreamError};
+use crate::route::limit::{self, Limited};
 
 /// Why the proxy answered a request itself.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub enum ProxyError {
     Overloaded,
     /// A preview request without the preview token.
     PreviewForbidden,
+    /// Over the client's or the tenant's rate limit (SPEC section 16).
+    RateLimited(limit::Refusal),
     /// Neither pool (or, for preview, the candidate) has a healthy endpoint.
     NoHealthyEndpoint,
     /// The upstream could not be reached, or broke the exchange.
@@ -74,6 +77,13 @@ impl ProxyError {
             ProxyError::PreviewForbidden => {
                 tenant.inspect(|t| t.rejected(Rejected::PreviewToken));
             }
+            ProxyError::RateLimited(refusal) => {
+                let reason = match refusal.by {
+                    Limited::Client => Rejected::ClientRateLimit,
+                    Limited::Tenant => Rejected::RateLimit,
+                };
+                tenant.inspect(|t| t.rejected(reason));
+            }
             ProxyError::Upstream(kind) => {
                 if let (Some(t), Some(pool)) = (tenant, pool) {
                     t.pool(pool).upstream_error(*kind);
@@ -106,6 +116,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::PreviewForbidden => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
@@ -129,6 +140,14 @@ impl ProxyError {
             }
             ProxyError::Overloaded => "tenant is at its in-flight request limit, retry shortly\n",
             ProxyError::PreviewForbidden => "preview requires a valid X-Turnout-Preview token\n",
+            ProxyError::RateLimited(limit::Refusal {
+                by: Limited::Client,
+                ..
+            }) => "too many requests from this client, retry later\n",
+            ProxyError::RateLimited(limit::Refusal {
+                by: Limited::Tenant,
+                ..
+            }) => "too many requests for this site, retry later\n",
             ProxyError::NoHealthyEndpoint => "no healthy upstream endpoint\n",
             ProxyError::Upstream(UpstreamError::Connect) => "upstream connection failed\n",
             ProxyError::Upstream(UpstreamError::Timeout) => {
@@ -151,8 +170,14 @@ impl ProxyError {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, ProxyError::Overloaded | ProxyError::Local(_)) {
-            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            ProxyError::Overloaded | ProxyError::Local(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::RateLimited(refusal) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(refusal.retry_after_s));
+            }
+            _ => {}
         }
         resp
     }

@@ -1,8 +1,10 @@
 //! The request path, in the order of SPEC section 4:
-//! host → tenant → admission → pool → endpoint → forward → record.
+//! host → tenant → admission → rate limits → pool → endpoint → forward →
+//! record.
 //!
 //! `Proxy::handle` reads top to bottom as those steps. It loads the routing
-//! table once, keeps only its tenant's `Arc`, and never takes a lock.
+//! table once, keeps only its tenant's `Arc`, and takes no lock but, with a
+//! `client_rate_limit`, one shard of its client table (`route::limit`).
 
 pub mod authority;
 pub mod body;
@@ -98,6 +100,10 @@ impl Proxy {
         let Some(admission) = tenant.admit() else {
             return turned_away(ProxyError::Overloaded);
         };
+        // Rate limits: the client's bucket, then the tenant's (SPEC 16).
+        if let Err(refusal) = tenant.limits.check(req.headers(), conn.peer.ip()) {
+            return turned_away(ProxyError::RateLimited(refusal));
+        }
         let mut cohort = false;
         let (pool, preview, new_cookie) = match pool::choose(&tenant, preview, req.headers()) {
             PoolChoice::Pool { pool, preview } => (pool, preview, None),

@@ -9,6 +9,7 @@
 
 pub mod endpoint;
 pub mod host;
+pub mod limit;
 pub mod pool;
 pub mod sticky;
 
@@ -73,6 +74,8 @@ pub struct Tenant {
     pools: [Box<[Arc<Endpoint>]>; 2],
     /// What outlives this table: in-flight count, metrics, SLO guard.
     pub state: Arc<TenantState>,
+    /// Its rate limits' buckets (SPEC section 16), checked after admission.
+    pub limits: limit::Limits,
 }
 
 impl Tenant {
@@ -171,6 +174,9 @@ pub struct TenantState {
     breach_tx: mpsc::UnboundedSender<Breach>,
     /// The last change of the weights was an SLO revert.
     pub reverted: AtomicBool,
+    /// The rate limits of the latest table, for the next one to keep or
+    /// carry (`limit::Limits::rebuild`); only the control path locks it.
+    limits: Mutex<limit::Limits>,
 }
 
 impl TenantState {
@@ -292,8 +298,14 @@ impl TableBuilder {
                     abandoned: [AtomicU64::new(0), AtomicU64::new(0)],
                     breach_tx: self.breach_tx.clone(),
                     reverted: AtomicBool::new(false),
+                    limits: Mutex::default(),
                 })
             });
+            let limits = {
+                let mut last = lock(&state.limits);
+                *last = limit::Limits::rebuild(&tc.settings, &last);
+                last.clone()
+            };
             state.slo.configure(&tc.settings.slo);
             for color in Pool::ALL {
                 let share = f64::from(tc.weights.share_bp(color)) / 100.0;
@@ -315,6 +327,7 @@ impl TableBuilder {
                 candidate_share_bp: tc.weights.share_bp(tc.candidate()),
                 pools,
                 state,
+                limits,
             }));
         }
         // Tenants that left the file: their shares are 0 from now on.

@@ -424,6 +424,18 @@ pub(super) fn settings(
             Some(rules) => tenant::candidate_match(p, &path.key("candidate_match"), rules),
             None => base.candidate_match.clone(),
         },
+        rate_limit: match &raw.rate_limit {
+            Some(l) => Some(super::limit::rate_limit(p, &path.key("rate_limit"), l)),
+            None => base.rate_limit,
+        },
+        client_rate_limit: match &raw.client_rate_limit {
+            Some(l) => Some(super::limit::client_rate_limit(
+                p,
+                &path.key("client_rate_limit"),
+                l,
+            )),
+            None => base.client_rate_limit.clone(),
+        },
         health,
         slo,
     }

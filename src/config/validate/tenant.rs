@@ -152,6 +152,8 @@ pub(super) fn tenant(
         drain_timeout: rt.drain_timeout,
         access_log: rt.access_log,
         candidate_match: rt.candidate_match,
+        rate_limit: rt.rate_limit,
+        client_rate_limit: rt.client_rate_limit,
         health: rt.health,
         slo: rt.slo,
     };
