@@ -17,52 +17,54 @@ use metrics_exporter_prometheus::{
 use crate::config::Pool;
 
 mod connections;
+mod describe;
 pub use connections::{CLIENT_CONNECTIONS, ConnectionGauges};
+use describe::describe;
 
 /// `turnout_requests_total` (counter; `tenant, pool, code`): proxied requests
-/// /// by status class `1xx`..`5xx`, counted when the response has ended.
+/// by status class `1xx`..`5xx`, counted when the response has ended.
 pub const REQUESTS_TOTAL: &str = "turnout_requests_total";
 /// `turnout_request_duration_seconds` (histogram in seconds; `tenant, pool`):
-/// /// request to the response's last byte.
+/// request to the response's last byte.
 pub const REQUEST_DURATION_SECONDS: &str = "turnout_request_duration_seconds";
 /// `turnout_upstream_errors_total` (counter; `tenant, pool, kind`): failed
-/// /// upstream exchanges by [`UpstreamError`].
+/// upstream exchanges by [`UpstreamError`].
 pub const UPSTREAM_ERRORS_TOTAL: &str = "turnout_upstream_errors_total";
 /// `turnout_pool_share` (gauge, percent 0-100; `tenant, pool`): the share
-/// /// the current weights give the pool; set when a table is built.
+/// the current weights give the pool; set when a table is built.
 pub const POOL_SHARE: &str = "turnout_pool_share";
 /// `turnout_endpoint_healthy` (gauge 0/1; `tenant, pool, endpoint`): the
-/// /// health checker's verdict, set at scrape time.
+/// health checker's verdict, set at scrape time.
 pub const ENDPOINT_HEALTHY: &str = "turnout_endpoint_healthy";
 /// `turnout_failovers_total` (counter; `tenant, from`): requests handed to
-/// /// the other pool because `from` had no healthy endpoint (SPEC section 4.4).
+/// the other pool because `from` had no healthy endpoint (SPEC section 4.4).
 pub const FAILOVERS_TOTAL: &str = "turnout_failovers_total";
 /// `turnout_inflight_requests` (gauge; `tenant`): the tenant's requests in
-/// /// flight, set at scrape time.
+/// flight, set at scrape time.
 pub const INFLIGHT_REQUESTS: &str = "turnout_inflight_requests";
 /// `turnout_rejected_total` (counter; `tenant, reason`): requests a tenant
-/// /// turned away, by [`Rejected`].
+/// turned away, by [`Rejected`].
 pub const REJECTED_TOTAL: &str = "turnout_rejected_total";
 /// `turnout_unrouted_total` (counter; `reason`): requests that reached no
-/// /// tenant, by [`Unrouted`].
+/// tenant, by [`Unrouted`].
 pub const UNROUTED_TOTAL: &str = "turnout_unrouted_total";
 /// `turnout_config_reloads_total` (counter; `result` = `ok` or `error`):
-/// /// reads of the control file (start-up, watcher, SIGHUP, admin reload).
+/// reads of the control file (start-up, watcher, SIGHUP, admin reload).
 pub const CONFIG_RELOADS_TOTAL: &str = "turnout_config_reloads_total";
 /// `turnout_config_generation` (gauge, no labels): the generation of the
-/// /// routing table being served.
+/// routing table being served.
 pub const CONFIG_GENERATION: &str = "turnout_config_generation";
 /// `turnout_slo_error_rate` (gauge, fraction 0-1; `tenant, pool`): the error
-/// /// rate over the pool's SLO window, set at scrape time.
+/// rate over the pool's SLO window, set at scrape time.
 pub const SLO_ERROR_RATE: &str = "turnout_slo_error_rate";
 /// `turnout_reverts_total` (counter; `tenant`): automatic reverts of the
-/// /// candidate for breaking its SLO.
+/// candidate for breaking its SLO.
 pub const REVERTS_TOTAL: &str = "turnout_reverts_total";
 /// `turnout_notify_failures_total` (counter, no labels): webhook events
-/// /// not delivered after their retries.
+/// not delivered after their retries.
 pub const NOTIFY_FAILURES_TOTAL: &str = "turnout_notify_failures_total";
 /// `turnout_local_errors_total` (counter; `reason`): failures of the proxy
-/// /// itself, by [`LocalError`], answered 503.
+/// itself, by [`LocalError`], answered 503.
 pub const LOCAL_ERRORS_TOTAL: &str = "turnout_local_errors_total";
 
 /// Histogram buckets for request durations, in seconds: fine below 100 ms
@@ -409,68 +411,6 @@ fn series_is_live(line: &str, live: &impl Fn(&str, Option<(&str, &str)>) -> bool
     live(tenant, endpoint)
 }
 
-fn describe(r: &PrometheusRecorder) {
-    let counters = [
-        (
-            REQUESTS_TOTAL,
-            "Proxied requests by tenant, pool and status class.",
-        ),
-        (UPSTREAM_ERRORS_TOTAL, "Failed upstream exchanges by kind."),
-        (
-            FAILOVERS_TOTAL,
-            "Requests handed to the other pool because theirs had no healthy endpoint.",
-        ),
-        (
-            REJECTED_TOTAL,
-            "Requests a tenant turned away (max_inflight, preview_token, rate_limit, client_rate_limit).",
-        ),
-        (UNROUTED_TOTAL, "Requests that matched no tenant."),
-        (CONFIG_RELOADS_TOTAL, "Control file reloads by result."),
-        (
-            REVERTS_TOTAL,
-            "Automatic reverts of the candidate for breaking its SLO.",
-        ),
-        (
-            NOTIFY_FAILURES_TOTAL,
-            "Webhook notifications that could not be delivered.",
-        ),
-        (
-            LOCAL_ERRORS_TOTAL,
-            "Failures of the proxy itself (out of file descriptors, memory or ports), answered 503.",
-        ),
-    ];
-    for (name, help) in counters {
-        r.describe_counter(name.into(), None, help.into());
-    }
-    let gauges = [
-        (
-            SLO_ERROR_RATE,
-            "Error rate of the pool over its SLO window.",
-        ),
-        (
-            POOL_SHARE,
-            "Share of the tenant's traffic the pool is given, in percent.",
-        ),
-        (
-            ENDPOINT_HEALTHY,
-            "1 while the endpoint passes its health checks.",
-        ),
-        (INFLIGHT_REQUESTS, "Requests of the tenant in flight."),
-        (
-            CONFIG_GENERATION,
-            "Generation of the control state being served.",
-        ),
-    ];
-    for (name, help) in gauges {
-        r.describe_gauge(name.into(), None, help.into());
-    }
-    connections::describe(r);
-    r.describe_histogram(
-        REQUEST_DURATION_SECONDS.into(),
-        Some(Unit::Seconds),
-        "Time from request to the last byte of the response.".into(),
-    );
-}
 
 #[cfg(test)]
 mod tests {
