@@ -411,7 +411,6 @@ fn series_is_live(line: &str, live: &impl Fn(&str, Option<(&str, &str)>) -> bool
     live(tenant, endpoint)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
