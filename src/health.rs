@@ -150,6 +150,9 @@ async fn probe_loop(
             Ok(()) => {
                 passes = passes.saturating_add(1);
                 failures = 0;
+                if endpoint.outlier.probe_passed(std::time::SystemTime::now()) {
+                    tracing::info!(endpoint = %endpoint.address, "endpoint back from outlier ejection: its ejection ended and a probe passed");
+                }
                 if !healthy && passes >= settings.healthy_after {
                     endpoint.set_healthy(true);
                     tracing::info!(endpoint = %endpoint.address, passes, "endpoint healthy again");

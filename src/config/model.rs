@@ -6,7 +6,10 @@
 
 use std::fmt;
 
+pub use super::endpoint::Protocol;
+pub use super::outlier::OutlierSettings;
 pub use super::pool::{Pool, Weights, WeightsError};
+pub use super::upstream_tls::UpstreamTls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -69,6 +72,10 @@ pub struct HealthSettings {
     /// Consecutive failures that make a healthy endpoint unhealthy; at
     /// least 1 (default 3).
     pub unhealthy_after: u32,
+    /// Probe with the gRPC health checking protocol
+    /// (`grpc.health.v1.Health/Check` for the whole server; `SERVING`
+    /// passes) instead of `GET path` (default `false`; SPEC section 15).
+    pub grpc: bool,
 }
 
 /// `slo`: the guard on the candidate pool (SPEC section 6).
@@ -122,6 +129,11 @@ pub struct Settings {
     /// The insiders' cohort (SPEC section 4.3): requests matching any rule
     /// go to the candidate whatever the weights; empty: no cohort.
     pub candidate_match: Vec<MatchRule>,
+    /// Passive outlier ejection (SPEC section 15); `None`: off.
+    pub outlier: Option<OutlierSettings>,
+    /// TLS to `https://` endpoints; `None`: the system's roots, no client
+    /// certificate, the endpoint's host as server name.
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 /// One `candidate_match` rule: a header or a cookie with an exact value
@@ -153,12 +165,15 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(30),
             access_log: false,
             candidate_match: Vec::new(),
+            outlier: None,
+            upstream_tls: None,
             health: HealthSettings {
                 path: "/healthz".to_owned(),
                 interval: Duration::from_secs(2),
                 timeout: Duration::from_secs(1),
                 healthy_after: 2,
                 unhealthy_after: 3,
+                grpc: false,
             },
             slo: SloSettings {
                 max_error_rate: 0.05,
