@@ -14,11 +14,13 @@
 //! - `proxy`: turnout in-process (`TestProxy`), `Reply`, `Traffic`;
 //! - `binary`: the turnout binary as a child process (`BinaryProxy`);
 //! - `admin`: the admin API's JSON (`json`, `view`, `wait_event`);
-//! - `metrics`: reading `/metrics` (`metric_value`, `metric_or_absent`).
+//! - `metrics`: reading `/metrics` (`metric_value`, `metric_or_absent`);
+//! - `grpc`: a tonic gRPC upstream over h2c or (m)TLS, its client, test CAs.
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 mod admin;
 mod binary;
+mod grpc;
 mod metrics;
 mod proxy;
 mod raw;
@@ -36,6 +38,7 @@ use hyper_util::rt::TokioExecutor;
 
 pub use admin::*;
 pub use binary::*;
+pub use grpc::*;
 pub use metrics::*;
 pub use proxy::*;
 pub use raw::*;
