@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::*;
 
 /// Probes once an hour: the gRPC upstream answers no `GET /healthz`.
@@ -98,4 +100,114 @@ async fn a_candidate_answering_unavailable_with_http_200_is_reverted() {
     for i in 0..10 {
         assert!(unary(&mut client, &i.to_string()).await.is_ok());
     }
+}
+
+/// Writes `files` (name, text) into a fresh directory for the control file.
+fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).expect("a file in it");
+    }
+    dir
+}
+
+#[tokio::test]
+async fn grpc_over_mutual_tls_presents_the_client_certificate() {
+    let ca = TestCa::new("upstream-ca");
+    let clients = TestCa::new("client-ca");
+    let client = clients.issue("turnout.test");
+    let up = spawn_grpc_tls(
+        "blue",
+        grpc_server_tls(ca.issue("localhost"), Some(&clients)),
+    )
+    .await;
+    let dir = dir_with(&[
+        ("ca.pem", &ca.pem),
+        ("client.pem", &client.cert_pem),
+        ("client-key.pem", &client.key_pem),
+    ]);
+    let proxy = Setup::shop()
+        .in_dir(dir)
+        .blue(&up)
+        .extra(NO_PROBES)
+        .extra(r#"upstream_tls = { ca = "ca.pem", cert = "client.pem", key = "client-key.pem" }"#)
+        .spawn()
+        .await;
+    let mut client = grpc_client(proxy.running.http_addr, "shop.test").await;
+    assert_eq!(unary(&mut client, "hi").await.unwrap(), "blue:hi");
+    assert_eq!(
+        server_stream(&mut client, "s", 2).await.unwrap(),
+        ["blue:s:0", "blue:s:1"]
+    );
+    assert_eq!(
+        bidi(&mut client, &["a", "b"]).await.unwrap(),
+        ["blue:a", "blue:b"]
+    );
+    assert_eq!(
+        up.client_certs(),
+        1,
+        "one connection, with the client certificate"
+    );
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_that_does_not_verify_is_a_502_of_the_pool_until_the_ca_is_fixed() {
+    let (trusted, rogue) = (TestCa::new("trusted"), TestCa::new("rogue"));
+    let up = spawn_grpc_tls("blue", grpc_server_tls(rogue.issue("localhost"), None)).await;
+    let proxy = Setup::shop()
+        .in_dir(dir_with(&[("ca.pem", &trusted.pem)]))
+        .blue(&up)
+        .extra(NO_PROBES)
+        .extra(r#"upstream_tls = { ca = "ca.pem" }"#)
+        .spawn()
+        .await;
+    let r = proxy.get("shop.test", "/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.text(), "upstream connection failed\n");
+    assert_eq!(
+        proxy
+            .metric(r#"turnout_upstream_errors_total{tenant="shop",pool="blue",kind="connect"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(view(&proxy, "shop").await["slo"]["blue"]["errors"], 1);
+    assert_eq!(up.calls(), 0);
+
+    // The CA file is replaced: the change path reloads it and new
+    // connections verify.
+    let generation = json(&proxy.admin_get("/v1/config").await)["generation"].clone();
+    std::fs::write(proxy.dir.path().join("ca.pem"), &rogue.pem).unwrap();
+    wait_until(Duration::from_secs(10), "the CA to reload", || async {
+        json(&proxy.admin_get("/v1/config").await)["generation"] != generation
+    })
+    .await;
+    let mut client = grpc_client(proxy.running.http_addr, "shop.test").await;
+    assert_eq!(unary(&mut client, "hi").await.unwrap(), "blue:hi");
+}
+
+#[tokio::test]
+async fn upstream_tls_files_are_checked_where_they_are_named() {
+    let dir = dir_with(&[("ca.pem", "not a certificate"), ("client.pem", "")]);
+    let path = dir.path().join("turnout.toml");
+    let text = control_file(
+        "",
+        "[defaults]\nupstream_tls = { ca = \"ca.pem\", cert = \"client.pem\" }\n\n[tenants.shop]\nhosts = [\"shop.test\"]\nstable = \"blue\"\nweights = { blue = 1, green = 0 }\npools.blue = [\"https://localhost:1\"]\npools.green = []\nupstream_tls = { server_name = \"bad name!\" }\n",
+    );
+    std::fs::write(&path, &text).unwrap();
+    let checked = turnout::config::load(
+        &path,
+        &|_| None,
+        &turnout::config::ListenOverrides::default(),
+    );
+    let shown = format!("{}", checked.config.expect_err("refused"));
+    assert!(shown.contains("defaults.upstream_tls.ca: "), "{shown}");
+    assert!(
+        shown.contains("defaults.upstream_tls.key: `cert` needs its `key`"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("tenants.shop.upstream_tls.server_name: `bad name!` is not a DNS name"),
+        "{shown}"
+    );
 }
