@@ -129,7 +129,7 @@ async fn grpc_over_mutual_tls_presents_the_client_certificate() {
     let proxy = Setup::shop()
         .in_dir(dir)
         .blue(&up)
-        .extra(NO_PROBES)
+        .extra(r#"health = { grpc = true, interval = "100ms" }"#)
         .extra(r#"upstream_tls = { ca = "ca.pem", cert = "client.pem", key = "client-key.pem" }"#)
         .spawn()
         .await;
@@ -143,12 +143,63 @@ async fn grpc_over_mutual_tls_presents_the_client_certificate() {
         bidi(&mut client, &["a", "b"]).await.unwrap(),
         ["blue:a", "blue:b"]
     );
+    // Probes speak gRPC over the same mutual TLS, on connections of their
+    // own; every connection presents the client certificate.
+    // (A connection is counted when accepted, its certificate after the
+    // handshake: compare them between two.)
+    wait_until(
+        Duration::from_secs(10),
+        "gRPC health checks over mTLS",
+        || async {
+            up.health_checks() >= 2
+                && up.client_certs() >= 3
+                && up.client_certs() == up.connections()
+        },
+    )
+    .await;
     assert_eq!(
-        up.client_certs(),
-        1,
-        "one connection, with the client certificate"
+        view(&proxy, "shop").await["pools"]["blue"]["endpoints"][0]["healthy"],
+        true
     );
-    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn grpc_health_checks_take_a_not_serving_endpoint_out_and_back() {
+    let (a, b) = (spawn_grpc("a").await, spawn_grpc("b").await);
+    let proxy = Setup::shop()
+        .blue(&a)
+        .blue(&b)
+        .extra(r#"health = { grpc = true, interval = "100ms", healthy_after = 1, unhealthy_after = 1 }"#)
+        .spawn()
+        .await;
+    let healthy = |i: usize| {
+        let proxy = &proxy;
+        async move { view(proxy, "shop").await["pools"]["blue"]["endpoints"][i]["healthy"] == true }
+    };
+    wait_until(Duration::from_secs(10), "probes of both", || async {
+        a.health_checks() > 0 && b.health_checks() > 0
+    })
+    .await;
+    a.set_serving(false).await;
+    wait_until(Duration::from_secs(10), "a unhealthy", || async {
+        !healthy(0).await
+    })
+    .await;
+    assert!(healthy(1).await);
+    let mut client = grpc_client(proxy.running.http_addr, "shop.test").await;
+    for i in 0..10 {
+        assert!(
+            unary(&mut client, &i.to_string())
+                .await
+                .unwrap()
+                .starts_with("b:")
+        );
+    }
+    a.set_serving(true).await;
+    wait_until(Duration::from_secs(10), "a healthy again", || async {
+        healthy(0).await
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -503,6 +503,40 @@ async fn send_h2(
     }
 }
 
+/// A health probe's exchange with the endpoint of `connections`, over a
+/// connection of its own in the endpoint's protocol and TLS (SPEC section
+/// 15: probes use the endpoint's protocol), opened within
+/// `connect_timeout` and closed when the response has been read.
+///
+/// # Errors
+///
+/// Connecting (a TLS certificate that does not verify included) or the
+/// exchange failed.
+pub async fn probe(
+    connections: &IdleConnections,
+    connect_timeout: Duration,
+    mut request: Request<http_body_util::Full<Bytes>>,
+) -> Result<Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    let tls = connections.tls.load_full();
+    let connected = connect(
+        &connections.address,
+        connections.protocol,
+        tls,
+        connect_timeout,
+    )
+    .await?;
+    Ok(match connected {
+        Connected::Http1(mut sender) => {
+            http1_form(&mut request);
+            sender.send_request(request).await?
+        }
+        Connected::Http2(mut sender) => {
+            h2_form(&mut request, connections.protocol.uri_scheme());
+            sender.send_request(request).await?
+        }
+    })
+}
+
 /// A copy of `request` to send again, if it has no body and an idempotent
 /// method (RFC 9110 §9.2.2).
 fn replayable(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {

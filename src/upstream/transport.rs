@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::{Sender, UpstreamBody};
+use super::UpstreamBody;
 use crate::config::Protocol;
 
 /// The request half of an HTTP/2 connection to an endpoint (hyper's
@@ -38,12 +38,29 @@ pub struct TlsTarget {
 }
 
 /// A new connection, in the protocol the endpoint speaks (for `https://`,
-/// the one ALPN agreed).
-pub(super) enum Connected {
+/// the one ALPN agreed), sending bodies of type `B`.
+pub(super) enum Connected<B = UpstreamBody> {
     /// HTTP/1.1: one request at a time, kept alive in the idle queue.
-    Http1(Sender),
+    Http1(http1::SendRequest<B>),
     /// HTTP/2: shared by every request to the endpoint.
-    Http2(H2Sender),
+    Http2(http2::SendRequest<B>),
+}
+
+/// What a request body sent upstream must be (hyper's client bounds).
+pub(super) trait SendBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> SendBody for B where
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
 }
 
 fn timed_out() -> std::io::Error {
@@ -58,12 +75,12 @@ fn timed_out() -> std::io::Error {
 /// The connect's, the TLS handshake's (a certificate that does not verify
 /// is `InvalidData`) or hyper's handshake's; all are connect failures,
 /// errors of the endpoint (`kind="connect"`).
-pub(super) async fn connect(
+pub(super) async fn connect<B: SendBody>(
     address: &str,
     protocol: Protocol,
     tls: Option<Arc<TlsTarget>>,
     timeout: Duration,
-) -> std::io::Result<Connected> {
+) -> std::io::Result<Connected<B>> {
     let deadline = tokio::time::Instant::now() + timeout;
     let stream = tokio::time::timeout_at(deadline, TcpStream::connect(address))
         .await
@@ -91,7 +108,7 @@ pub(super) async fn connect(
     }
 }
 
-async fn http1_over<T>(stream: T) -> std::io::Result<Sender>
+async fn http1_over<T, B: SendBody>(stream: T) -> std::io::Result<http1::SendRequest<B>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -109,7 +126,7 @@ where
     Ok(sender)
 }
 
-async fn http2_over<T>(stream: T) -> std::io::Result<H2Sender>
+async fn http2_over<T, B: SendBody>(stream: T) -> std::io::Result<http2::SendRequest<B>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -134,7 +151,7 @@ where
 /// into the form HTTP/2 sends: `:scheme` and `:authority` from the URI
 /// (RFC 9113 §8.3.1), the authority taken from `Host`, which is kept, as
 /// RFC 9113 §8.3.1 allows an intermediary to.
-pub(super) fn h2_form(request: &mut Request<UpstreamBody>, scheme: http::uri::Scheme) {
+pub(super) fn h2_form<B>(request: &mut Request<B>, scheme: http::uri::Scheme) {
     *request.version_mut() = Version::HTTP_2;
     if request.uri().scheme().is_some() {
         return;
@@ -158,7 +175,7 @@ pub(super) fn h2_form(request: &mut Request<UpstreamBody>, scheme: http::uri::Sc
 
 /// Undoes [`h2_form`] for a request that goes out on HTTP/1.1 after all
 /// (an `https://` endpoint that agreed to `http/1.1` on a new connection).
-pub(super) fn http1_form(request: &mut Request<UpstreamBody>) {
+pub(super) fn http1_form<B>(request: &mut Request<B>) {
     if request.version() != Version::HTTP_2 {
         return;
     }
@@ -178,7 +195,7 @@ mod tests {
 
     #[test]
     fn h2_form_takes_the_authority_from_host_and_back() {
-        let mut req = Request::get("/a?b=1")
+        let mut req: Request<UpstreamBody> = Request::get("/a?b=1")
             .header(header::HOST, "shop.test:8080")
             .body(Either::Right(Empty::new()))
             .unwrap();
