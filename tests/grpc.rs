@@ -222,7 +222,12 @@ async fn an_upstream_certificate_that_does_not_verify_is_a_502_of_the_pool_until
             .await,
         1.0
     );
-    assert_eq!(view(&proxy, "shop").await["slo"]["blue"]["errors"], 1);
+    wait_until(
+        Duration::from_secs(10),
+        "the error in the window",
+        || async { view(&proxy, "shop").await["slo"]["blue"]["errors"] == 1 },
+    )
+    .await;
     assert_eq!(up.calls(), 0);
 
     // The CA file is replaced: the change path reloads it and new

@@ -41,15 +41,22 @@ async fn a_failing_endpoint_is_ejected_while_its_sibling_serves_and_comes_back()
 
     let mut failures = 0;
     for _ in 0..200 {
-        let r = proxy.get("shop.test", "/").await;
-        if r.status == 500 {
+        if proxy.get("shop.test", "/").await.status == 500 {
             failures += 1;
         }
-        if ejected(&view(&proxy, "shop").await, "blue", 0) {
+        if failures == 4 {
+            assert!(!ejected(&view(&proxy, "shop").await, "blue", 0), "not at 4");
+        }
+        if failures == 5 {
             break;
         }
     }
-    assert_eq!(failures, 5, "ejected at the fifth error in a row");
+    assert_eq!(failures, 5);
+    // Ejected at the fifth error in a row (recorded as its response ends).
+    wait_until(Duration::from_secs(10), "the ejection", || async {
+        ejected(&view(&proxy, "shop").await, "blue", 0)
+    })
+    .await;
     let v = view(&proxy, "shop").await;
     assert!(v["pools"]["blue"]["endpoints"][0]["ejected_until"].is_string());
     assert!(!ejected(&v, "blue", 1));
@@ -110,10 +117,13 @@ async fn max_ejected_keeps_part_of_the_pool() {
     for _ in 0..40 {
         assert_eq!(proxy.get("shop.test", "/").await.status, 500);
     }
+    wait_until(Duration::from_secs(10), "every error counted", || async {
+        view(&proxy, "shop").await["slo"]["blue"]["errors"] == 40
+    })
+    .await;
     let v = view(&proxy, "shop").await;
     let out = (0..2).filter(|&i| ejected(&v, "blue", i)).count();
     assert_eq!(out, 1, "{v}");
-    assert_eq!(v["slo"]["blue"]["errors"], 40);
 }
 
 #[tokio::test]

@@ -73,11 +73,11 @@ impl EndpointAddress<'_> {
 /// A message fit for a located config error: an unknown scheme, a path
 /// after the authority, or an authority that is not `host:port`.
 pub fn parse(text: &str) -> Result<EndpointAddress<'_>, String> {
-    let (protocol, authority) = match text.split_once("://") {
-        None => (Protocol::Http1, text),
-        Some(("http", rest)) => (Protocol::Http1, rest),
-        Some(("h2c", rest)) => (Protocol::H2c, rest),
-        Some(("https", rest)) => (Protocol::Https, rest),
+    let (protocol, authority, form) = match text.split_once("://") {
+        None => (Protocol::Http1, text, "host:port"),
+        Some(("http", rest)) => (Protocol::Http1, rest, "scheme://host:port"),
+        Some(("h2c", rest)) => (Protocol::H2c, rest, "scheme://host:port"),
+        Some(("https", rest)) => (Protocol::Https, rest, "scheme://host:port"),
         Some((scheme, _)) => {
             return Err(format!(
                 "`{text}`: unknown scheme `{scheme}://` (use http://, h2c:// or https://)"
@@ -92,7 +92,7 @@ pub fn parse(text: &str) -> Result<EndpointAddress<'_>, String> {
         Err(_) => false,
     };
     if !valid {
-        return Err(format!("`{text}` is not [scheme://]host:port"));
+        return Err(format!("`{text}` is not {form}"));
     }
     Ok(EndpointAddress {
         protocol,

@@ -139,13 +139,6 @@ impl Drop for Accounting {
             // the pool's failure, whatever the status.
             let t = &self.tenant;
             let error = self.body_failed || self.grpc_failed || self.status >= 500;
-            let endpoint = match (&self.endpoint, &self.tried) {
-                (Some(g), _) => Some(g.endpoint()),
-                (None, tried) => tried.as_ref(),
-            };
-            if let Some(endpoint) = endpoint {
-                crate::route::outlier::record(t, self.pool, endpoint, error);
-            }
             t.state.completed_one(self.pool);
             let exposed = t.candidate_share_bp() > 0 || self.cohort;
             let slo = &t.config.settings.slo;
@@ -161,6 +154,15 @@ impl Drop for Accounting {
                 now,
             ) {
                 state.signal_breach(t.name(), breach.to_string());
+            }
+            // The endpoint's own record, after the pool's: an ejection
+            // never comes before the error that caused it is counted.
+            let endpoint = match (&self.endpoint, &self.tried) {
+                (Some(g), _) => Some(g.endpoint()),
+                (None, tried) => tried.as_ref(),
+            };
+            if let Some(endpoint) = endpoint {
+                crate::route::outlier::record(t, self.pool, endpoint, error);
             }
         }
         if let Some(log) = &self.access_log {

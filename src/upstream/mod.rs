@@ -253,11 +253,6 @@ impl IdleConnections {
         }
     }
 
-    /// The endpoint's protocol (its scheme).
-    pub fn protocol(&self) -> Protocol {
-        self.protocol
-    }
-
     /// The shared HTTP/2 connection, if one is open.
     fn shared_h2(&self) -> Option<H2Sender> {
         let h2 = self.h2.load();
