@@ -50,7 +50,13 @@ async fn unary_streaming_and_bidi_calls_cross_an_h2c_upstream() {
     for call in many {
         assert!(call.await.unwrap().starts_with("blue:"));
     }
-    assert_eq!(up.calls(), 24);
+    // An HTTP/1.1 client's request crosses to the h2c upstream too: the
+    // trailers-only answer's status arrives in the head.
+    let r = proxy.get("shop.test", "/test.Echo/Nothing").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["grpc-status"], "12", "UNIMPLEMENTED");
+    assert_eq!(r.pool(), Some("blue"));
+    assert_eq!(up.calls(), 25);
     assert_eq!(up.connections(), 1, "one shared HTTP/2 connection");
 }
 
@@ -240,6 +246,43 @@ async fn an_upstream_certificate_that_does_not_verify_is_a_502_of_the_pool_until
     .await;
     let mut client = grpc_client(proxy.running.http_addr, "shop.test").await;
     assert_eq!(unary(&mut client, "hi").await.unwrap(), "blue:hi");
+}
+
+/// An endpoint written out in full (`https://localhost:PORT`).
+struct Listed(String, std::net::SocketAddr);
+
+impl Endpoint for Listed {
+    fn endpoint(&self) -> std::net::SocketAddr {
+        self.1
+    }
+
+    fn endpoint_text(&self) -> String {
+        self.0.clone()
+    }
+}
+
+#[tokio::test]
+async fn an_https_endpoint_choosing_http1_by_alpn_is_served_over_kept_alive_http1() {
+    let ca = TestCa::new("upstream-ca");
+    let tls = server_tls(ca.issue("localhost"), None, &[b"http/1.1"]);
+    let (addr, connections) = spawn_tls_http1(tls).await;
+    let endpoint = Listed(format!("https://localhost:{}", addr.port()), addr);
+    let proxy = Setup::shop()
+        .in_dir(dir_with(&[("ca.pem", &ca.pem)]))
+        .blue(&endpoint)
+        .extra(NO_PROBES)
+        .extra(r#"upstream_tls = { ca = "ca.pem" }"#)
+        .spawn()
+        .await;
+    for _ in 0..5 {
+        let r = proxy.get("shop.test", "/").await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "HTTP/1.1"));
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "kept alive"
+    );
 }
 
 #[tokio::test]

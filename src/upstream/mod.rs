@@ -190,6 +190,9 @@ pub struct IdleConnections {
     /// requests wait for it rather than each opening one. Never taken by
     /// a request that finds the connection open.
     connecting: tokio::sync::Mutex<()>,
+    /// An `https://` endpoint's ALPN chose `http/1.1`: its connections are
+    /// opened without the gate, like plain HTTP/1.1 ones (several at once).
+    speaks_http1: AtomicBool,
     idle: SegQueue<Idle>,
     /// Entries in `idle`, kept apart because `SegQueue::len` is not cheap.
     count: AtomicUsize,
@@ -216,6 +219,7 @@ impl IdleConnections {
             tls: ArcSwapOption::empty(),
             h2: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            speaks_http1: AtomicBool::new(false),
             idle: SegQueue::new(),
             count: AtomicUsize::new(0),
             rescues: AtomicUsize::new(0),
@@ -266,16 +270,23 @@ impl IdleConnections {
     /// waited take the connection the first opened.
     async fn open(&self, connect_timeout: Duration) -> std::io::Result<Connected> {
         let tls = self.tls.load_full();
-        if self.protocol == Protocol::Http1 {
-            return connect(&self.address, self.protocol, tls, connect_timeout).await;
+        if self.protocol == Protocol::Http1 || self.speaks_http1.load(Ordering::Relaxed) {
+            let connected = connect(&self.address, self.protocol, tls, connect_timeout).await?;
+            if let Connected::Http2(h2) = &connected {
+                // The server changed its mind (a new deployment): share it.
+                self.speaks_http1.store(false, Ordering::Relaxed);
+                self.h2.store(Some(Arc::new(h2.clone())));
+            }
+            return Ok(connected);
         }
         let _gate = self.connecting.lock().await;
         if let Some(h2) = self.shared_h2() {
             return Ok(Connected::Http2(h2));
         }
         let connected = connect(&self.address, self.protocol, tls, connect_timeout).await?;
-        if let Connected::Http2(h2) = &connected {
-            self.h2.store(Some(Arc::new(h2.clone())));
+        match &connected {
+            Connected::Http2(h2) => self.h2.store(Some(Arc::new(h2.clone()))),
+            Connected::Http1(_) => self.speaks_http1.store(true, Ordering::Relaxed),
         }
         Ok(connected)
     }

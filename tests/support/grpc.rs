@@ -265,6 +265,40 @@ impl Service<Request<Streaming<Echo>>> for BidiEcho {
     }
 }
 
+/// An HTTP/1.1-only upstream behind TLS (ALPN `http/1.1`), answering each
+/// request with its protocol version; counts its connections.
+pub async fn spawn_tls_http1(config: Arc<rustls::ServerConfig>) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&connections);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = service_fn(|req: http::Request<Incoming>| async move {
+                    let body = format!("{:?}", req.version());
+                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(body),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
 /// A gRPC client of turnout's plain listener (h2c) for `host`.
 pub async fn grpc_client(
     proxy: SocketAddr,
@@ -418,6 +452,16 @@ impl TestCa {
 /// ALPN `h2`, and — when `clients` is given — client certificates required
 /// to chain to that CA (mutual TLS).
 pub fn grpc_server_tls(server: Issued, clients: Option<&TestCa>) -> Arc<rustls::ServerConfig> {
+    server_tls(server, clients, &[b"h2"])
+}
+
+/// A TLS server configuration offering the ALPN protocols `alpn`, with
+/// `server`'s certificate and, given `clients`, mutual TLS.
+pub fn server_tls(
+    server: Issued,
+    clients: Option<&TestCa>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -435,6 +479,6 @@ pub fn grpc_server_tls(server: Issued, clients: Option<&TestCa>) -> Arc<rustls::
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(server.chain, server.key).unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
