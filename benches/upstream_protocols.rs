@@ -73,7 +73,7 @@ fn nginx_grpc_pass(
         .port();
     let d = dir.display();
     let conf = format!(
-        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n client_body_temp_path {d};\n upstream up {{ server {upstream}; keepalive 16; }}\n server {{\n  listen 127.0.0.1:{port} http2;\n  location / {{ grpc_pass grpc://up; }}\n }}\n}}\n"
+        "daemon off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n client_body_temp_path {d};\n upstream up {{ server {upstream}; keepalive 16; }}\n server {{\n  listen 127.0.0.1:{port} http2;\n  location / {{ grpc_pass grpc://up; }}\n }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     let child = std::process::Command::new("nginx")
@@ -148,9 +148,17 @@ fn upstream_protocols(c: &mut Criterion) {
     match nginx_grpc_pass(grpc_up.addr, dir.path()) {
         Some((mut nginx, addr)) => {
             let mut via_nginx = rt.block_on(grpc_client(addr, "grpc.test"));
-            group.bench_function("nginx_grpc_pass", |b| {
-                b.iter(|| rt.block_on(unary(&mut via_nginx, "x")).unwrap())
-            });
+            match rt.block_on(unary(&mut via_nginx, "x")) {
+                Ok(_) => {
+                    group.bench_function("nginx_grpc_pass", |b| {
+                        b.iter(|| rt.block_on(unary(&mut via_nginx, "x")).unwrap())
+                    });
+                }
+                Err(status) => {
+                    let log = std::fs::read_to_string(dir.path().join("error.log"));
+                    eprintln!("nginx grpc_pass failed ({status}); error.log: {log:?}");
+                }
+            }
             let _ = nginx.kill();
             let _ = nginx.wait();
         }
