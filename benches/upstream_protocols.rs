@@ -73,7 +73,7 @@ fn nginx_grpc_pass(
         .port();
     let d = dir.display();
     let conf = format!(
-        "daemon off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n client_body_temp_path {d};\n upstream up {{ server {upstream}; keepalive 16; }}\n server {{\n  listen 127.0.0.1:{port} http2;\n  location / {{ grpc_pass grpc://up; }}\n }}\n}}\n"
+        "daemon off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n access_log off;\n keepalive_requests 10000000;\n client_body_temp_path {d};\n upstream up {{ server {upstream}; keepalive 16; keepalive_requests 10000000; }}\n server {{\n  listen 127.0.0.1:{port} http2;\n  location / {{ grpc_pass grpc://up; }}\n }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     let child = std::process::Command::new("nginx")
