@@ -128,6 +128,13 @@ pub fn record(tenant: &Tenant, pool: Pool, endpoint: &Arc<Endpoint>, error: bool
     let Some(length) = outlier.eject(SystemTime::now(), settings) else {
         return;
     };
+    // Another endpoint of the pool may have been ejected at the same
+    // moment: counted again, the limit wins (both may step back; neither
+    // ever goes over it).
+    if endpoints.iter().filter(|e| e.outlier.is_ejected()).count() > allowed {
+        outlier.ejected.store(false, Ordering::Release);
+        return;
+    }
     if let Some(i) = endpoints.iter().position(|e| Arc::ptr_eq(e, endpoint)) {
         tenant.count_ejection(pool, i);
     }
