@@ -154,3 +154,39 @@ async fn outlier_settings_are_validated_where_they_are_written() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn a_grpc_endpoint_answering_unavailable_with_http_200_is_ejected() {
+    let (bad, good) = (spawn_grpc("bad").await, spawn_grpc("good").await);
+    bad.set_unavailable(true);
+    let proxy = Setup::shop()
+        .blue(&bad)
+        .blue(&good)
+        .extra(r#"health = { grpc = true, interval = "100ms" }"#)
+        .extra(r#"outlier = { consecutive_errors = 3, ejection = "1h" }"#)
+        .spawn()
+        .await;
+    let mut client = grpc_client(proxy.running.http_addr, "shop.test").await;
+    let mut unavailable = 0;
+    for i in 0..100 {
+        if unary(&mut client, &i.to_string()).await.is_err() {
+            unavailable += 1;
+        }
+        if unavailable == 3 {
+            break;
+        }
+    }
+    assert_eq!(unavailable, 3);
+    wait_until(Duration::from_secs(10), "the ejection", || async {
+        ejected(&view(&proxy, "shop").await, "blue", 0)
+    })
+    .await;
+    for i in 0..10 {
+        assert!(
+            unary(&mut client, &i.to_string())
+                .await
+                .unwrap()
+                .starts_with("good:")
+        );
+    }
+}
