@@ -23,7 +23,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::task::AbortHandle;
 
-use crate::config::{HealthSettings, Pool};
+mod protocol;
+
+use crate::config::{HealthSettings, Pool, Protocol};
 use crate::metrics::{LocalError, Metrics};
 use crate::route::{Endpoint, RoutingTable};
 
@@ -150,6 +152,9 @@ async fn probe_loop(
             Ok(()) => {
                 passes = passes.saturating_add(1);
                 failures = 0;
+                if endpoint.outlier.probe_passed(std::time::SystemTime::now()) {
+                    tracing::info!(endpoint = %endpoint.address, "endpoint back from outlier ejection: its ejection ended and a probe passed");
+                }
                 if !healthy && passes >= settings.healthy_after {
                     endpoint.set_healthy(true);
                     tracing::info!(endpoint = %endpoint.address, passes, "endpoint healthy again");
@@ -175,12 +180,29 @@ enum Failed {
     Local(LocalError, String),
 }
 
-/// One probe: a GET of the health path, passing on 2xx or 3xx in time.
+/// One probe: a GET of the health path, passing on 2xx or 3xx in time —
+/// or, for an `h2c://` or `https://` endpoint or with `grpc = true`, a
+/// probe in the endpoint's protocol (`protocol`).
 async fn probe(
     client: &ProbeClient,
     endpoint: &Endpoint,
     settings: &HealthSettings,
 ) -> Result<(), Failed> {
+    if endpoint.protocol != Protocol::Http1 || settings.grpc {
+        let probed = protocol::probe(endpoint, settings, settings.timeout);
+        return match tokio::time::timeout(settings.timeout, probed).await {
+            Err(_) => Err(Failed::Endpoint(format!(
+                "no answer within {:?}",
+                settings.timeout
+            ))),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(protocol::ProbeError::Answer(why))) => Err(Failed::Endpoint(why)),
+            Ok(Err(protocol::ProbeError::Exchange(e))) => Err(match local_cause(&*e) {
+                Some(reason) => Failed::Local(reason, e.to_string()),
+                None => Failed::Endpoint(e.to_string()),
+            }),
+        };
+    }
     let uri = format!("http://{}{}", endpoint.address, settings.path);
     let req = Request::get(uri)
         .header(header::USER_AGENT, "turnout-health")

@@ -63,6 +63,9 @@ pub const REVERTS_TOTAL: &str = "turnout_reverts_total";
 /// `turnout_notify_failures_total` (counter, no labels): webhook events
 /// not delivered after their retries.
 pub const NOTIFY_FAILURES_TOTAL: &str = "turnout_notify_failures_total";
+/// `turnout_outlier_ejections_total` (counter; `tenant, pool, endpoint`):
+/// /// passive outlier ejections of the endpoint (SPEC section 15).
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "turnout_outlier_ejections_total";
 /// `turnout_local_errors_total` (counter; `reason`): failures of the proxy
 /// itself, by [`LocalError`], answered 503.
 pub const LOCAL_ERRORS_TOTAL: &str = "turnout_local_errors_total";
@@ -126,6 +129,10 @@ pub enum UpstreamError {
     /// The response failed after its head: a reset, a short or cut body, a
     /// body still coming at `request_timeout` (SPEC section 6).
     Body = 3,
+    /// A gRPC call answered with a `grpc-status` that is the server's
+    /// failure (UNAVAILABLE, INTERNAL, …; SPEC section 15), whatever its
+    /// HTTP status.
+    Grpc = 4,
 }
 
 /// A failure of the proxy itself rather than of a client or an upstream
@@ -302,7 +309,7 @@ impl Metrics {
             duration: self
                 .recorder
                 .register_histogram(&with(REQUEST_DURATION_SECONDS, None), &META),
-            upstream_errors: ["connect", "timeout", "protocol", "body"].map(|kind| {
+            upstream_errors: ["connect", "timeout", "protocol", "body", "grpc"].map(|kind| {
                 self.recorder
                     .register_counter(&with(UPSTREAM_ERRORS_TOTAL, Some(("kind", kind))), &META)
             }),
@@ -311,6 +318,19 @@ impl Metrics {
                 .recorder
                 .register_gauge(&with(SLO_ERROR_RATE, None), &META),
         }
+    }
+
+    /// The `turnout_outlier_ejections_total` counter of `endpoint` in
+    /// `tenant`'s `pool` (SPEC section 15); registered when a table is
+    /// built for a tenant with outlier ejection on.
+    pub fn outlier_ejections(&self, tenant: &str, pool: Pool, endpoint: &str) -> Counter {
+        let labels = vec![
+            Label::new("tenant", tenant.to_owned()),
+            Label::new("pool", pool.as_str()),
+            Label::new("endpoint", endpoint.to_owned()),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(OUTLIER_EJECTIONS_TOTAL, labels), &META)
     }
 
     /// The `turnout_endpoint_healthy` gauge of `endpoint` (`host:port`) in
@@ -361,7 +381,7 @@ impl TenantMetrics {
 pub struct PoolMetrics {
     requests: [Counter; 5],
     duration: Histogram,
-    upstream_errors: [Counter; 4],
+    upstream_errors: [Counter; 5],
     /// `turnout_pool_share` in percent (0-100); set when a table is built.
     pub share: Gauge,
     /// Set from the SLO window when metrics are scraped.

@@ -86,6 +86,11 @@ pub struct EndpointView {
     pub healthy: bool,
     /// Requests in flight to it now, across every tenant that lists it.
     pub inflight: u32,
+    /// Ejected by passive outlier ejection (SPEC section 15): no traffic
+    /// until `ejected_until` and a passing health probe.
+    pub ejected: bool,
+    /// When the ejection ends (RFC 3339); `null` when not ejected.
+    pub ejected_until: Option<String>,
 }
 
 /// A pool's sliding SLO window (`slo.window` long), as counted now.
@@ -203,6 +208,11 @@ pub fn tenant_view<'a>(
                 address: e.address.to_string(),
                 healthy: e.is_healthy(),
                 inflight: e.inflight(),
+                ejected: e.outlier.is_ejected(),
+                ejected_until: e
+                    .outlier
+                    .ejected_until()
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             })
             .collect(),
     };

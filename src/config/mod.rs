@@ -6,12 +6,15 @@
 //! into `LINE:COL`, so every error reads `PATH:LINE:COL: key: message`.
 
 pub mod limit;
+pub mod endpoint;
 pub mod locate;
 pub mod model;
+pub mod outlier;
 pub mod pool;
 pub mod raw;
 pub mod secrets;
 pub mod tls;
+pub mod upstream_tls;
 pub mod validate;
 pub mod write;
 

@@ -7,7 +7,10 @@
 use std::fmt;
 
 pub use super::limit::{ClientKey, ClientRateLimit, RateLimit};
+pub use super::endpoint::Protocol;
+pub use super::outlier::OutlierSettings;
 pub use super::pool::{Pool, Weights, WeightsError};
+pub use super::upstream_tls::UpstreamTls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -70,6 +73,10 @@ pub struct HealthSettings {
     /// Consecutive failures that make a healthy endpoint unhealthy; at
     /// least 1 (default 3).
     pub unhealthy_after: u32,
+    /// Probe with the gRPC health checking protocol
+    /// (`grpc.health.v1.Health/Check` for the whole server; `SERVING`
+    /// passes) instead of `GET path` (default `false`; SPEC section 15).
+    pub grpc: bool,
 }
 
 /// `slo`: the guard on the candidate pool (SPEC section 6).
@@ -129,6 +136,11 @@ pub struct Settings {
     /// Each client's request rate within the tenant; `None`: unlimited
     /// (default).
     pub client_rate_limit: Option<ClientRateLimit>,
+    /// Passive outlier ejection (SPEC section 15); `None`: off.
+    pub outlier: Option<OutlierSettings>,
+    /// TLS to `https://` endpoints; `None`: the system's roots, no client
+    /// certificate, the endpoint's host as server name.
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 /// One `candidate_match` rule: a header or a cookie with an exact value
@@ -162,12 +174,15 @@ impl Default for Settings {
             candidate_match: Vec::new(),
             rate_limit: None,
             client_rate_limit: None,
+            outlier: None,
+            upstream_tls: None,
             health: HealthSettings {
                 path: "/healthz".to_owned(),
                 interval: Duration::from_secs(2),
                 timeout: Duration::from_secs(1),
                 healthy_after: 2,
                 unhealthy_after: 3,
+                grpc: false,
             },
             slo: SloSettings {
                 max_error_rate: 0.05,

@@ -80,6 +80,12 @@ pub struct RawSettings {
     /// `[defaults.slo]` (or a tenant's `slo`).
     #[serde(default)]
     pub slo: RawSlo,
+    /// `[defaults.outlier]` (or a tenant's `outlier`): passive outlier
+    /// ejection, off when absent (SPEC section 15).
+    pub outlier: Option<super::outlier::RawOutlier>,
+    /// `[defaults.upstream_tls]` (or a tenant's `upstream_tls`): TLS to
+    /// `https://` endpoints (SPEC section 15).
+    pub upstream_tls: Option<super::upstream_tls::RawUpstreamTls>,
 }
 
 /// `[defaults.health]` or a tenant's `health`: active checks per endpoint
@@ -98,6 +104,9 @@ pub struct RawHealth {
     pub healthy_after: Option<i64>,
     /// `unhealthy_after`: consecutive failures that make it unhealthy.
     pub unhealthy_after: Option<i64>,
+    /// `grpc`: probe with `grpc.health.v1.Health/Check` instead of `GET
+    /// path` (SPEC section 15).
+    pub grpc: Option<bool>,
 }
 
 /// `[defaults.slo]` or a tenant's `slo`: the candidate's SLO guard (SPEC
@@ -206,6 +215,10 @@ pub struct RawTenant {
     /// The tenant's `slo` table, over `[defaults.slo]`.
     #[serde(default)]
     pub slo: RawSlo,
+    /// The tenant's `outlier` table, over `[defaults.outlier]`.
+    pub outlier: Option<super::outlier::RawOutlier>,
+    /// The tenant's `upstream_tls` table, over `[defaults.upstream_tls]`.
+    pub upstream_tls: Option<super::upstream_tls::RawUpstreamTls>,
 }
 
 /// `weights = { blue = B, green = G }`, unchecked: `i64` so that negative

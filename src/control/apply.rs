@@ -358,14 +358,25 @@ impl ControlTask {
         self.outcome(true)
     }
 
-    /// Watches the certificate files the running state names (tenants'
-    /// and the webhook's CA bundle), so their changes reload too.
+    /// Watches the certificate files the running state names (tenants',
+    /// their `upstream_tls` ones and the webhook's CA bundle), so their
+    /// changes reload too.
     pub(super) fn watch_tls_files(&mut self) {
         let files = self.running.tenants.iter().filter_map(|t| t.tls.as_ref());
         let ca = self.running.notify.iter().filter_map(|n| n.ca.as_ref());
+        let upstream = std::iter::once(&self.running.defaults)
+            .chain(self.running.tenants.iter().map(|t| &t.settings))
+            .filter_map(|s| s.upstream_tls.as_ref());
+        let upstream_files = upstream.clone().filter_map(|u| u.identity.as_ref());
         let paths = files
+            .chain(upstream_files)
             .flat_map(|f| [f.cert.clone(), f.key.clone()])
             .chain(ca.map(|c| c.path.clone()))
+            .chain(
+                upstream
+                    .filter_map(|u| u.ca.as_ref())
+                    .map(|c| c.path.clone()),
+            )
             .collect::<Vec<_>>();
         if !paths.is_empty() {
             self.store.watch_files(paths);

@@ -21,7 +21,13 @@ impl ControlTask {
     pub(super) async fn reload(&mut self, forced: bool) -> Result<Outcome, ChangeError> {
         // An unchanged file may still name changed certificates.
         let has_tls = self.running.tenants.iter().any(|t| t.tls.is_some())
-            || self.running.notify.as_ref().is_some_and(|n| n.ca.is_some());
+            || self.running.notify.as_ref().is_some_and(|n| n.ca.is_some())
+            || self.running.defaults.upstream_tls.is_some()
+            || self
+                .running
+                .tenants
+                .iter()
+                .any(|t| t.settings.upstream_tls.is_some());
         let load = if forced || has_tls {
             Load::Always
         } else {

@@ -33,6 +33,10 @@ pub(super) fn describe(r: &PrometheusRecorder) {
             "Webhook notifications that could not be delivered.",
         ),
         (
+            OUTLIER_EJECTIONS_TOTAL,
+            "Endpoints ejected for failing requests in a row (passive outlier ejection).",
+        ),
+        (
             LOCAL_ERRORS_TOTAL,
             "Failures of the proxy itself (out of file descriptors, memory or ports), answered 503.",
         ),

@@ -96,12 +96,27 @@ pub struct Accounting {
     pub cohort: bool,
     /// The upstream failed after the response head (`kind="body"`).
     pub body_failed: bool,
+    /// A gRPC call answered with a `grpc-status` that is the pool's error
+    /// (`proxy::grpc`), in the head or the trailers.
+    pub grpc_failed: bool,
     /// What to log when the tenant has `access_log = true`.
     pub access_log: Option<AccessLog>,
     /// The tenant's `max_inflight` slot, freed when the exchange drops.
     pub _admission: Admission,
     /// The request's deadline, registered with its client connection.
     pub _deadline: Option<DeadlineGuard>,
+}
+
+impl Accounting {
+    /// The call's `grpc-status` is an error of the pool (`proxy::grpc`):
+    /// judged as one, and counted (`kind="grpc"`).
+    pub fn grpc_failed(&mut self) {
+        if !self.grpc_failed {
+            self.grpc_failed = true;
+            let err = super::error::ProxyError::Upstream(UpstreamError::Grpc);
+            err.count(None, Some(self.tenant.metrics()), Some(self.pool));
+        }
+    }
 }
 
 impl Drop for Accounting {
@@ -123,7 +138,7 @@ impl Drop for Accounting {
             // Evidence about the pool (SPEC section 6). A body cut short is
             // the pool's failure, whatever the status.
             let t = &self.tenant;
-            let error = self.body_failed || self.status >= 500;
+            let error = self.body_failed || self.grpc_failed || self.status >= 500;
             t.state.completed_one(self.pool);
             let exposed = t.candidate_share_bp() > 0 || self.cohort;
             let slo = &t.config.settings.slo;
@@ -139,6 +154,15 @@ impl Drop for Accounting {
                 now,
             ) {
                 state.signal_breach(t.name(), breach.to_string());
+            }
+            // The endpoint's own record, after the pool's: an ejection
+            // never comes before the error that caused it is counted.
+            let endpoint = match (&self.endpoint, &self.tried) {
+                (Some(g), _) => Some(g.endpoint()),
+                (None, tried) => tried.as_ref(),
+            };
+            if let Some(endpoint) = endpoint {
+                crate::route::outlier::record(t, self.pool, endpoint, error);
             }
         }
         if let Some(log) = &self.access_log {
@@ -241,6 +265,11 @@ impl Body for ProxyBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
                     ex.bytes_out += data.len() as u64;
+                }
+                if let (Some(trailers), Some(ex)) = (frame.trailers_ref(), this.exchange.as_mut())
+                    && super::grpc::failed(trailers)
+                {
+                    ex.grpc_failed();
                 }
                 // hyper stops polling once the body says it is over, and
                 // after trailers, which are always the last frame.

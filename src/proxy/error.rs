@@ -153,9 +153,9 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Timeout) => {
                 "upstream did not answer within request_timeout\n"
             }
-            ProxyError::Upstream(UpstreamError::Protocol | UpstreamError::Body) => {
-                "upstream broke the HTTP exchange\n"
-            }
+            ProxyError::Upstream(
+                UpstreamError::Protocol | UpstreamError::Body | UpstreamError::Grpc,
+            ) => "upstream broke the HTTP exchange\n",
         };
         Bytes::from_static(text.as_bytes())
     }

@@ -288,7 +288,9 @@ pub async fn send(
 ) -> Result<UpstreamResponse, Failure> {
     use http_body::Body as _;
     let bodiless = body.is_end_stream();
-    let rescuable = rescuable && bodiless;
+    // An HTTP/2 upstream stream is cancelled by a reset, with no
+    // connection to save: nothing to rescue.
+    let rescuable = rescuable && bodiless && first.protocol != crate::config::Protocol::H2c;
     parts.uri = origin_form(std::mem::take(&mut parts.uri));
     let (upstream_body, upload) = if bodiless {
         (Either::Right(Empty::new()), None)
@@ -350,6 +352,7 @@ pub async fn send(
                         // here; the answer's error is counted by the caller.
                         let failed = ProxyError::Upstream(UpstreamError::Connect);
                         failed.count(None, Some(tenant.metrics()), Some(pool));
+                        crate::route::outlier::record(tenant, pool, &endpoint, true);
                         request = *unsent;
                         endpoint = n;
                         (retried, reuse) = (true, true);

@@ -12,6 +12,7 @@ pub mod conn;
 pub mod deadlines;
 pub mod error;
 pub mod forward;
+pub mod grpc;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -130,6 +131,7 @@ impl Proxy {
             judged: true,
             cohort,
             body_failed: false,
+            grpc_failed: false,
             access_log,
             _admission: admission,
             _deadline: Some(conn.state.deadline(tenant.config.settings.request_timeout)),
@@ -176,6 +178,11 @@ impl Proxy {
         }
 
         let (mut head, body) = answer.response.into_parts();
+        // gRPC runs over HTTP/2 upstreams only: a trailers-only answer
+        // carries its status in the head (SPEC section 15).
+        if head.version == Version::HTTP_2 && grpc::failed(&head.headers) {
+            exchange.grpc_failed();
+        }
         forward::prepare_response(&mut head.headers, &body);
         head.headers
             .insert(X_TURNOUT_POOL.clone(), pool_header(pool));

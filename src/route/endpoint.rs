@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use http::uri::Authority;
-
+use super::outlier::Outlier;
+use crate::config::Protocol;
 use crate::upstream::IdleConnections;
 
 /// One upstream address (`host:port`), shared by every pool of every tenant
@@ -16,26 +16,46 @@ use crate::upstream::IdleConnections;
 /// connections. Lives in the `TableBuilder` as long as some tenant lists it.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// `host:port` exactly as the control file spells it; the registry key,
-    /// the `endpoint` metric label and the address dialled.
+    /// `[scheme://]host:port` exactly as the control file spells it; the
+    /// registry key and the `endpoint` metric label.
     pub address: Box<str>,
+    /// How turnout talks to it (the address's scheme, SPEC section 15).
+    pub protocol: Protocol,
     healthy: AtomicBool,
     inflight: AtomicU32,
-    /// Idle keep-alive connections to this address (shared with the
-    /// exchanges lent one).
+    /// Its connections: idle HTTP/1.1 keep-alive ones and the shared
+    /// HTTP/2 one (shared with the exchanges lent one).
     pub connections: Arc<IdleConnections>,
+    /// Passive outlier ejection's state (SPEC section 15).
+    pub outlier: Outlier,
 }
 
 impl Endpoint {
-    /// `None` unless `address` is a `host:port` authority.
+    /// `None` unless `address` is `[scheme://]host:port`
+    /// (`config::endpoint::parse`).
     pub fn new(address: &str) -> Option<Endpoint> {
-        address.parse::<Authority>().ok()?;
+        let parsed = crate::config::endpoint::parse(address).ok()?;
         Some(Endpoint {
             address: address.into(),
+            protocol: parsed.protocol,
             healthy: AtomicBool::new(true),
             inflight: AtomicU32::new(0),
-            connections: Arc::new(IdleConnections::new(address)),
+            connections: Arc::new(IdleConnections::new(&parsed)),
+            outlier: Outlier::default(),
         })
+    }
+
+    /// Sets the TLS new connections use, for an `https://` endpoint (see
+    /// `upstream::IdleConnections::set_tls`).
+    pub fn set_tls(&self, tls: Option<&crate::config::UpstreamTls>) {
+        if let Ok(parsed) = crate::config::endpoint::parse(&self.address) {
+            self.connections.set_tls(tls, parsed.host());
+        }
+    }
+
+    /// Whether it may take a request now: healthy and not ejected.
+    pub fn is_usable(&self) -> bool {
+        self.is_healthy() && !self.outlier.is_ejected()
     }
 
     /// The health checker's verdict; `true` from creation (SPEC section 5:
@@ -79,11 +99,12 @@ impl Drop for InflightGuard {
     }
 }
 
-/// Picks the less loaded of two healthy endpoints drawn at random, skipping
-/// `exclude` (an endpoint that just failed). Does not allocate.
+/// Picks the less loaded of two usable (healthy, not ejected) endpoints
+/// drawn at random, skipping `exclude` (an endpoint that just failed).
+/// Does not allocate.
 pub fn choose(endpoints: &[Arc<Endpoint>], exclude: Option<&Endpoint>) -> Option<Arc<Endpoint>> {
     let usable =
-        |e: &Arc<Endpoint>| e.is_healthy() && !exclude.is_some_and(|x| std::ptr::eq(x, &**e));
+        |e: &Arc<Endpoint>| e.is_usable() && !exclude.is_some_and(|x| std::ptr::eq(x, &**e));
     let n = endpoints.len();
     // From a random start, the first usable endpoint going round the ring.
     let draw = || {

@@ -10,6 +10,7 @@
 pub mod endpoint;
 pub mod host;
 pub mod limit;
+pub mod outlier;
 pub mod pool;
 pub mod sticky;
 
@@ -72,6 +73,9 @@ pub struct Tenant {
     candidate_share_bp: u32,
     /// Endpoints per pool, indexed by `Pool::index`.
     pools: [Box<[Arc<Endpoint>]>; 2],
+    /// `turnout_outlier_ejections_total` per endpoint of each pool (in
+    /// `pools` order); empty when the tenant has outlier ejection off.
+    ejections: [Box<[metrics::Counter]>; 2],
     /// What outlives this table: in-flight count, metrics, SLO guard.
     pub state: Arc<TenantState>,
     /// Its rate limits' buckets (SPEC section 16), checked after admission.
@@ -97,6 +101,13 @@ impl Tenant {
     /// The endpoints of `pool`, in file order (healthy or not).
     pub fn endpoints(&self, pool: Pool) -> &[Arc<Endpoint>] {
         &self.pools[pool.index()]
+    }
+
+    /// Counts an ejection of the `index`th endpoint of `pool`.
+    pub fn count_ejection(&self, pool: Pool, index: usize) {
+        if let Some(counter) = self.ejections[pool.index()].get(index) {
+            counter.increment(1);
+        }
     }
 
     /// The tenant's metric handles.
@@ -280,10 +291,15 @@ impl TableBuilder {
                 tc.pool(color)
                     .iter()
                     .filter_map(|address| {
-                        let existing = old_endpoints
+                        if let Some(ep) = endpoints.get(address.as_str()) {
+                            // Listed by an earlier tenant (by name): its
+                            // settings stand, as for health probes.
+                            return Some(Arc::clone(ep));
+                        }
+                        let ep = old_endpoints
                             .remove(address.as_str())
-                            .or_else(|| endpoints.get(address.as_str()).cloned());
-                        let ep = existing.or_else(|| Endpoint::new(address).map(Arc::new))?;
+                            .or_else(|| Endpoint::new(address).map(Arc::new))?;
+                        ep.set_tls(tc.settings.upstream_tls.as_ref());
                         endpoints.insert(address.as_str().into(), Arc::clone(&ep));
                         Some(ep)
                     })
@@ -321,11 +337,19 @@ impl TableBuilder {
                     hosts.insert(pattern, route);
                 }
             }
+            let ejections = Pool::ALL.map(|color| match tc.settings.outlier {
+                Some(_) => pools[color.index()]
+                    .iter()
+                    .map(|e| self.metrics.outlier_ejections(&tc.name, color, &e.address))
+                    .collect(),
+                None => Box::default(),
+            });
             tenants.push(Arc::new(Tenant {
                 config: Arc::clone(tc),
                 seed: sticky::tenant_seed(&tc.name),
                 candidate_share_bp: tc.weights.share_bp(tc.candidate()),
                 pools,
+                ejections,
                 state,
                 limits,
             }));

@@ -1,4 +1,12 @@
-//! Upstream HTTP/1.1 connections and their keep-alive pool.
+//! Upstream connections — HTTP/1.1 keep-alive and shared HTTP/2 — and
+//! their pool per endpoint.
+//!
+//! An `h2c://` endpoint, or an `https://` one whose ALPN chose `h2`, has
+//! one HTTP/2 connection that every request shares (hyper's
+//! `client::conn::http2`), held in an `ArcSwapOption` so a request takes it
+//! without a lock; only opening it takes the endpoint's connect gate, so a
+//! burst opens one connection rather than one each (SPEC section 15).
+//! The rest of this note is about HTTP/1.1.
 //!
 //! Each endpoint keeps its idle connections in a lock-free queue. A request
 //! takes one (or opens one), sends on it with hyper's `client::conn::http1`,
@@ -12,111 +20,34 @@
 //! rotation until the 60 s idle limit rather than ageing out sooner.
 
 mod rescue;
+mod transport;
+mod upload;
 
 use rescue::{Held, drain};
 pub use rescue::{RESCUE_BYTES, RESCUE_MAX, RESCUE_TIME, Rescuable};
+use transport::{Connected, connect, h2_form, http1_form};
+pub use transport::{H2Sender, TlsTarget};
+pub use upload::{Upload, UploadState};
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use http::{Method, Request, Response};
-use http_body::{Body, Frame};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::config::Protocol;
+use crate::config::endpoint::EndpointAddress;
 
 /// A request body on its way upstream: the client's stream, or nothing for a
 /// bodiless request (which can then be sent again on a retry).
 pub type UpstreamBody = Either<Upload, Empty<Bytes>>;
-
-/// The client's request body, streamed upstream; marks when it has all
-/// gone out. A connection whose upstream answered before the upload ended
-/// stays busy with it, so it must not be handed to the next request.
-pub struct Upload {
-    body: Incoming,
-    state: Arc<UploadState>,
-}
-
-/// How an upload is going, shared with the exchange that sends it: whether
-/// it has all gone out, whether the client broke it (a malformed or cut
-/// body), and whether it is waiting on the client right now — what decides
-/// whose fault a failed exchange is (SPEC section 6).
-#[derive(Debug, Default)]
-pub struct UploadState {
-    sent: AtomicBool,
-    client_failed: AtomicBool,
-    waiting_on_client: AtomicBool,
-}
-
-impl UploadState {
-    /// The whole body has gone out.
-    pub fn sent(&self) -> bool {
-        self.sent.load(Ordering::Acquire)
-    }
-
-    /// The client's body broke (malformed chunked framing, cut short).
-    pub fn client_failed(&self) -> bool {
-        self.client_failed.load(Ordering::Acquire)
-    }
-
-    /// The upload is stalled on the client, not on the upstream.
-    pub fn waiting_on_client(&self) -> bool {
-        self.waiting_on_client.load(Ordering::Acquire)
-    }
-}
-
-impl Upload {
-    /// The body to send, and its state, which the exchange and the
-    /// connection's [`Lease`] read.
-    pub fn new(body: Incoming) -> (Upload, Arc<UploadState>) {
-        let state = Arc::new(UploadState::default());
-        let upload = Upload {
-            body,
-            state: Arc::clone(&state),
-        };
-        (upload, state)
-    }
-}
-
-impl Body for Upload {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        let state = &self.state;
-        state
-            .waiting_on_client
-            .store(polled.is_pending(), Ordering::Release);
-        if let Poll::Ready(Some(Err(_))) = polled {
-            state.client_failed.store(true, Ordering::Release);
-        }
-        // hyper stops polling once the body says it is over.
-        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
-            state.sent.store(true, Ordering::Release);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
 
 /// The request half of one HTTP/1.1 client connection to an endpoint
 /// (hyper's `SendRequest`); one request at a time, reused while the
@@ -160,11 +91,26 @@ impl Idle {
     }
 }
 
-/// The idle keep-alive connections of one endpoint, with its address.
-/// Shared (`Arc`) by the endpoint and every exchange lent one of them.
+/// The connections of one endpoint — idle HTTP/1.1 keep-alive ones, the
+/// shared HTTP/2 one — with its address and protocol. Shared (`Arc`) by
+/// the endpoint and every exchange lent one of them.
 pub struct IdleConnections {
     /// The endpoint's `host:port`, where new connections go.
     address: Box<str>,
+    /// The endpoint's scheme.
+    protocol: Protocol,
+    /// For `https://`: the TLS in force for new connections (replaced when
+    /// a change brings new `upstream_tls`).
+    tls: ArcSwapOption<TlsTarget>,
+    /// The shared HTTP/2 connection, once one is open.
+    h2: ArcSwapOption<H2Sender>,
+    /// Held while an HTTP/2 connection is being opened, so concurrent
+    /// requests wait for it rather than each opening one. Never taken by
+    /// a request that finds the connection open.
+    connecting: tokio::sync::Mutex<()>,
+    /// An `https://` endpoint's ALPN chose `http/1.1`: its connections are
+    /// opened without the gate, like plain HTTP/1.1 ones (several at once).
+    speaks_http1: AtomicBool,
     idle: SegQueue<Idle>,
     /// Entries in `idle`, kept apart because `SegQueue::len` is not cheap.
     count: AtomicUsize,
@@ -182,14 +128,85 @@ impl std::fmt::Debug for IdleConnections {
 }
 
 impl IdleConnections {
-    /// No connection yet to `address` (`host:port`).
-    pub fn new(address: &str) -> IdleConnections {
-        IdleConnections {
-            address: address.into(),
+    /// No connection yet to `address`; an `https://` one verified against
+    /// the system's roots for its host until [`IdleConnections::set_tls`].
+    pub fn new(address: &EndpointAddress<'_>) -> IdleConnections {
+        let connections = IdleConnections {
+            address: address.authority.into(),
+            protocol: address.protocol,
+            tls: ArcSwapOption::empty(),
+            h2: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            speaks_http1: AtomicBool::new(false),
             idle: SegQueue::new(),
             count: AtomicUsize::new(0),
             rescues: AtomicUsize::new(0),
+        };
+        connections.set_tls(None, address.host());
+        connections
+    }
+
+    /// Sets the TLS new connections to an `https://` endpoint use: the
+    /// tenant's `upstream_tls`, or (`None`) the system's roots; the server
+    /// name is `upstream_tls.server_name`, else `host`. Connections already
+    /// open keep theirs, as a listener's do on a certificate reload.
+    pub fn set_tls(&self, tls: Option<&crate::config::UpstreamTls>, host: &str) {
+        if self.protocol != Protocol::Https {
+            return;
         }
+        let client = tls.map_or_else(crate::config::upstream_tls::default_client, |t| {
+            Arc::clone(&t.client)
+        });
+        let name = tls
+            .and_then(|t| t.server_name.clone())
+            .or_else(|| rustls::pki_types::ServerName::try_from(host.to_owned()).ok());
+        let Some(server_name) = name else {
+            return;
+        };
+        let unchanged =
+            self.tls.load().as_ref().is_some_and(|now| {
+                Arc::ptr_eq(&now.client, &client) && now.server_name == server_name
+            });
+        if !unchanged {
+            self.tls.store(Some(Arc::new(TlsTarget {
+                client,
+                server_name,
+            })));
+        }
+    }
+
+    /// The shared HTTP/2 connection, if one is open.
+    fn shared_h2(&self) -> Option<H2Sender> {
+        let h2 = self.h2.load();
+        h2.as_ref()
+            .filter(|s| !s.is_closed())
+            .map(|s| H2Sender::clone(s))
+    }
+
+    /// Opens a connection; an HTTP/2 one becomes the shared one. When an
+    /// HTTP/2 connection may come of it, one opener at a time: those who
+    /// waited take the connection the first opened.
+    async fn open(&self, connect_timeout: Duration) -> std::io::Result<Connected> {
+        let tls = self.tls.load_full();
+        if self.protocol == Protocol::Http1 || self.speaks_http1.load(Ordering::Relaxed) {
+            let connected = connect(&self.address, self.protocol, tls, connect_timeout).await?;
+            if let Connected::Http2(h2) = &connected {
+                // The server changed its mind (a new deployment): share it.
+                self.speaks_http1.store(false, Ordering::Relaxed);
+                self.h2.store(Some(Arc::new(h2.clone())));
+            }
+            return Ok(connected);
+        }
+        let _gate = self.connecting.lock().await;
+        if let Some(h2) = self.shared_h2() {
+            return Ok(Connected::Http2(h2));
+        }
+        let connected = connect(&self.address, self.protocol, tls, connect_timeout).await?;
+        match &connected {
+            Connected::Http2(h2) => self.h2.store(Some(Arc::new(h2.clone()))),
+            Connected::Http1(_) => self.speaks_http1.store(true, Ordering::Relaxed),
+        }
+        Ok(connected)
     }
 
     /// The oldest idle connection that is still open and fresh, with how
@@ -243,7 +260,9 @@ impl IdleConnections {
 /// successful [`Lease::rescue`]); dropped otherwise, it closes (hyper
 /// cannot reuse a half-read response).
 pub struct Lease {
-    sender: Sender,
+    /// The HTTP/1.1 connection; `None` for a stream of the shared HTTP/2
+    /// connection, which has nothing to give back.
+    sender: Option<Sender>,
     connections: Arc<IdleConnections>,
     /// For a request with a body: how its upload is going.
     upload: Option<Arc<UploadState>>,
@@ -259,9 +278,10 @@ pub struct Lease {
 pub type Holder = Box<dyn FnOnce() -> Box<dyn Send> + Send>;
 
 impl Lease {
-    /// Lends `sender`, a connection of `connections`, to one exchange.
+    /// Lends `sender`, a connection of `connections` (`None`: an HTTP/2
+    /// stream), to one exchange.
     pub fn new(
-        sender: Sender,
+        sender: Option<Sender>,
         connections: Arc<IdleConnections>,
         upload: Option<Arc<UploadState>>,
         rescuable: Option<Holder>,
@@ -282,7 +302,7 @@ impl Lease {
         let Some(holder) = self.rescuable.take() else {
             return;
         };
-        if self.upload.is_some() {
+        if self.upload.is_some() || self.sender.is_none() {
             return;
         }
         let Some(held) = Held::take(&self.connections, holder) else {
@@ -303,36 +323,15 @@ impl Lease {
         if self.upload.is_some_and(|upload| !upload.sent()) {
             return;
         }
-        self.connections.put(self.sender);
+        if let Some(sender) = self.sender {
+            self.connections.put(sender);
+        }
     }
 }
 
-/// What [`send`] comes back with: the response and the connection it came
-/// on, or why there is none.
-pub type SendResult = Result<(Response<Incoming>, Sender), SendError>;
-
-/// Opens a connection to `address` and starts its connection task.
-async fn connect(address: &str, timeout: Duration) -> std::io::Result<Sender> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect_timeout elapsed")
-        })??;
-    // Request heads are small and written at once; do not wait for ACKs.
-    stream.set_nodelay(true)?;
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        // Ends when the upstream closes, the sender is dropped, or an
-        // upgrade takes the socket over.
-        if let Err(e) = connection.with_upgrades().await {
-            tracing::trace!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(sender)
-}
+/// What [`send`] comes back with: the response and the HTTP/1.1
+/// connection it came on (`None` for HTTP/2), or why there is none.
+pub type SendResult = Result<(Response<Incoming>, Option<Sender>), SendError>;
 
 /// One attempt to send `request` to the endpoint of `connections`: on its
 /// idle connection when `reuse` (and one is there), else on a new one. The
@@ -346,11 +345,18 @@ async fn connect(address: &str, timeout: Duration) -> std::io::Result<Sender> {
 pub async fn send(
     connections: Arc<IdleConnections>,
     connect_timeout: Duration,
-    request: Request<UpstreamBody>,
+    mut request: Request<UpstreamBody>,
     reuse: bool,
 ) -> SendResult {
     let address = &*connections.address;
     let reused = if reuse { connections.take() } else { None };
+    if reused.is_none()
+        && reuse
+        && connections.protocol != Protocol::Http1
+        && let Some(h2) = connections.shared_h2()
+    {
+        return Box::pin(send_h2(&connections, h2, request, true)).await;
+    }
     let fresh = reused.is_none();
     let may_be_stale = reused
         .as_ref()
@@ -359,11 +365,15 @@ pub async fn send(
         Some((s, _)) => s,
         // Boxed: connecting is rare, and its future would otherwise make
         // every request's future larger.
-        None => match Box::pin(connect(address, connect_timeout)).await {
-            Ok(s) => s,
+        None => match Box::pin(connections.open(connect_timeout)).await {
+            Ok(Connected::Http1(s)) => s,
+            Ok(Connected::Http2(h2)) => {
+                return Box::pin(send_h2(&connections, h2, request, false)).await;
+            }
             Err(e) => return Err(SendError::Connect(e, Box::new(request))),
         },
     };
+    http1_form(&mut request);
     if let Err(e) = sender.ready().await {
         return Err(if fresh {
             SendError::Exchange(e)
@@ -373,7 +383,7 @@ pub async fn send(
     }
     let spare = may_be_stale.then(|| replayable(&request)).flatten();
     match sender.try_send_request(request).await {
-        Ok(response) => Ok((response, sender)),
+        Ok(response) => Ok((response, Some(sender))),
         Err(mut e) => match (e.take_message(), spare) {
             (Some(unsent), _) if !fresh => Err(SendError::Stale(Box::new(unsent))),
             (None, Some(copy)) if closed_before_answer(e.error()) => {
@@ -386,6 +396,69 @@ pub async fn send(
             _ => Err(SendError::Exchange(e.into_error())),
         },
     }
+}
+
+/// One request on the shared HTTP/2 connection `h2` (`reused`: it was
+/// open before this request). A connection that turned out gone before
+/// the request went out hands it back ([`SendError::Stale`]) for one more
+/// attempt on a new connection.
+async fn send_h2(
+    connections: &IdleConnections,
+    mut h2: H2Sender,
+    mut request: Request<UpstreamBody>,
+    reused: bool,
+) -> SendResult {
+    h2_form(&mut request, connections.protocol.uri_scheme());
+    match h2.try_send_request(request).await {
+        Ok(response) => Ok((response, None)),
+        Err(mut e) => {
+            if h2.is_closed() {
+                // Forget it, unless another request already replaced it.
+                connections.h2.rcu(|current| match current {
+                    Some(c) if c.is_closed() => None,
+                    other => other.clone(),
+                });
+            }
+            match e.take_message() {
+                Some(unsent) if reused => Err(SendError::Stale(Box::new(unsent))),
+                _ => Err(SendError::Exchange(e.into_error())),
+            }
+        }
+    }
+}
+
+/// A health probe's exchange with the endpoint of `connections`, over a
+/// connection of its own in the endpoint's protocol and TLS (SPEC section
+/// 15: probes use the endpoint's protocol), opened within
+/// `connect_timeout` and closed when the response has been read.
+///
+/// # Errors
+///
+/// Connecting (a TLS certificate that does not verify included) or the
+/// exchange failed.
+pub async fn probe(
+    connections: &IdleConnections,
+    connect_timeout: Duration,
+    mut request: Request<http_body_util::Full<Bytes>>,
+) -> Result<Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    let tls = connections.tls.load_full();
+    let connected = connect(
+        &connections.address,
+        connections.protocol,
+        tls,
+        connect_timeout,
+    )
+    .await?;
+    Ok(match connected {
+        Connected::Http1(mut sender) => {
+            http1_form(&mut request);
+            sender.send_request(request).await?
+        }
+        Connected::Http2(mut sender) => {
+            h2_form(&mut request, connections.protocol.uri_scheme());
+            sender.send_request(request).await?
+        }
+    })
 }
 
 /// A copy of `request` to send again, if it has no body and an idempotent
@@ -416,17 +489,26 @@ mod tests {
     use super::*;
 
     /// A connection to a listener that accepts and holds the server side.
-    async fn pair(listener: &tokio::net::TcpListener) -> (Sender, TcpStream) {
+    async fn pair(listener: &tokio::net::TcpListener) -> (Sender, tokio::net::TcpStream) {
         let address = listener.local_addr().unwrap().to_string();
-        let (sender, accepted) =
-            tokio::join!(connect(&address, Duration::from_secs(5)), listener.accept());
-        (sender.unwrap(), accepted.unwrap().0)
+        let (sender, accepted) = tokio::join!(
+            connect(&address, Protocol::Http1, None, Duration::from_secs(5)),
+            listener.accept()
+        );
+        let Ok(Connected::Http1(sender)) = sender else {
+            panic!("an HTTP/1.1 connection")
+        };
+        (sender, accepted.unwrap().0)
+    }
+
+    fn pool_of(address: &str) -> IdleConnections {
+        IdleConnections::new(&crate::config::endpoint::parse(address).unwrap())
     }
 
     #[tokio::test]
     async fn keeps_at_most_max_idle_and_drops_closed_connections() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = IdleConnections::new("127.0.0.1:1");
+        let pool = pool_of("127.0.0.1:1");
         let mut servers = Vec::new();
         for _ in 0..MAX_IDLE + 3 {
             let (sender, server) = pair(&listener).await;
@@ -450,7 +532,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_connection_is_not_pooled() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = IdleConnections::new("127.0.0.1:1");
+        let pool = pool_of("127.0.0.1:1");
         let (closed, server) = pair(&listener).await;
         drop(server);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

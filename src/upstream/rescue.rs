@@ -134,6 +134,7 @@ impl Drop for Rescuable {
             let answered = tokio::time::timeout(RESCUE_TIME, exchange).await;
             if let Ok(Ok((response, sender))) = answered
                 && drain(response.into_body()).await
+                && let Some(sender) = sender
             {
                 held.connections.put(sender);
             }

@@ -16,10 +16,12 @@
 //! - `admin`: the admin API's JSON (`json`, `view`, `wait_event`);
 //! - `metrics`: reading `/metrics` (`metric_value`, `metric_or_absent`);
 //! - `sse`: the event stream (`open_stream`, `Sse::next_within`).
+//! - `grpc`: a tonic gRPC upstream over h2c or (m)TLS, its client, test CAs.
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 mod admin;
 mod binary;
+mod grpc;
 mod metrics;
 mod proxy;
 mod raw;
@@ -38,6 +40,7 @@ use hyper_util::rt::TokioExecutor;
 
 pub use admin::*;
 pub use binary::*;
+pub use grpc::*;
 pub use metrics::*;
 pub use proxy::*;
 pub use raw::*;

@@ -26,6 +26,11 @@ pub const RARE_PROBES: &str = r#"health = { path = "/", interval = "1h" }"#;
 pub trait Endpoint {
     /// The address turnout connects to.
     fn endpoint(&self) -> SocketAddr;
+
+    /// The endpoint as the pool lists it (`[scheme://]host:port`).
+    fn endpoint_text(&self) -> String {
+        self.endpoint().to_string()
+    }
 }
 
 impl Endpoint for Upstream {
@@ -50,15 +55,15 @@ impl Endpoint for SocketAddr {
 struct Table {
     name: String,
     hosts: Option<String>,
-    blue: Vec<SocketAddr>,
-    green: Vec<SocketAddr>,
+    blue: Vec<String>,
+    green: Vec<String>,
     weights: (u32, u32),
     extra: Vec<String>,
 }
 
 impl Table {
     fn toml(&self) -> String {
-        let list = |addrs: &[SocketAddr]| {
+        let list = |addrs: &[String]| {
             let quoted: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
             format!("[{}]", quoted.join(", "))
         };
@@ -131,14 +136,14 @@ impl Setup {
 
     /// Adds an endpoint to the blue pool.
     pub fn blue(mut self, up: &impl Endpoint) -> Setup {
-        let addr = up.endpoint();
+        let addr = up.endpoint_text();
         self.last().blue.push(addr);
         self
     }
 
     /// Adds an endpoint to the green pool.
     pub fn green(mut self, up: &impl Endpoint) -> Setup {
-        let addr = up.endpoint();
+        let addr = up.endpoint_text();
         self.last().green.push(addr);
         self
     }

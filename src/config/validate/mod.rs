@@ -113,6 +113,7 @@ pub fn validate(
         &root.key("defaults"),
         &Settings::default(),
         &raw.defaults,
+        base_dir,
     );
 
     let mut tenants = Vec::with_capacity(raw.tenants.len());
@@ -209,7 +210,7 @@ fn webhook(p: &mut Problems, path: &KeyPath, n: RawNotify, base_dir: &Path) -> O
     Some(Webhook { url: n.webhook, ca })
 }
 
-fn ca_bundle(file: &Path) -> Result<CaBundle, String> {
+pub(super) fn ca_bundle(file: &Path) -> Result<CaBundle, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -310,6 +311,7 @@ pub(super) fn settings(
     path: &KeyPath,
     base: &Settings,
     raw: &RawSettings,
+    base_dir: &Path,
 ) -> Settings {
     let hp = path.key("health");
     let sp = path.key("slo");
@@ -351,6 +353,7 @@ pub(super) fn settings(
             rh.unhealthy_after,
             base.health.unhealthy_after,
         ),
+        grpc: rh.grpc.unwrap_or(base.health.grpc),
     };
     let max_error_rate = match rs.max_error_rate {
         Some(r) if (0.0..=1.0).contains(&r) => r,
@@ -438,5 +441,18 @@ pub(super) fn settings(
         },
         health,
         slo,
+        outlier: super::outlier::resolve(
+            p,
+            &path.key("outlier"),
+            base.outlier.as_ref(),
+            raw.outlier.as_ref(),
+        ),
+        upstream_tls: super::upstream_tls::resolve(
+            p,
+            &path.key("upstream_tls"),
+            base.upstream_tls.as_ref(),
+            raw.upstream_tls.as_ref(),
+            base_dir,
+        ),
     }
 }

@@ -116,8 +116,8 @@ pub(super) fn tenant(
         let list = &pools[color.index()];
         let cp = pp.key(color.as_str());
         for (i, ep) in list.iter().enumerate() {
-            if !valid_endpoint(ep) {
-                p.add(cp.index(i), format!("`{ep}` is not host:port"));
+            if let Err(message) = super::super::endpoint::parse(ep) {
+                p.add(cp.index(i), message);
             } else if list[..i].contains(ep) {
                 p.add(cp.index(i), format!("`{ep}` is listed twice"));
             }
@@ -156,8 +156,10 @@ pub(super) fn tenant(
         client_rate_limit: rt.client_rate_limit,
         health: rt.health,
         slo: rt.slo,
+        outlier: rt.outlier,
+        upstream_tls: rt.upstream_tls,
     };
-    let settings = settings(p, path, defaults, &layer);
+    let settings = settings(p, path, defaults, &layer, base_dir);
 
     let tenant = TenantConfig {
         name,
@@ -176,13 +178,6 @@ pub(super) fn tenant(
         p.add(pp.key(color.as_str()), message);
     }
     (p.errors.len() == before).then_some(tenant)
-}
-
-fn valid_endpoint(ep: &str) -> bool {
-    match http::uri::Authority::from_str(ep) {
-        Ok(a) => a.port_u16().is_some_and(|p| p > 0) && !a.host().is_empty() && !ep.contains('@'),
-        Err(_) => false,
-    }
 }
 
 /// The file's `weights`, each out-of-range value located at its own key and
