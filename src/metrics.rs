@@ -16,6 +16,9 @@ use metrics_exporter_prometheus::{
 
 use crate::config::Pool;
 
+mod store;
+pub use store::{STORE_REVISION, STORE_UP, StoreGauges};
+
 /// `turnout_requests_total` (counter; `tenant, pool, code`): proxied requests
 /// /// by status class `1xx`..`5xx`, counted when the response has ended.
 pub const REQUESTS_TOTAL: &str = "turnout_requests_total";

@@ -10,6 +10,7 @@ pub mod model;
 pub mod pool;
 pub mod raw;
 pub mod secrets;
+pub mod store;
 pub mod tls;
 pub mod validate;
 pub mod write;

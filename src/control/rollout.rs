@@ -209,6 +209,11 @@ fn revert(tenant: String, reason: String) -> (Change, Origin) {
 impl ControlTask {
     /// `Change::Tick`: queues every step that is due.
     pub(super) fn tick(&mut self) {
+        if self.fleet.as_ref().is_some_and(|s| !s.connected()) {
+            // Ramps hold while the fleet's store is away (a step must be
+            // committed before it is served).
+            return;
+        }
         let table = self.proxy.table.load();
         let due = self
             .published
@@ -317,7 +322,7 @@ impl ControlTask {
         };
         let result = self.edit(edit, None, origin, "rollout step").await;
         if let Err(e) = &result {
-            tracing::error!(%tenant, error = %e, "rollout step failed");
+            log_step_failure(tenant, e, "rollout step failed");
         }
         self.mark_step(tenant);
         result
@@ -336,7 +341,7 @@ impl ControlTask {
         };
         let result = self.edit(edit, None, origin, reason).await;
         if let Err(e) = &result {
-            tracing::error!(%tenant, error = %e, "ending the rollout failed");
+            log_step_failure(tenant, e, "ending the rollout failed");
         }
         self.published.ramps().step_ended(tenant);
         result
@@ -362,7 +367,7 @@ impl ControlTask {
         };
         let result = self.edit(edit, None, &origin, "promoted").await;
         if let Err(e) = &result {
-            tracing::error!(%tenant, error = %e, "promotion failed");
+            log_step_failure(tenant, e, "promotion failed");
         }
         let mut ramps = self.published.ramps();
         ramps.split_decided(tenant);
@@ -402,4 +407,14 @@ fn progress_at(step: usize) -> RolloutProgress {
 
 fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
     now.duration_since(since).unwrap_or(Duration::ZERO)
+}
+
+/// A step another replica took first (its commit found the state moved on)
+/// is expected in a fleet; anything else is an error.
+fn log_step_failure(tenant: &str, e: &ChangeError, what: &str) {
+    if let ChangeError::GenerationMismatch { current } = e {
+        tracing::debug!(%tenant, current, "{what}: the fleet's state moved on (taken by another replica)");
+    } else {
+        tracing::error!(%tenant, error = %e, "{what}");
+    }
 }

@@ -14,8 +14,10 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::disk::Disk;
+use super::events::Event;
 use super::{Control, Source};
 use crate::config::write::TenantEdit;
 use crate::config::{Config, ConfigError, ListenOverrides};
@@ -83,6 +85,77 @@ impl std::fmt::Display for CommitError {
     }
 }
 
+/// What a commit is conditioned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// An operator's change without `If-Match`: written over whatever the
+    /// store holds now (the last writer wins, key by key).
+    Any,
+    /// `If-Match: "<generation>"`: nothing in the stored state changed
+    /// after that generation, else [`CommitError::Precondition`].
+    IfMatch(u64),
+    /// An automatic decision (a revert, a ramp step, a promotion) judged on
+    /// the state at this generation: the tenant's stored state has not
+    /// changed since, else [`CommitError::Precondition`] and the decision
+    /// is dropped (another replica made it, or an operator overrode it).
+    Judged(u64),
+}
+
+/// What `GET /v1/config`, `/readyz` and the `turnout_store_*` metrics show
+/// of a store that lives outside this process (etcd). The store updates it;
+/// readers copy it.
+#[derive(Debug)]
+pub struct StoreStatus {
+    /// `"etcd"`.
+    pub kind: &'static str,
+    /// The endpoints as configured.
+    pub endpoints: Vec<String>,
+    connected: AtomicBool,
+    loaded: AtomicBool,
+    revision: AtomicU64,
+}
+
+impl StoreStatus {
+    /// A store of `kind` at `endpoints`, not yet connected or read.
+    pub fn new(kind: &'static str, endpoints: Vec<String>) -> StoreStatus {
+        StoreStatus {
+            kind,
+            endpoints,
+            connected: AtomicBool::new(false),
+            loaded: AtomicBool::new(false),
+            revision: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the last exchange with the store succeeded.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the state was read from the store at least once (a replica
+    /// is not ready before: SPEC section 12).
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// The store revision of the state last read or committed (0 before).
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
+    /// Records the outcome of an exchange with the store.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Records a read or commit of the whole state at `revision`.
+    pub fn set_loaded(&self, revision: u64) {
+        self.connected.store(true, Ordering::Relaxed);
+        self.loaded.store(true, Ordering::Relaxed);
+        self.revision.fetch_max(revision, Ordering::Relaxed);
+    }
+}
+
 /// Whether a change is committed before or after it is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -121,15 +194,25 @@ pub trait Store: Send + 'static {
     /// CA bundles), which live outside the store. Returns at once.
     fn watch_files(&mut self, files: Vec<PathBuf>);
 
-    /// Commits `edits` (only the keys they name) if the stored state is still
-    /// the one at generation `expected` (`If-Match`; `None`: whatever it is).
-    /// `Ok` says whether the change was persisted and what the store holds
-    /// now; `Err` means nothing was written.
+    /// Commits `edits` (only the keys they name) under `condition`, with
+    /// `events` (what the change is recorded as) when the store keeps the
+    /// history ([`Store::status`] is `Some`). `Ok` says whether the change
+    /// was persisted and what the store holds now; `Err` means nothing was
+    /// written.
     fn commit(
         &mut self,
         edits: Vec<TenantEdit>,
-        expected: Option<u64>,
+        condition: Condition,
+        events: Vec<Event>,
     ) -> StoreFuture<'_, Result<Committed, CommitError>>;
+
+    /// The status of a store shared by a fleet (etcd), which also keeps the
+    /// fleet's event history: the control task then sends its events with
+    /// each commit and the store's watch records every replica's events
+    /// into the local history. `None` for the control file.
+    fn status(&self) -> Option<std::sync::Arc<StoreStatus>> {
+        None
+    }
 
     /// Whether a change from `source` is committed before or after it is
     /// applied (see [`Order`]).
@@ -212,14 +295,16 @@ impl Store for FileStore {
     }
 
     /// The file has no generation of its own: the control task is its one
-    /// writer in this process and has judged `expected` against the
-    /// generation it serves, so `expected` is not looked at again here. A
+    /// writer in this process and has judged `If-Match` against the
+    /// generation it serves, so the condition is not looked at again here;
+    /// the events are recorded by the control task itself. A
     /// file that cannot be written keeps the change in memory:
     /// `Ok(persisted: false)`, logged.
     fn commit(
         &mut self,
         edits: Vec<TenantEdit>,
-        _expected: Option<u64>,
+        _condition: Condition,
+        _events: Vec<Event>,
     ) -> StoreFuture<'_, Result<Committed, CommitError>> {
         Box::pin(async move {
             let result = self
