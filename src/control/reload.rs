@@ -81,6 +81,19 @@ impl ControlTask {
         let merged = merge(&self.running, &self.stored, file.clone());
         self.stored = file;
         let persisted = merged == self.stored;
-        self.apply(merged, &Origin::file(), persisted, stored.revision)
+        let outcome = self.apply(merged, &Origin::file(), persisted, stored.revision);
+        if !stored.reverted.is_empty() {
+            // Reverted by another replica (or by this one, read back): the
+            // tenant shows it here too.
+            let table = self.proxy.table.load();
+            for name in &stored.reverted {
+                if let Some(t) = table.tenant(name) {
+                    t.state
+                        .reverted
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        outcome
     }
 }

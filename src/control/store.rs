@@ -35,6 +35,9 @@ pub struct Stored {
     /// versions (the file): the control task then numbers the versions it
     /// applies, one after the other.
     pub revision: Option<u64>,
+    /// Tenants whose stored split is an SLO revert (a fleet store says so,
+    /// so every replica shows them `reverted`); empty for the file.
+    pub reverted: Vec<String>,
 }
 
 /// Which versions [`Store::load`] returns.
@@ -280,6 +283,7 @@ impl Store for FileStore {
             Ok(Some(Stored {
                 config,
                 revision: None,
+                reverted: Vec::new(),
             }))
         })
     }
@@ -320,6 +324,7 @@ impl Store for FileStore {
                         stored: Some(Stored {
                             config,
                             revision: None,
+                            reverted: Vec::new(),
                         }),
                     })
                 }

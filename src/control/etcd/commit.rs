@@ -22,7 +22,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, Tx
 use super::EtcdStore;
 use super::keys::{Runtime, Split, WireEvent};
 use crate::config::write::TenantEdit;
-use crate::control::events::{EVENTS_KEPT, Event};
+use crate::control::events::{EVENTS_KEPT, Event, Source};
 use crate::control::store::{CommitError, Condition};
 
 /// Tries of an unconditional change racing other writers.
@@ -67,6 +67,7 @@ impl EtcdStore {
                         let rt = Runtime {
                             state: split,
                             file: split,
+                            reverted: false,
                         };
                         (
                             rt,
@@ -82,9 +83,14 @@ impl EtcdStore {
                         rev(n + 1),
                     ));
                 }
+                let sets_split = edit.weights.is_some() || edit.stable.is_some();
+                let by_slo = events.iter().any(|e| {
+                    e.source == Source::Slo && e.tenant.as_deref() == Some(edit.tenant.as_str())
+                });
                 let runtime = Runtime {
                     state: edited(base.state, edit),
                     file: base.file,
+                    reverted: if sets_split { by_slo } else { base.reverted },
                 };
                 let value = serde_json::to_vec(&runtime).map_err(|e| unavailable(e.to_string()))?;
                 ops.push(TxnOp::put(key, value, None));

@@ -158,6 +158,10 @@ pub struct Runtime {
     /// The control file's values this state last took in: a replica whose
     /// file now says something else proposes the file's edit (once).
     pub file: Split,
+    /// The split was set by an SLO revert (the tenant shows `reverted` on
+    /// every replica until the next decision).
+    #[serde(default)]
+    pub reverted: bool,
 }
 
 /// `config` with each tenant's runtime keys taken from `runtime` (those

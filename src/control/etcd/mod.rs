@@ -187,6 +187,15 @@ impl EtcdStore {
         unreachable(e)
     }
 
+    /// The tenants whose stored split is an SLO revert.
+    fn reverted(&self) -> Vec<String> {
+        self.runtime
+            .iter()
+            .filter(|(_, (rt, _))| rt.reverted)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
     /// The state to serve: the file with the stored runtime keys over it.
     fn state(&self, file: Config) -> Config {
         keys::overlay(file, &self.runtime)
@@ -234,6 +243,7 @@ impl Store for EtcdStore {
                     return Ok(Some(Stored {
                         config: safe(file),
                         revision: None,
+                        reverted: Vec::new(),
                     }));
                 }
             }
@@ -246,6 +256,7 @@ impl Store for EtcdStore {
             Ok(Some(Stored {
                 config: now.1,
                 revision: Some(now.0),
+                reverted: self.reverted(),
             }))
         })
     }
@@ -280,6 +291,7 @@ impl Store for EtcdStore {
                 Stored {
                     config,
                     revision: Some(self.revision),
+                    reverted: self.reverted(),
                 }
             });
             Ok(Committed {

@@ -45,6 +45,7 @@ impl EtcdStore {
                     let runtime = Runtime {
                         state,
                         file: from_file,
+                        reverted: false,
                     };
                     let from = self.runtime.get(&t.name).map(|(rt, _)| rt.state);
                     wrote |= self
