@@ -474,3 +474,44 @@ async fn a_file_edit_seen_by_two_replicas_is_applied_once() {
     assert_eq!(edits.len(), 1, "{events:?}");
     assert_eq!(edits[0]["to"], serde_json::json!({"blue": 70, "green": 30}));
 }
+
+#[tokio::test]
+async fn a_promote_bake_begun_on_one_replica_is_finished_by_another() {
+    let etcd = Etcd::start().await;
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let setup = || {
+        Setup::shop()
+            .preamble(&etcd.store("bake"))
+            .pools(&b, &g)
+            .weights(90, 10)
+            .extra(r#"slo = { min_requests = 5, window = "1s" }"#)
+    };
+    let a = replica(setup()).await;
+    let other = replica(setup()).await;
+    let r = a
+        .admin("POST", "/v1/tenants/shop/promote", None, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The bake's start is in etcd: the other replica shows it baking...
+    wait_until(WAIT, "the bake on the other replica", || async {
+        view(&other, "shop").await["status"] == "baking"
+    })
+    .await;
+    // ...and finishes it after A is gone.
+    let Ok(a) = Arc::try_unwrap(a) else {
+        panic!("A is still shared")
+    };
+    a.running.shutdown().await;
+    let _traffic = Traffic::start(&other);
+    wait_until(WAIT, "the promotion by the other replica", || async {
+        view(&other, "shop").await["stable"] == "green"
+    })
+    .await;
+    wait_until(WAIT, "the promotion's event", || async {
+        history(&other, "shop")
+            .await
+            .iter()
+            .any(|e| e["reason"] == "promoted: green is now the stable pool")
+    })
+    .await;
+}

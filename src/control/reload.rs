@@ -82,6 +82,9 @@ impl ControlTask {
         self.stored = file;
         let persisted = merged == self.stored;
         let outcome = self.apply(merged, &Origin::file(), persisted, stored.revision);
+        if let Some(bakes) = &stored.bakes {
+            self.published.ramps().follow_bakes(bakes);
+        }
         if !stored.reverted.is_empty() {
             // Reverted by another replica (or by this one, read back): the
             // tenant shows it here too.

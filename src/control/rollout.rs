@@ -70,6 +70,19 @@ impl Ramps {
         self.tenants.entry(tenant.to_owned()).or_default().bake = Some(at);
     }
 
+    /// Takes the promote bakes a fleet store keeps: these run, no other.
+    pub(super) fn follow_bakes(&mut self, bakes: &[(String, SystemTime)]) {
+        let names: Vec<String> = self.tenants.keys().cloned().collect();
+        for name in names {
+            if !bakes.iter().any(|(t, _)| *t == name) {
+                self.split_decided(&name);
+            }
+        }
+        for (tenant, at) in bakes {
+            self.baking(tenant, *at);
+        }
+    }
+
     /// The split was decided (weights or stable pool set): an in-memory
     /// bake is over.
     pub(super) fn split_decided(&mut self, tenant: &str) {
@@ -292,6 +305,10 @@ impl ControlTask {
             }
         };
         let has_table = t.rollout.is_some();
+        if !has_table {
+            // Kept by a fleet store, so any replica finishes the bake.
+            edit.bake = Some(Some(SystemTime::now()));
+        }
         self.check_candidate(tenant, weights, force)?;
         let outcome = self.edit(edit, None, origin, &reason).await?;
         if !has_table {

@@ -38,6 +38,9 @@ pub struct Stored {
     /// Tenants whose stored split is an SLO revert (a fleet store says so,
     /// so every replica shows them `reverted`); empty for the file.
     pub reverted: Vec<String>,
+    /// The promote bakes the store keeps (tenant, start), or `None` when it
+    /// keeps none (the file: bakes live in memory).
+    pub bakes: Option<Vec<(String, std::time::SystemTime)>>,
 }
 
 /// Which versions [`Store::load`] returns.
@@ -284,6 +287,7 @@ impl Store for FileStore {
                 config,
                 revision: None,
                 reverted: Vec::new(),
+                bakes: None,
             }))
         })
     }
@@ -325,6 +329,7 @@ impl Store for FileStore {
                             config,
                             revision: None,
                             reverted: Vec::new(),
+                            bakes: None,
                         }),
                     })
                 }

@@ -68,6 +68,7 @@ impl EtcdStore {
                             state: split,
                             file: split,
                             reverted: false,
+                            bake: None,
                         };
                         (
                             rt,
@@ -91,6 +92,13 @@ impl EtcdStore {
                     state: edited(base.state, edit),
                     file: base.file,
                     reverted: if sets_split { by_slo } else { base.reverted },
+                    // Any decision about the split ends a bake (as
+                    // `Ramps::split_decided` does in memory).
+                    bake: match edit.bake {
+                        Some(bake) => bake.map(super::keys::unix),
+                        None if sets_split => None,
+                        None => base.bake,
+                    },
                 };
                 let value = serde_json::to_vec(&runtime).map_err(|e| unavailable(e.to_string()))?;
                 ops.push(TxnOp::put(key, value, None));

@@ -162,6 +162,10 @@ pub struct Runtime {
     /// every replica until the next decision).
     #[serde(default)]
     pub reverted: bool,
+    /// When a promote bake began on a tenant without a rollout table
+    /// (Unix seconds), so any replica finishes it.
+    #[serde(default)]
+    pub bake: Option<u64>,
 }
 
 /// `config` with each tenant's runtime keys taken from `runtime` (those

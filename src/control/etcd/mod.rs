@@ -196,6 +196,17 @@ impl EtcdStore {
             .collect()
     }
 
+    /// The promote bakes in the store.
+    fn bakes(&self) -> Vec<(String, std::time::SystemTime)> {
+        self.runtime
+            .iter()
+            .filter_map(|(t, (rt, _))| {
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(rt.bake?);
+                Some((t.clone(), at))
+            })
+            .collect()
+    }
+
     /// The state to serve: the file with the stored runtime keys over it.
     fn state(&self, file: Config) -> Config {
         keys::overlay(file, &self.runtime)
@@ -244,6 +255,7 @@ impl Store for EtcdStore {
                         config: safe(file),
                         revision: None,
                         reverted: Vec::new(),
+                        bakes: None,
                     }));
                 }
             }
@@ -257,6 +269,7 @@ impl Store for EtcdStore {
                 config: now.1,
                 revision: Some(now.0),
                 reverted: self.reverted(),
+                bakes: Some(self.bakes()),
             }))
         })
     }
@@ -292,6 +305,7 @@ impl Store for EtcdStore {
                     config,
                     revision: Some(self.revision),
                     reverted: self.reverted(),
+                    bakes: Some(self.bakes()),
                 }
             });
             Ok(Committed {

@@ -46,6 +46,7 @@ impl EtcdStore {
                         state,
                         file: from_file,
                         reverted: false,
+                        bake: None,
                     };
                     let from = self.runtime.get(&t.name).map(|(rt, _)| rt.state);
                     wrote |= self
