@@ -515,3 +515,42 @@ async fn a_promote_bake_begun_on_one_replica_is_finished_by_another() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_promotion_is_judged_on_the_fleets_pooled_counts() {
+    let etcd = Etcd::start().await;
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    // 30 candidate requests are needed; each replica will see 25.
+    let setup = || {
+        Setup::shop()
+            .preamble(&etcd.store("pooled"))
+            .pools(&b, &g)
+            .weights(100, 0)
+            .extra(r#"slo = { min_requests = 30, max_error_rate = 0.5, window = "1s" }"#)
+    };
+    let a = replica(setup()).await;
+    let other = replica(setup()).await;
+    let r = a
+        .admin("POST", "/v1/tenants/shop/promote", None, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(
+        WAIT,
+        "the candidate at 100 on the other replica",
+        || async { other.weights("shop").await == (0, 100) },
+    )
+    .await;
+    for replica in [&a, &other] {
+        for _ in 0..25 {
+            assert_eq!(
+                replica.get("shop.test", "/").await.upstream(),
+                Some("green")
+            );
+        }
+    }
+    wait_until(WAIT, "the promotion on the pooled counts", || async {
+        view(&a, "shop").await["stable"] == "green"
+            && view(&other, "shop").await["stable"] == "green"
+    })
+    .await;
+}

@@ -112,6 +112,7 @@ impl ControlTask {
         }
         // The candidate starts afresh: its next traffic is judged on its own.
         state.slo.restart(candidate);
+        self.exposed(tenant);
         self.published.ramps().step_ended(tenant);
         state.breach_handled();
         result
@@ -361,6 +362,7 @@ impl ControlTask {
                 && t.config.weights.of(t.candidate()) > 0;
             if newly_candidate || starts {
                 t.state.slo.restart(t.candidate());
+                self.exposed(t.name());
             }
         }
         Some(previous)

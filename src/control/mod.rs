@@ -28,6 +28,7 @@ mod disk;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod events;
+mod evidence;
 mod fleet;
 pub mod merge;
 mod reload;

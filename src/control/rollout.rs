@@ -23,6 +23,9 @@ use crate::config::{Config, RolloutProgress, TenantConfig, Weights};
 use crate::route::{RoutingTable, Tenant};
 use crate::slo::Verdict;
 
+/// A fleet's pooled (candidate, stable) counts of one exposure.
+pub(super) type Pooled = (crate::slo::sequential::Tally, crate::slo::sequential::Tally);
+
 /// One tenant's ramp as the control task tracks it beside the stored
 /// progress.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -110,12 +113,20 @@ impl Ramps {
 
     /// Whether the candidate of `t` may move on; marks the step on first
     /// sight.
-    fn readiness(&mut self, t: &Tenant) -> Readiness {
-        let done = t.state.completed(t.candidate());
+    /// In a fleet (`pooled`: the fleet's candidate and stable counts, this
+    /// replica's included) the counts and the verdict are the fleet's.
+    fn readiness(&mut self, t: &Tenant, pooled: Option<Pooled>) -> Readiness {
+        let (done, verdict) = match pooled {
+            Some((candidate, stable)) => (
+                candidate.requests,
+                t.state.slo.judge_pooled(candidate, stable).verdict(),
+            ),
+            None => (t.state.completed(t.candidate()), t.verdict(t.candidate())),
+        };
         let ramp = self.tenants.entry(t.name().to_owned()).or_default();
         let mark = *ramp.mark.get_or_insert(done);
         let enough = done.saturating_sub(mark) >= u64::from(t.config.settings.slo.min_requests);
-        match t.verdict(t.candidate()) {
+        match verdict {
             Verdict::Ok if enough => Readiness::Ready,
             Verdict::Ok | Verdict::Inconclusive => Readiness::Wait,
             Verdict::Breach(reason) => Readiness::Breach(reason),
@@ -128,11 +139,12 @@ impl Ramps {
         running: &Config,
         table: &RoutingTable,
         now: SystemTime,
+        pooled: &dyn Fn(&Tenant) -> Option<Pooled>,
     ) -> Vec<(Change, Origin)> {
         let mut due: Vec<_> = running
             .tenants
             .iter()
-            .filter_map(|t| self.step_due(t, table, now))
+            .filter_map(|t| self.step_due(t, table, now, pooled))
             .collect();
         let ramping = |t: &TenantConfig| t.rollout.as_ref().is_some_and(|r| r.progress.is_some());
         let bakes: Vec<(String, SystemTime)> = self
@@ -152,7 +164,7 @@ impl Ramps {
             if elapsed(since, now) < t.settings.slo.window {
                 continue;
             }
-            match self.judge(table, &tenant) {
+            match self.judge(table, &tenant, pooled) {
                 Readiness::Ready => due.push((Change::Finish { tenant }, Origin::rollout(None))),
                 Readiness::Wait => {}
                 Readiness::Breach(reason) => due.push(revert(tenant, reason)),
@@ -167,6 +179,7 @@ impl Ramps {
         t: &TenantConfig,
         table: &RoutingTable,
         now: SystemTime,
+        pooled: &dyn Fn(&Tenant) -> Option<Pooled>,
     ) -> Option<(Change, Origin)> {
         let rollout = t.rollout.as_ref()?;
         let progress = rollout.progress.as_ref()?;
@@ -186,7 +199,7 @@ impl Ramps {
         if elapsed(progress.since, now) < hold {
             return None;
         }
-        match self.judge(table, &tenant) {
+        match self.judge(table, &tenant, pooled) {
             Readiness::Wait => None,
             Readiness::Breach(reason) => Some(revert(tenant, reason)),
             Readiness::Ready if share >= 100 => {
@@ -206,15 +219,20 @@ impl Ramps {
         }
     }
 
-    fn judge(&mut self, table: &RoutingTable, tenant: &str) -> Readiness {
+    fn judge(
+        &mut self,
+        table: &RoutingTable,
+        tenant: &str,
+        pooled: &dyn Fn(&Tenant) -> Option<Pooled>,
+    ) -> Readiness {
         table
             .tenant(tenant)
-            .map_or(Readiness::Wait, |t| self.readiness(t))
+            .map_or(Readiness::Wait, |t| self.readiness(t, pooled(t)))
     }
 }
 
 /// The revert a breach found by the clock asks for.
-fn revert(tenant: String, reason: String) -> (Change, Origin) {
+pub(super) fn revert(tenant: String, reason: String) -> (Change, Origin) {
     let origin = Origin::slo(reason.clone());
     (Change::Revert { tenant, reason }, origin)
 }
@@ -227,11 +245,13 @@ impl ControlTask {
             // committed before it is served).
             return;
         }
+        self.fleet_evidence();
         let table = self.proxy.table.load();
+        let pooled = |t: &Tenant| self.pooled(t);
         let due = self
             .published
             .ramps()
-            .due(&self.running, &table, SystemTime::now());
+            .due(&self.running, &table, SystemTime::now(), &pooled);
         self.pending.extend(due);
     }
 
@@ -396,9 +416,11 @@ impl ControlTask {
     fn mark_step(&mut self, tenant: &str) {
         let table = self.proxy.table.load();
         if let Some(t) = table.tenant(tenant) {
-            self.published
-                .ramps()
-                .stepped(tenant, t.state.completed(t.candidate()));
+            let done = match self.pooled(t) {
+                Some((candidate, _)) => candidate.requests,
+                None => t.state.completed(t.candidate()),
+            };
+            self.published.ramps().stepped(tenant, done);
         }
     }
 }

@@ -162,6 +162,23 @@ impl StoreStatus {
     }
 }
 
+/// One tenant's SLO evidence as one replica saw it (SPEC section 12: each
+/// replica sees a slice of the traffic; ramps are judged on the sum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// The generation at which the candidate's exposure began (it got
+    /// traffic, or became the candidate): only counts of the same exposure
+    /// are added up.
+    pub exposure: u64,
+    /// The candidate's counts since then.
+    pub candidate: crate::slo::sequential::Tally,
+    /// The stable pool's counts since then.
+    pub stable: crate::slo::sequential::Tally,
+}
+
+/// Every exposed tenant's [`Counts`] of one replica, by tenant name.
+pub type Evidence = std::collections::BTreeMap<String, Counts>;
+
 /// Whether a change is committed before or after it is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -217,6 +234,17 @@ pub trait Store: Send + 'static {
     /// each commit and the store's watch records every replica's events
     /// into the local history. `None` for the control file.
     fn status(&self) -> Option<std::sync::Arc<StoreStatus>> {
+        None
+    }
+
+    /// Publishes this replica's evidence to the fleet (the latest wins; a
+    /// fleet store sends it about every second). The file store has no
+    /// fleet: nothing to do.
+    fn publish(&mut self, _evidence: Evidence) {}
+
+    /// The sum of the other replicas' counts of `tenant` for the exposure
+    /// that began at `exposure`, or `None` without a fleet.
+    fn pooled(&self, _tenant: &str, _exposure: u64) -> Option<Counts> {
         None
     }
 

@@ -9,7 +9,7 @@
 //! anything new is received. The store's I/O runs off the runtime and is
 //! awaited, so a slow disk delays the next change, never a request.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +72,11 @@ pub(super) struct ControlTask {
     /// SLO reverts applied here and not yet committed to the fleet store
     /// (it was unreachable), by tenant.
     pub(super) held: BTreeMap<String, Held>,
+    /// The generation at which each tenant's candidate exposure began
+    /// (its SLO counts started afresh): a fleet pools counts per exposure.
+    pub(super) exposures: HashMap<String, u64>,
+    /// When this replica's counts were last published to the fleet.
+    pub(super) evidence_at: Option<std::time::Instant>,
 }
 
 /// Loads the control state from the store, makes generation 1 of it, and
@@ -115,6 +120,8 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
         pending: VecDeque::new(),
         fleet: store_status,
         held: BTreeMap::new(),
+        exposures: HashMap::new(),
+        evidence_at: None,
     };
     task.reload_succeeded();
     task.health.reconcile(&task.proxy.table.load());

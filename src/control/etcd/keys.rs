@@ -63,6 +63,21 @@ impl Keys {
         )
     }
 
+    /// Every replica's counts key starts with this.
+    pub fn all_counts(&self) -> String {
+        format!("{}/counts/", self.prefix)
+    }
+
+    /// The key of `replica`'s SLO counts (lease-bound).
+    pub fn counts(&self, replica: &str) -> String {
+        format!("{}/counts/{replica}", self.prefix)
+    }
+
+    /// The replica a key of [`Keys::all_counts`] belongs to.
+    pub fn replica_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(&self.prefix)?.strip_prefix("/counts/")
+    }
+
     /// The whole prefix (a watch covers it).
     pub fn all(&self) -> String {
         format!("{}/", self.prefix)

@@ -17,6 +17,7 @@
 //! replicas that read it, and committed by the first (`sync`).
 
 mod commit;
+mod counts;
 mod sync;
 mod watch;
 
@@ -31,8 +32,8 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 
 use super::events::Event;
 use super::store::{
-    CommitError, Committed, Condition, FileStore, Load, Order, Store, StoreFuture, StoreStatus,
-    Stored,
+    CommitError, Committed, Condition, Counts, Evidence, FileStore, Load, Order, Store,
+    StoreFuture, StoreStatus, Stored,
 };
 use super::{Control, Source};
 use crate::config::store::StoreConfig;
@@ -100,7 +101,14 @@ pub struct EtcdStore {
     last: Option<(u64, Config)>,
     /// Commits since the events were last trimmed.
     commits: u32,
+    /// This replica's id among the fleet's counts keys.
+    replica: String,
+    /// The other replicas' SLO counts, kept by the watch.
+    peers: counts::Peers,
+    /// This replica's latest counts, for the publisher.
+    evidence: tokio::sync::watch::Sender<Evidence>,
     watch: Option<tokio::task::JoinHandle<()>>,
+    publisher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl EtcdStore {
@@ -124,7 +132,11 @@ impl EtcdStore {
             file_config: None,
             last: None,
             commits: 0,
+            replica: format!("{:016x}", fastrand::u64(..)),
+            peers: counts::Peers::default(),
+            evidence: tokio::sync::watch::Sender::new(Evidence::new()),
             watch: None,
+            publisher: None,
         }
     }
 
@@ -281,8 +293,16 @@ impl Store for EtcdStore {
             keys: self.keys.clone(),
             link: self.link.clone(),
             control,
+            peers: self.peers.clone(),
+            replica: self.replica.clone(),
         };
         self.watch = Some(tokio::spawn(watch.run()));
+        self.publisher = Some(tokio::spawn(counts::publish(
+            self.config.endpoints.clone(),
+            self.keys.clone(),
+            self.replica.clone(),
+            self.evidence.subscribe(),
+        )));
     }
 
     fn watch_files(&mut self, files: Vec<PathBuf>) {
@@ -332,12 +352,23 @@ impl Store for EtcdStore {
     fn status(&self) -> Option<Arc<StoreStatus>> {
         Some(Arc::clone(&self.link.status))
     }
+
+    fn publish(&mut self, evidence: Evidence) {
+        self.evidence.send_replace(evidence);
+    }
+
+    fn pooled(&self, tenant: &str, exposure: u64) -> Option<Counts> {
+        Some(self.peers.pooled(tenant, exposure))
+    }
 }
 
 impl Drop for EtcdStore {
     fn drop(&mut self) {
-        if let Some(w) = self.watch.take() {
-            w.abort();
+        for task in [self.watch.take(), self.publisher.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
     }
 }

@@ -37,6 +37,8 @@ pub(super) struct Watch {
     pub(super) keys: Keys,
     pub(super) link: Link,
     pub(super) control: Control,
+    pub(super) peers: super::counts::Peers,
+    pub(super) replica: String,
 }
 
 /// Why a watch session ended.
@@ -158,6 +160,13 @@ impl Watch {
                         let Ok(key) = kv.key_str() else { continue };
                         if self.keys.tenant_of(key).is_some() {
                             tenants_changed = true;
+                        } else if let Some(replica) = self.keys.replica_of(key) {
+                            if replica != self.replica {
+                                let evidence = (event.event_type() == EventType::Put)
+                                    .then(|| super::counts::decode(kv.value()))
+                                    .flatten();
+                                self.peers.set(replica, evidence);
+                            }
                         } else if key.starts_with(&self.keys.events())
                             && event.event_type() == EventType::Put
                             && kv.create_revision() > *last_event
@@ -189,6 +198,18 @@ impl Watch {
             .with_limit(i64::try_from(EVENTS_KEPT).unwrap_or(i64::MAX));
         let response = client.get(self.keys.events(), Some(options)).await?;
         let revision = response.header().map_or(0, |h| h.revision());
+        // The other replicas' counts, at the same revision.
+        let at = GetOptions::new().with_prefix().with_revision(revision);
+        let counts = client.get(self.keys.all_counts(), Some(at)).await?;
+        self.peers.clear();
+        for kv in counts.kvs() {
+            let Some(replica) = kv.key_str().ok().and_then(|k| self.keys.replica_of(k)) else {
+                continue;
+            };
+            if replica != self.replica {
+                self.peers.set(replica, super::counts::decode(kv.value()));
+            }
+        }
         for kv in response.kvs().iter().rev() {
             if kv.create_revision() > *last_event {
                 self.record(kv.value(), kv.create_revision());
