@@ -98,6 +98,48 @@ fn endpoint(e: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    fn parse(store: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n\n{store}\n[tenants.t]\nhosts = [\"t\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\npools.blue = [\"a:1\"]\npools.green = []\n"
+        );
+        crate::config::parse(&text, Path::new("t.toml"), &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[test]
+    fn without_the_feature_a_store_is_a_located_error() {
+        let error = parse("[store]\netcd = [\"127.0.0.1:2379\"]\n").unwrap_err();
+        assert!(error.contains("t.toml:4:"), "{error}");
+        assert!(error.contains("built without the etcd feature"), "{error}");
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn a_store_is_validated_and_located() {
+        let store = parse("[store]\netcd = [\"127.0.0.1:2379\"]\n")
+            .unwrap()
+            .store
+            .unwrap();
+        assert_eq!(store.prefix, DEFAULT_PREFIX);
+        let error = parse("[store]\netcd = [\"etcd\"]\nprefix = \"turnout/\"\n").unwrap_err();
+        assert!(
+            error.contains("t.toml:5:") && error.contains("store.etcd[0]"),
+            "{error}"
+        );
+        assert!(
+            error.contains("t.toml:6:") && error.contains("store.prefix"),
+            "{error}"
+        );
+        let error = parse("[store]\nprefix = \"/x\"\n").unwrap_err();
+        assert!(error.contains("at least one etcd endpoint"), "{error}");
+    }
+
+    #[test]
+    fn no_store_keeps_the_state_in_the_file() {
+        assert_eq!(parse("").unwrap().store, None);
+    }
 
     #[test]
     fn endpoints_need_a_host_and_port() {
