@@ -400,7 +400,8 @@ impl ControlTask {
             // went with its commit; the watch records them here): only the
             // committing replica notifies.
             let committed_here = origin.source != Source::File;
-            for event in events {
+            for mut event in events {
+                event.seq = self.generation;
                 if let Some(hook) = &webhook
                     && committed_here
                     && matches!(event.source, Source::Slo | Source::Rollout)

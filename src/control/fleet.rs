@@ -86,7 +86,9 @@ impl ControlTask {
                 }
                 let webhook = self.running.notify.clone();
                 for mut event in held.events {
-                    event.generation = self.generation;
+                    // Numbered by the revision that made it: the same on
+                    // every replica's history, unlike a local `seq`.
+                    (event.generation, event.seq) = (self.generation, self.generation);
                     tracing::warn!(%tenant, reason = %event.reason, generation = self.generation, "candidate reverted fleet-wide: SLO breached");
                     if let Some(hook) = &webhook {
                         self.notifier.send(hook, self.generation, &event);
