@@ -11,6 +11,8 @@
 mod etcd;
 #[path = "fleet/kit.rs"]
 mod kit;
+#[path = "fleet/outage.rs"]
+mod outage;
 mod support;
 
 use std::sync::Arc;
@@ -235,124 +237,6 @@ async fn a_ramp_over_three_replicas_takes_each_step_once() {
         assert_eq!(count(&events, "admin"), 1, "{events:?}");
         assert_eq!(count(&events, "slo"), 0, "{events:?}");
     }
-}
-
-#[tokio::test]
-async fn an_outage_keeps_traffic_refuses_writes_and_holds_reverts() {
-    let etcd = Etcd::start().await;
-    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let setup = || {
-        Setup::shop()
-            .preamble(&etcd.store("outage"))
-            .pools(&b, &g)
-            .weights(50, 50)
-            .extra("slo = { min_requests = 5 }")
-    };
-    let a = replica(setup()).await;
-    let other = replica(setup()).await;
-
-    etcd.pause();
-    wait_until(WAIT, "A to notice etcd is gone", || async {
-        config_view(&a).await["store"]["connected"] == false
-    })
-    .await;
-    assert_eq!(a.metric("turnout_store_up").await, 0.0);
-    // Traffic keeps flowing on the last applied state.
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..40 {
-        let reply = a.get("shop.test", "/").await;
-        assert_eq!(reply.status, 200);
-        seen.insert(reply.upstream().unwrap().to_owned());
-    }
-    assert_eq!(seen.len(), 2, "both pools still served: {seen:?}");
-    // Admin writes are refused with a clear error.
-    let r = a
-        .admin(
-            "PUT",
-            "/v1/tenants/shop/weights",
-            None,
-            Some(r#"{"blue": 100, "green": 0}"#),
-        )
-        .await;
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert!(
-        json(&r)["error"].as_str().unwrap().contains("etcd"),
-        "{}",
-        r.text()
-    );
-    // A replica started now is not ready, and serves no candidate.
-    let late = Arc::new(setup().spawn().await);
-    assert_eq!(late.admin_get("/readyz").await.status, 503);
-    assert_eq!(late.weights("shop").await, (100, 0));
-    // A breach reverts locally at once.
-    g.set_failing(true);
-    wait_until(WAIT, "the local revert on A", || async {
-        a.get("shop.test", "/").await;
-        a.weights("shop").await == (100, 0)
-    })
-    .await;
-    assert_eq!(other.weights("shop").await, (50, 50));
-
-    etcd.resume().await;
-    wait_until(WAIT, "the late replica to be ready", || async {
-        late.admin_get("/readyz").await.status == 200
-    })
-    .await;
-    // The held revert is committed once etcd answers, and reaches everyone.
-    for replica in [&other, &late] {
-        wait_until(WAIT, "the revert everywhere", || async {
-            replica.weights("shop").await == (100, 0)
-        })
-        .await;
-    }
-    wait_until(WAIT, "the revert's event", || async {
-        count(&history(&other, "shop").await, "slo") == 1
-    })
-    .await;
-    assert_eq!(config_view(&a).await["store"]["connected"], true);
-    let g_a = generation(&view(&a, "shop").await);
-    wait_until(WAIT, "one generation", || async {
-        generation(&view(&late, "shop").await) == g_a
-            && generation(&view(&other, "shop").await) == g_a
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn a_killed_etcd_is_reconnected_after_its_restart() {
-    let mut etcd = Etcd::start().await;
-    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
-    let setup = || {
-        Setup::shop()
-            .preamble(&etcd.store("restart"))
-            .pools(&b, &g)
-            .weights(100, 0)
-    };
-    let a = replica(setup()).await;
-    let other = replica(setup()).await;
-    etcd.kill();
-    wait_until(WAIT, "A to notice etcd is gone", || async {
-        config_view(&a).await["store"]["connected"] == false
-    })
-    .await;
-    etcd.restart().await;
-    wait_until(WAIT, "A to reconnect", || async {
-        config_view(&a).await["store"]["connected"] == true
-    })
-    .await;
-    let r = a
-        .admin(
-            "PUT",
-            "/v1/tenants/shop/weights",
-            None,
-            Some(r#"{"blue": 70, "green": 30}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    wait_until(WAIT, "the other replica to follow again", || async {
-        other.weights("shop").await == (70, 30)
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -156,3 +156,84 @@ impl Drop for Etcd {
         self.kill();
     }
 }
+
+impl Etcd {
+    /// The `[store]` table of a control file that reaches this etcd at
+    /// `endpoint` (a relay in front of it).
+    pub fn store_via(&self, endpoint: std::net::SocketAddr, prefix: &str) -> String {
+        format!(
+            "[store]\netcd = [\"{endpoint}\"]\nprefix = \"/{}/{prefix}\"\n\n",
+            self.name
+        )
+    }
+
+    /// Compacts the key-value history up to the current revision (etcd's
+    /// JSON gateway), so a watch resuming from an older one is refused.
+    pub async fn compact(&self) -> i64 {
+        let body = r#"{"key": "AA==", "limit": 1}"#;
+        let range = self.gateway("/v3/kv/range", body).await;
+        let revision: i64 = range["header"]["revision"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = format!(r#"{{"revision": "{revision}", "physical": true}}"#);
+        self.gateway("/v3/kv/compaction", &body).await;
+        revision
+    }
+
+    async fn gateway(&self, path: &str, body: &str) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let client = crate::support::client();
+        let req = http::Request::post(format!("http://{}{path}", self.client))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_owned(),
+            )))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+}
+
+/// A TCP relay in front of etcd that can cut one replica off: while cut,
+/// its connections are closed and new ones refused.
+pub struct Relay {
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Relay {
+    /// A relay to `target`, passing traffic.
+    pub async fn start(target: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(tokio::sync::watch::Sender::new(false));
+        let state = std::sync::Arc::clone(&cut);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *state.borrow() {
+                    continue; // dropped: refused while cut
+                }
+                let mut cut = state.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, cut }
+    }
+
+    /// Cuts the replica off (`true`) or lets it through again.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
