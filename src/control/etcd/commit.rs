@@ -12,8 +12,9 @@
 //!
 //! An operator's change without `If-Match` that loses the race to another
 //! writer re-reads the key and is applied over the newer value (last
-//! writer wins, as with one process); the others fail with the current
-//! generation and write nothing.
+//! writer wins, as with one process); so does an `If-Match: N` commit that
+//! failed only because this replica had not yet read up to N. The others
+//! fail with the current generation and write nothing.
 
 use std::time::SystemTime;
 
@@ -138,7 +139,10 @@ impl EtcdStore {
             }
             // Someone else wrote first: see what the store holds now.
             self.read().await.map_err(unavailable)?;
-            if condition != Condition::Any || attempt + 1 == ATTEMPTS {
+            // `If-Match: N` from a replica ahead of this one: nothing
+            // changed after N, only this replica's view was behind.
+            let caught_up = matches!(condition, Condition::IfMatch(n) if self.revision <= n);
+            if !(condition == Condition::Any || caught_up) || attempt + 1 == ATTEMPTS {
                 return Err(CommitError::Precondition {
                     current: self.revision,
                 });
