@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::admin::Admin;
 use crate::config;
 pub use crate::config::ListenOverrides;
-use crate::control::store::FileStore;
+use crate::control::store::{FileStore, Load, Store};
 use crate::control::{self, Control};
 use crate::health;
 use crate::metrics::Metrics;
@@ -85,6 +85,27 @@ pub struct Running {
     signals: Signals,
 }
 
+/// The store the control file asks for: the file itself, or with
+/// `[store]` etcd for the runtime state (SPEC section 12). A file that does
+/// not load is the located error of start-up.
+async fn open_store(
+    path: &Path,
+    overrides: ListenOverrides,
+    metrics: &Metrics,
+) -> Result<Box<dyn Store>, StartError> {
+    let mut file = FileStore::new(path.to_owned(), overrides);
+    let first = file.load(Load::Always).await.map_err(StartError::Config)?;
+    #[cfg(feature = "etcd")]
+    if let Some(store) = first.and_then(|s| s.config.store) {
+        return Ok(Box::new(crate::control::etcd::EtcdStore::new(
+            file, store, metrics,
+        )));
+    }
+    #[cfg(not(feature = "etcd"))]
+    let _ = (first, metrics);
+    Ok(Box::new(file))
+}
+
 /// Loads `config_path` and starts serving it.
 pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Running, StartError> {
     let metrics = Metrics::new();
@@ -95,7 +116,7 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
     // return, the sender stops the control task too.)
     let (admin_stop, admin_stopped) = watch::channel(false);
     let (control, proxy) = control::start(control::Wiring {
-        store: Box::new(FileStore::new(config_path.to_owned(), overrides)),
+        store: open_store(config_path, overrides, &metrics).await?,
         registry: Arc::clone(&registry),
         metrics: Arc::clone(&metrics),
         health: Arc::new(health::Checker::new(Arc::clone(&metrics))),

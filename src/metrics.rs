@@ -20,6 +20,8 @@ mod connections;
 mod describe;
 pub use connections::{CLIENT_CONNECTIONS, ConnectionGauges};
 use describe::describe;
+mod store;
+pub use store::{STORE_REVISION, STORE_UP, StoreGauges};
 
 /// `turnout_requests_total` (counter; `tenant, pool, code`): proxied requests
 /// by status class `1xx`..`5xx`, counted when the response has ended.

@@ -170,11 +170,13 @@ impl Admin {
         let method = req.method().clone();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
-            (&Method::GET, ["readyz"]) => Ok(if self.ready.load(Ordering::Relaxed) {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }),
+            (&Method::GET, ["readyz"]) => Ok(
+                if self.ready.load(Ordering::Relaxed) && self.control.published.store_ready() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                },
+            ),
             (&Method::GET, ["metrics"]) => Ok(self.metrics()),
             (&Method::GET, ["ui", rest @ ..]) => ui::asset(rest),
             (_, ["v1", rest @ ..]) => {
@@ -310,6 +312,15 @@ impl Admin {
                     "last_reload": status.last_reload.map(|t| humantime::format_rfc3339_millis(t).to_string()),
                     "last_error": status.last_error,
                     "persisted": status.persisted,
+                    "store": self.control.published.store().map_or_else(
+                        || serde_json::json!({"kind": "file"}),
+                        |s| serde_json::json!({
+                            "kind": s.kind,
+                            "endpoints": s.endpoints,
+                            "connected": s.connected(),
+                            "revision": s.revision(),
+                        }),
+                    ),
                 });
                 Ok(json(StatusCode::OK, &view))
             }

@@ -13,6 +13,7 @@ pub mod outlier;
 pub mod pool;
 pub mod raw;
 pub mod secrets;
+pub mod store;
 pub mod tls;
 pub mod upstream_tls;
 pub mod validate;

@@ -352,6 +352,9 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
     /// `[notify]`: where `slo` and `rollout` events are POSTed.
     pub notify: Option<Webhook>,
+    /// `[store]`: the runtime state in etcd; `None`: the file is the store.
+    /// Read at start only (a change needs a restart).
+    pub store: Option<super::store::StoreConfig>,
 }
 
 /// A webhook receiver (`[notify]`).

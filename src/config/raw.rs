@@ -29,6 +29,9 @@ pub struct RawConfig {
     /// `[notify]`: the optional webhook for `slo` and `rollout` events.
     #[serde(default)]
     pub notify: Option<RawNotify>,
+    /// `[store]`: the runtime state in etcd (SPEC section 12).
+    #[serde(default)]
+    pub store: Option<super::store::RawStore>,
     /// `[tenants.NAME]`, keyed by tenant name (sorted, as `BTreeMap` keeps
     /// them); the name is checked by `validate`, not here.
     #[serde(default)]

@@ -32,6 +32,10 @@ pub struct TenantEdit {
     pub stable: Option<Pool>,
     /// `Some(None)` removes `rollout.progress`.
     pub progress: Option<Option<RolloutProgress>>,
+    /// The start of a promote bake on a tenant without a rollout table
+    /// (`Some(None)`: no bake). Not a key of the file (it is kept in
+    /// memory there); a fleet store keeps it (SPEC section 12).
+    pub bake: Option<Option<SystemTime>>,
 }
 
 /// Applies `edits` to control-file `text`, returning the new text: only the
@@ -263,6 +267,7 @@ mod tests {
                     weights: Some(Weights::new(70, 30).unwrap()),
                     stable: Some(Pool::Green),
                     progress: None,
+                    bake: None,
                 },
                 TenantEdit {
                     tenant: "other".into(),

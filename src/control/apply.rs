@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use super::events::describe;
 use super::rollout::edit_of;
-use super::store::{CommitError, Committed, Order};
+use super::store::{CommitError, Committed, Condition, Order};
 use super::task::ControlTask;
 use super::{ChangeError, Origin, Outcome, Source};
 use crate::config::write::TenantEdit;
@@ -31,7 +31,10 @@ impl ControlTask {
         force: bool,
         origin: &Origin,
     ) -> Result<Outcome, ChangeError> {
-        self.check_generation(if_match)?;
+        if self.fleet.is_none() {
+            // With a fleet store, etcd judges `If-Match` in the commit.
+            self.check_generation(if_match)?;
+        }
         self.check_candidate(tenant, weights, force)?;
         let edit = split_edit(tenant, weights);
         let outcome = self.edit(edit, if_match, origin, "weights set").await?;
@@ -50,7 +53,9 @@ impl ControlTask {
         if_match: Option<u64>,
         origin: &Origin,
     ) -> Result<Outcome, ChangeError> {
-        self.check_generation(if_match)?;
+        if self.fleet.is_none() {
+            self.check_generation(if_match)?;
+        }
         let stable = self.tenant(tenant)?.stable;
         let edit = split_edit(tenant, Weights::all_on(stable));
         self.edit(edit, if_match, origin, "rollback to the stable pool")
@@ -72,7 +77,18 @@ impl ControlTask {
         let state = Arc::clone(&t.state);
         let candidate = t.candidate();
         let mut result = Ok(self.outcome(false));
-        if t.config.weights.of(candidate) > 0 {
+        if t.config.weights.of(candidate) > 0 && self.fleet.is_some() {
+            let edit = split_edit(tenant, Weights::all_on(t.stable()));
+            let origin = Origin {
+                reason: origin
+                    .reason
+                    .clone()
+                    .or_else(|| Some("slo breach".to_owned())),
+                ..origin.clone()
+            };
+            // Counted and logged by `fleet_revert` once committed.
+            result = self.fleet_revert(edit, &origin).await;
+        } else if t.config.weights.of(candidate) > 0 {
             let edit = split_edit(tenant, Weights::all_on(t.stable()));
             result = self.edit(edit, None, origin, "slo breach").await;
             let reason = origin.reason.as_deref().unwrap_or("-");
@@ -96,6 +112,7 @@ impl ControlTask {
         }
         // The candidate starts afresh: its next traffic is judged on its own.
         state.slo.restart(candidate);
+        self.exposed(tenant);
         self.published.ramps().step_ended(tenant);
         state.breach_handled();
         result
@@ -145,7 +162,10 @@ impl ControlTask {
 
     /// The running state with `edit` applied, validated, and the edit
     /// reduced to the keys it really changes.
-    fn validate(&self, mut edit: TenantEdit) -> Result<(Config, TenantEdit), ChangeError> {
+    pub(super) fn validate(
+        &self,
+        mut edit: TenantEdit,
+    ) -> Result<(Config, TenantEdit), ChangeError> {
         let mut next = (*self.running).clone();
         let t = next
             .tenant_mut(&edit.tenant)
@@ -190,21 +210,37 @@ impl ControlTask {
                 .or_else(|| Some(default_reason.to_owned())),
             ..origin.clone()
         };
+        let condition = match if_match {
+            Some(n) => Condition::IfMatch(n),
+            None if matches!(origin.source, Source::Slo | Source::Rollout) => {
+                Condition::Judged(self.generation)
+            }
+            None => Condition::Any,
+        };
         let (previous, committed) = match self.store.order(origin.source) {
             Order::CommitFirst => {
-                let committed = self.commit(edit, if_match).await?;
+                // A fleet store keeps the history: the events go with the
+                // commit (their generation is the commit's revision).
+                let events = match self.fleet {
+                    Some(_) => describe(&self.running, &next, &origin, true, 0),
+                    None => Vec::new(),
+                };
+                let committed = self.commit(edit, condition, events).await?;
                 let revision = committed.stored.as_ref().and_then(|s| s.revision);
                 (self.swap(next, origin.source, revision), committed)
             }
             Order::ApplyFirst => {
                 let previous = self.swap(next, origin.source, None);
-                let committed = self.commit(edit, if_match).await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "change kept in memory only: not stored");
-                    Committed {
-                        persisted: false,
-                        stored: None,
-                    }
-                });
+                let committed = self
+                    .commit(edit, condition, Vec::new())
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "change kept in memory only: not stored");
+                        Committed {
+                            persisted: false,
+                            stored: None,
+                        }
+                    });
                 (previous, committed)
             }
         };
@@ -236,9 +272,10 @@ impl ControlTask {
     async fn commit(
         &mut self,
         edit: TenantEdit,
-        if_match: Option<u64>,
+        condition: Condition,
+        events: Vec<super::events::Event>,
     ) -> Result<Committed, ChangeError> {
-        match self.store.commit(vec![edit], if_match).await {
+        match self.store.commit(vec![edit], condition, events).await {
             Ok(committed) => Ok(committed),
             Err(CommitError::Precondition { current }) => {
                 Err(ChangeError::GenerationMismatch { current })
@@ -275,8 +312,21 @@ impl ControlTask {
     /// it replaced, or `None` when nothing changed. The new generation is
     /// the store's `revision` when it numbers its versions, else the next
     /// number.
-    fn swap(&mut self, next: Config, source: Source, revision: Option<u64>) -> Option<Arc<Config>> {
+    pub(super) fn swap(
+        &mut self,
+        next: Config,
+        source: Source,
+        revision: Option<u64>,
+    ) -> Option<Arc<Config>> {
         if next == *self.running {
+            if let Some(r) = revision.filter(|r| *r != self.generation) {
+                // The same state at a newer store revision (our own commit
+                // read back, another replica's identical decision): serve
+                // it under the fleet's number.
+                self.generation = r;
+                let table = self.build(Arc::clone(&self.running), r);
+                self.proxy.table.store(table);
+            }
             return None;
         }
         self.generation = revision.unwrap_or(self.generation + 1);
@@ -312,6 +362,7 @@ impl ControlTask {
                 && t.config.weights.of(t.candidate()) > 0;
             if newly_candidate || starts {
                 t.state.slo.restart(t.candidate());
+                self.exposed(t.name());
             }
         }
         Some(previous)
@@ -344,6 +395,23 @@ impl ControlTask {
     fn record(&mut self, previous: &Config, origin: &Origin, persisted: bool) -> Outcome {
         let events = describe(previous, &self.running, origin, persisted, self.generation);
         let webhook = self.running.notify.clone();
+        if self.fleet.is_some() {
+            // The fleet's history is in the store (this change's events
+            // went with its commit; the watch records them here): only the
+            // committing replica notifies.
+            let committed_here = origin.source != Source::File;
+            for mut event in events {
+                event.seq = self.generation;
+                if let Some(hook) = &webhook
+                    && committed_here
+                    && matches!(event.source, Source::Slo | Source::Rollout)
+                {
+                    self.notifier.send(hook, self.generation, &event);
+                }
+            }
+            self.update_status();
+            return self.outcome(true);
+        }
         let mut log = self.published.events();
         for event in events {
             let recorded = log.record(event);

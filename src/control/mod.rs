@@ -25,7 +25,11 @@
 
 mod apply;
 mod disk;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod events;
+mod evidence;
+mod fleet;
 pub mod merge;
 mod reload;
 pub mod rollout;
@@ -226,6 +230,7 @@ pub struct Published {
     events: Mutex<EventLog>,
     status: Mutex<ReloadStatus>,
     ramps: Mutex<Ramps>,
+    store: Option<Arc<store::StoreStatus>>,
 }
 
 impl Published {
@@ -238,6 +243,19 @@ impl Published {
     /// The change history.
     pub fn events(&self) -> MutexGuard<'_, EventLog> {
         self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The fleet store's status (`None` when the control file is the
+    /// store).
+    pub fn store(&self) -> Option<&store::StoreStatus> {
+        self.store.as_deref()
+    }
+
+    /// Whether the state was read from the store once: always with the
+    /// control file (read at start), and for etcd once it answered (SPEC
+    /// section 12: a replica is not ready before).
+    pub fn store_ready(&self) -> bool {
+        self.store.as_ref().is_none_or(|s| s.loaded())
     }
 
     /// The reload status.

@@ -19,6 +19,11 @@ impl ControlTask {
     /// `Change::Reload`: loads the store's state and applies it if it is
     /// new. `forced` looks even at a version seen before.
     pub(super) async fn reload(&mut self, forced: bool) -> Result<Outcome, ChangeError> {
+        // Reverts held while the fleet store was away commit first, judged
+        // on the state they were decided from, before newer state is read.
+        if !self.held.is_empty() {
+            self.commit_all_held().await;
+        }
         // An unchanged file may still name changed certificates.
         let has_tls = self.running.tenants.iter().any(|t| t.tls.is_some())
             || self.running.notify.as_ref().is_some_and(|n| n.ca.is_some())
@@ -67,6 +72,12 @@ impl ControlTask {
     /// Merges a new stored version into the running state and applies it.
     pub(super) fn fold(&mut self, stored: Stored) -> Outcome {
         let mut file = stored.config;
+        if file.store != self.running.store {
+            tracing::warn!(
+                "[store] changed in the control file; the store changes on restart only"
+            );
+            file.store.clone_from(&self.running.store);
+        }
         if file.listen != self.running.listen {
             tracing::warn!(
                 "[listen] changed in the control file; listeners change on restart only"
@@ -76,6 +87,22 @@ impl ControlTask {
         let merged = merge(&self.running, &self.stored, file.clone());
         self.stored = file;
         let persisted = merged == self.stored;
-        self.apply(merged, &Origin::file(), persisted, stored.revision)
+        let outcome = self.apply(merged, &Origin::file(), persisted, stored.revision);
+        if let Some(bakes) = &stored.bakes {
+            self.published.ramps().follow_bakes(bakes);
+        }
+        if !stored.reverted.is_empty() {
+            // Reverted by another replica (or by this one, read back): the
+            // tenant shows it here too.
+            let table = self.proxy.table.load();
+            for name in &stored.reverted {
+                if let Some(t) = table.tenant(name) {
+                    t.state
+                        .reverted
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        outcome
     }
 }

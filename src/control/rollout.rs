@@ -23,6 +23,9 @@ use crate::config::{Config, RolloutProgress, TenantConfig, Weights};
 use crate::route::{RoutingTable, Tenant};
 use crate::slo::Verdict;
 
+/// A fleet's pooled (candidate, stable) counts of one exposure.
+pub(super) type Pooled = (crate::slo::sequential::Tally, crate::slo::sequential::Tally);
+
 /// One tenant's ramp as the control task tracks it beside the stored
 /// progress.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +73,19 @@ impl Ramps {
         self.tenants.entry(tenant.to_owned()).or_default().bake = Some(at);
     }
 
+    /// Takes the promote bakes a fleet store keeps: these run, no other.
+    pub(super) fn follow_bakes(&mut self, bakes: &[(String, SystemTime)]) {
+        let names: Vec<String> = self.tenants.keys().cloned().collect();
+        for name in names {
+            if !bakes.iter().any(|(t, _)| *t == name) {
+                self.split_decided(&name);
+            }
+        }
+        for (tenant, at) in bakes {
+            self.baking(tenant, *at);
+        }
+    }
+
     /// The split was decided (weights or stable pool set): an in-memory
     /// bake is over.
     pub(super) fn split_decided(&mut self, tenant: &str) {
@@ -97,12 +113,20 @@ impl Ramps {
 
     /// Whether the candidate of `t` may move on; marks the step on first
     /// sight.
-    fn readiness(&mut self, t: &Tenant) -> Readiness {
-        let done = t.state.completed(t.candidate());
+    /// In a fleet (`pooled`: the fleet's candidate and stable counts, this
+    /// replica's included) the counts and the verdict are the fleet's.
+    fn readiness(&mut self, t: &Tenant, pooled: Option<Pooled>) -> Readiness {
+        let (done, verdict) = match pooled {
+            Some((candidate, stable)) => (
+                candidate.requests,
+                t.state.slo.judge_pooled(candidate, stable).verdict(),
+            ),
+            None => (t.state.completed(t.candidate()), t.verdict(t.candidate())),
+        };
         let ramp = self.tenants.entry(t.name().to_owned()).or_default();
         let mark = *ramp.mark.get_or_insert(done);
         let enough = done.saturating_sub(mark) >= u64::from(t.config.settings.slo.min_requests);
-        match t.verdict(t.candidate()) {
+        match verdict {
             Verdict::Ok if enough => Readiness::Ready,
             Verdict::Ok | Verdict::Inconclusive => Readiness::Wait,
             Verdict::Breach(reason) => Readiness::Breach(reason),
@@ -115,11 +139,12 @@ impl Ramps {
         running: &Config,
         table: &RoutingTable,
         now: SystemTime,
+        pooled: &dyn Fn(&Tenant) -> Option<Pooled>,
     ) -> Vec<(Change, Origin)> {
         let mut due: Vec<_> = running
             .tenants
             .iter()
-            .filter_map(|t| self.step_due(t, table, now))
+            .filter_map(|t| self.step_due(t, table, now, pooled))
             .collect();
         let ramping = |t: &TenantConfig| t.rollout.as_ref().is_some_and(|r| r.progress.is_some());
         let bakes: Vec<(String, SystemTime)> = self
@@ -139,7 +164,7 @@ impl Ramps {
             if elapsed(since, now) < t.settings.slo.window {
                 continue;
             }
-            match self.judge(table, &tenant) {
+            match self.judge(table, &tenant, pooled) {
                 Readiness::Ready => due.push((Change::Finish { tenant }, Origin::rollout(None))),
                 Readiness::Wait => {}
                 Readiness::Breach(reason) => due.push(revert(tenant, reason)),
@@ -154,6 +179,7 @@ impl Ramps {
         t: &TenantConfig,
         table: &RoutingTable,
         now: SystemTime,
+        pooled: &dyn Fn(&Tenant) -> Option<Pooled>,
     ) -> Option<(Change, Origin)> {
         let rollout = t.rollout.as_ref()?;
         let progress = rollout.progress.as_ref()?;
@@ -173,7 +199,7 @@ impl Ramps {
         if elapsed(progress.since, now) < hold {
             return None;
         }
-        match self.judge(table, &tenant) {
+        match self.judge(table, &tenant, pooled) {
             Readiness::Wait => None,
             Readiness::Breach(reason) => Some(revert(tenant, reason)),
             Readiness::Ready if share >= 100 => {
@@ -193,15 +219,20 @@ impl Ramps {
         }
     }
 
-    fn judge(&mut self, table: &RoutingTable, tenant: &str) -> Readiness {
+    fn judge(
+        &mut self,
+        table: &RoutingTable,
+        tenant: &str,
+        pooled: &dyn Fn(&Tenant) -> Option<Pooled>,
+    ) -> Readiness {
         table
             .tenant(tenant)
-            .map_or(Readiness::Wait, |t| self.readiness(t))
+            .map_or(Readiness::Wait, |t| self.readiness(t, pooled(t)))
     }
 }
 
 /// The revert a breach found by the clock asks for.
-fn revert(tenant: String, reason: String) -> (Change, Origin) {
+pub(super) fn revert(tenant: String, reason: String) -> (Change, Origin) {
     let origin = Origin::slo(reason.clone());
     (Change::Revert { tenant, reason }, origin)
 }
@@ -209,11 +240,18 @@ fn revert(tenant: String, reason: String) -> (Change, Origin) {
 impl ControlTask {
     /// `Change::Tick`: queues every step that is due.
     pub(super) fn tick(&mut self) {
+        if self.fleet.as_ref().is_some_and(|s| !s.connected()) {
+            // Ramps hold while the fleet's store is away (a step must be
+            // committed before it is served).
+            return;
+        }
+        self.fleet_evidence();
         let table = self.proxy.table.load();
+        let pooled = |t: &Tenant| self.pooled(t);
         let due = self
             .published
             .ramps()
-            .due(&self.running, &table, SystemTime::now());
+            .due(&self.running, &table, SystemTime::now(), &pooled);
         self.pending.extend(due);
     }
 
@@ -287,6 +325,10 @@ impl ControlTask {
             }
         };
         let has_table = t.rollout.is_some();
+        if !has_table {
+            // Kept by a fleet store, so any replica finishes the bake.
+            edit.bake = Some(Some(SystemTime::now()));
+        }
         self.check_candidate(tenant, weights, force)?;
         let outcome = self.edit(edit, None, origin, &reason).await?;
         if !has_table {
@@ -317,7 +359,7 @@ impl ControlTask {
         };
         let result = self.edit(edit, None, origin, "rollout step").await;
         if let Err(e) = &result {
-            tracing::error!(%tenant, error = %e, "rollout step failed");
+            log_step_failure(tenant, e, "rollout step failed");
         }
         self.mark_step(tenant);
         result
@@ -336,7 +378,7 @@ impl ControlTask {
         };
         let result = self.edit(edit, None, origin, reason).await;
         if let Err(e) = &result {
-            tracing::error!(%tenant, error = %e, "ending the rollout failed");
+            log_step_failure(tenant, e, "ending the rollout failed");
         }
         self.published.ramps().step_ended(tenant);
         result
@@ -362,7 +404,7 @@ impl ControlTask {
         };
         let result = self.edit(edit, None, &origin, "promoted").await;
         if let Err(e) = &result {
-            tracing::error!(%tenant, error = %e, "promotion failed");
+            log_step_failure(tenant, e, "promotion failed");
         }
         let mut ramps = self.published.ramps();
         ramps.split_decided(tenant);
@@ -374,9 +416,11 @@ impl ControlTask {
     fn mark_step(&mut self, tenant: &str) {
         let table = self.proxy.table.load();
         if let Some(t) = table.tenant(tenant) {
-            self.published
-                .ramps()
-                .stepped(tenant, t.state.completed(t.candidate()));
+            let done = match self.pooled(t) {
+                Some((candidate, _)) => candidate.requests,
+                None => t.state.completed(t.candidate()),
+            };
+            self.published.ramps().stepped(tenant, done);
         }
     }
 }
@@ -402,4 +446,14 @@ fn progress_at(step: usize) -> RolloutProgress {
 
 fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
     now.duration_since(since).unwrap_or(Duration::ZERO)
+}
+
+/// A step another replica took first (its commit found the state moved on)
+/// is expected in a fleet; anything else is an error.
+fn log_step_failure(tenant: &str, e: &ChangeError, what: &str) {
+    if let ChangeError::GenerationMismatch { current } = e {
+        tracing::debug!(%tenant, current, "{what}: the fleet's state moved on (taken by another replica)");
+    } else {
+        tracing::error!(%tenant, error = %e, "{what}");
+    }
 }

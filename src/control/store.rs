@@ -14,8 +14,10 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::disk::Disk;
+use super::events::Event;
 use super::{Control, Source};
 use crate::config::write::TenantEdit;
 use crate::config::{Config, ConfigError, ListenOverrides};
@@ -33,6 +35,12 @@ pub struct Stored {
     /// versions (the file): the control task then numbers the versions it
     /// applies, one after the other.
     pub revision: Option<u64>,
+    /// Tenants whose stored split is an SLO revert (a fleet store says so,
+    /// so every replica shows them `reverted`); empty for the file.
+    pub reverted: Vec<String>,
+    /// The promote bakes the store keeps (tenant, start), or `None` when it
+    /// keeps none (the file: bakes live in memory).
+    pub bakes: Option<Vec<(String, std::time::SystemTime)>>,
 }
 
 /// Which versions [`Store::load`] returns.
@@ -83,6 +91,94 @@ impl std::fmt::Display for CommitError {
     }
 }
 
+/// What a commit is conditioned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// An operator's change without `If-Match`: written over whatever the
+    /// store holds now (the last writer wins, key by key).
+    Any,
+    /// `If-Match: "<generation>"`: nothing in the stored state changed
+    /// after that generation, else [`CommitError::Precondition`].
+    IfMatch(u64),
+    /// An automatic decision (a revert, a ramp step, a promotion) judged on
+    /// the state at this generation: the tenant's stored state has not
+    /// changed since, else [`CommitError::Precondition`] and the decision
+    /// is dropped (another replica made it, or an operator overrode it).
+    Judged(u64),
+}
+
+/// What `GET /v1/config`, `/readyz` and the `turnout_store_*` metrics show
+/// of a store that lives outside this process (etcd). The store updates it;
+/// readers copy it.
+#[derive(Debug)]
+pub struct StoreStatus {
+    /// `"etcd"`.
+    pub kind: &'static str,
+    /// The endpoints as configured.
+    pub endpoints: Vec<String>,
+    connected: AtomicBool,
+    loaded: AtomicBool,
+    revision: AtomicU64,
+}
+
+impl StoreStatus {
+    /// A store of `kind` at `endpoints`, not yet connected or read.
+    pub fn new(kind: &'static str, endpoints: Vec<String>) -> StoreStatus {
+        StoreStatus {
+            kind,
+            endpoints,
+            connected: AtomicBool::new(false),
+            loaded: AtomicBool::new(false),
+            revision: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the last exchange with the store succeeded.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the state was read from the store at least once (a replica
+    /// is not ready before: SPEC section 12).
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// The store revision of the state last read or committed (0 before).
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
+    /// Records the outcome of an exchange with the store.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Records a read or commit of the whole state at `revision`.
+    pub fn set_loaded(&self, revision: u64) {
+        self.connected.store(true, Ordering::Relaxed);
+        self.loaded.store(true, Ordering::Relaxed);
+        self.revision.fetch_max(revision, Ordering::Relaxed);
+    }
+}
+
+/// One tenant's SLO evidence as one replica saw it (SPEC section 12: each
+/// replica sees a slice of the traffic; ramps are judged on the sum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// The generation at which the candidate's exposure began (it got
+    /// traffic, or became the candidate): only counts of the same exposure
+    /// are added up.
+    pub exposure: u64,
+    /// The candidate's counts since then.
+    pub candidate: crate::slo::sequential::Tally,
+    /// The stable pool's counts since then.
+    pub stable: crate::slo::sequential::Tally,
+}
+
+/// Every exposed tenant's [`Counts`] of one replica, by tenant name.
+pub type Evidence = std::collections::BTreeMap<String, Counts>;
+
 /// Whether a change is committed before or after it is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -121,15 +217,36 @@ pub trait Store: Send + 'static {
     /// CA bundles), which live outside the store. Returns at once.
     fn watch_files(&mut self, files: Vec<PathBuf>);
 
-    /// Commits `edits` (only the keys they name) if the stored state is still
-    /// the one at generation `expected` (`If-Match`; `None`: whatever it is).
-    /// `Ok` says whether the change was persisted and what the store holds
-    /// now; `Err` means nothing was written.
+    /// Commits `edits` (only the keys they name) under `condition`, with
+    /// `events` (what the change is recorded as) when the store keeps the
+    /// history ([`Store::status`] is `Some`). `Ok` says whether the change
+    /// was persisted and what the store holds now; `Err` means nothing was
+    /// written.
     fn commit(
         &mut self,
         edits: Vec<TenantEdit>,
-        expected: Option<u64>,
+        condition: Condition,
+        events: Vec<Event>,
     ) -> StoreFuture<'_, Result<Committed, CommitError>>;
+
+    /// The status of a store shared by a fleet (etcd), which also keeps the
+    /// fleet's event history: the control task then sends its events with
+    /// each commit and the store's watch records every replica's events
+    /// into the local history. `None` for the control file.
+    fn status(&self) -> Option<std::sync::Arc<StoreStatus>> {
+        None
+    }
+
+    /// Publishes this replica's evidence to the fleet (the latest wins; a
+    /// fleet store sends it about every second). The file store has no
+    /// fleet: nothing to do.
+    fn publish(&mut self, _evidence: Evidence) {}
+
+    /// The sum of the other replicas' counts of `tenant` for the exposure
+    /// that began at `exposure`, or `None` without a fleet.
+    fn pooled(&self, _tenant: &str, _exposure: u64) -> Option<Counts> {
+        None
+    }
 
     /// Whether a change from `source` is committed before or after it is
     /// applied (see [`Order`]).
@@ -197,6 +314,8 @@ impl Store for FileStore {
             Ok(Some(Stored {
                 config,
                 revision: None,
+                reverted: Vec::new(),
+                bakes: None,
             }))
         })
     }
@@ -212,14 +331,16 @@ impl Store for FileStore {
     }
 
     /// The file has no generation of its own: the control task is its one
-    /// writer in this process and has judged `expected` against the
-    /// generation it serves, so `expected` is not looked at again here. A
+    /// writer in this process and has judged `If-Match` against the
+    /// generation it serves, so the condition is not looked at again here;
+    /// the events are recorded by the control task itself. A
     /// file that cannot be written keeps the change in memory:
     /// `Ok(persisted: false)`, logged.
     fn commit(
         &mut self,
         edits: Vec<TenantEdit>,
-        _expected: Option<u64>,
+        _condition: Condition,
+        _events: Vec<Event>,
     ) -> StoreFuture<'_, Result<Committed, CommitError>> {
         Box::pin(async move {
             let result = self
@@ -235,6 +356,8 @@ impl Store for FileStore {
                         stored: Some(Stored {
                             config,
                             revision: None,
+                            reverted: Vec::new(),
+                            bakes: None,
                         }),
                     })
                 }

@@ -9,14 +9,15 @@
 //! anything new is received. The store's I/O runs off the runtime and is
 //! awaited, so a slow disk delays the next change, never a request.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
 use super::events::EventLog;
-use super::store::{Load, Store};
+use super::fleet::Held;
+use super::store::{Load, Store, StoreStatus};
 use super::{Change, ChangeError, Control, Origin, Outcome, Published, ReloadStatus, Request};
 use crate::config::{Config, ConfigError};
 use crate::health;
@@ -66,6 +67,16 @@ pub(super) struct ControlTask {
     pub(super) generation: u64,
     /// Changes asked for by the change just handled, applied next.
     pub(super) pending: VecDeque<(Change, Origin)>,
+    /// The status of a fleet store (etcd); `None` with the control file.
+    pub(super) fleet: Option<Arc<StoreStatus>>,
+    /// SLO reverts applied here and not yet committed to the fleet store
+    /// (it was unreachable), by tenant.
+    pub(super) held: BTreeMap<String, Held>,
+    /// The generation at which each tenant's candidate exposure began
+    /// (its SLO counts started afresh): a fleet pools counts per exposure.
+    pub(super) exposures: HashMap<String, u64>,
+    /// When this replica's counts were last published to the fleet.
+    pub(super) evidence_at: Option<std::time::Instant>,
 }
 
 /// Loads the control state from the store, makes generation 1 of it, and
@@ -91,7 +102,9 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
             persisted: true,
         }),
         ramps: Mutex::default(),
+        store: store.status(),
     });
+    let store_status = store.status();
     let (tx, rx) = mpsc::channel::<Request>(QUEUE);
     let control = Control { tx, published };
     let mut task = ControlTask {
@@ -105,6 +118,10 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
         running,
         generation,
         pending: VecDeque::new(),
+        fleet: store_status,
+        held: BTreeMap::new(),
+        exposures: HashMap::new(),
+        evidence_at: None,
     };
     task.reload_succeeded();
     task.health.reconcile(&task.proxy.table.load());

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use super::sequential::{Breach, Guard, Judgement, Plan, Tallies};
+use super::sequential::{Breach, Guard, Judgement, Plan, Tallies, Tally};
 use super::window::{Snapshot, Window};
 use super::{Verdict, judge};
 use crate::config::{Pool, SloSettings};
@@ -124,6 +124,23 @@ impl TenantGuard {
             self.tallies[candidate.index()].load(),
             self.tallies[stable.index()].load(),
         )
+    }
+
+    /// The candidate's and the stable pool's counts since the exposure
+    /// began, as this process saw them (a fleet pools them: SPEC 12).
+    pub fn tallies(&self, stable: Pool) -> (Tally, Tally) {
+        (
+            self.tallies[stable.other().index()].load(),
+            self.tallies[stable.index()].load(),
+        )
+    }
+
+    /// The verdict on counts pooled across a fleet's replicas: the same
+    /// test as [`TenantGuard::judge`], on the whole exposure (a fresh test,
+    /// so the pooled counts never disturb this process's own epochs).
+    pub fn judge_pooled(&self, candidate: Tally, stable: Tally) -> Judgement {
+        let plan = self.test.load().plan().clone();
+        Guard::new(plan).judge(candidate, stable)
     }
 
     /// A pool's window now.

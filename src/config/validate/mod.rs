@@ -141,6 +141,10 @@ pub fn validate(
         .notify
         .and_then(|n| webhook(&mut p, &root.key("notify"), n, base_dir));
 
+    let store = raw
+        .store
+        .and_then(|s| super::store::store(&mut p, &root.key("store"), s));
+
     let (Some(http), Some(admin)) = (http, admin) else {
         return Err(p);
     };
@@ -155,6 +159,7 @@ pub fn validate(
         tenants,
         tokens,
         notify,
+        store,
     };
     // A token whose secret is unset is still a configured token: the
     // exposure rule is about the file, not about this environment.

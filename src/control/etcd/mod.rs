@@ -1,0 +1,374 @@
+//! The fleet's store: runtime control state in etcd (SPEC section 12).
+//!
+//! Topology and settings stay in the control file ([`FileStore`], read and
+//! watched as without a fleet); each tenant's runtime keys live in etcd,
+//! one key per tenant (`keys`), and are laid over the file's values. A
+//! read takes every tenant key at one revision; the generation is the
+//! newest `mod_revision` among them, so every replica that has caught up
+//! serves the same number. Commits are transactions conditioned in etcd
+//! (`commit`), so `If-Match` and "decided on the state still current" are
+//! judged by etcd itself; the events of a change go in the same
+//! transaction. One watch over the prefix (`watch`) turns changes into
+//! reloads, records the fleet's events into the local history, notices a
+//! dead or frozen etcd within a few seconds and reconnects with backoff.
+//!
+//! A tenant with no key is seeded from the file (one event, source
+//! `file`); an edit of a runtime key in the file is proposed by the
+//! replicas that read it, and committed by the first (`sync`).
+
+mod commit;
+mod counts;
+mod sync;
+mod watch;
+
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+
+use super::events::Event;
+use super::store::{
+    CommitError, Committed, Condition, Counts, Evidence, FileStore, Load, Order, Store,
+    StoreFuture, StoreStatus, Stored,
+};
+use super::{Control, Source};
+use crate::config::store::StoreConfig;
+use crate::config::write::TenantEdit;
+use crate::config::{Config, ConfigError, Weights};
+use crate::metrics::{Metrics, StoreGauges};
+use keys::{Keys, Runtime};
+
+/// How long a request to etcd may take before etcd counts as unreachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to an endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/2 keep-alive on the channel, also while idle: a frozen etcd fails
+/// the watch after about interval + timeout.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// The store's view of etcd, shared by its reads, commits and watch.
+#[derive(Clone)]
+pub(crate) struct Link {
+    status: Arc<StoreStatus>,
+    gauges: Arc<StoreGauges>,
+}
+
+impl Link {
+    fn up(&self, up: bool) {
+        self.status.set_connected(up);
+        self.gauges.up.set(if up { 1.0 } else { 0.0 });
+    }
+
+    fn loaded(&self, revision: u64) {
+        self.status.set_loaded(revision);
+        self.gauges.up.set(1.0);
+        #[allow(clippy::cast_precision_loss)] // revisions stay far below 2^53
+        self.gauges.revision.set(self.status.revision() as f64);
+    }
+}
+
+/// Connects a client with the fleet's timeouts and keep-alive.
+async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE)
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    Client::connect(endpoints, Some(options)).await
+}
+
+/// The control file for topology, etcd for the runtime state.
+pub struct EtcdStore {
+    file: FileStore,
+    config: StoreConfig,
+    keys: Keys,
+    link: Link,
+    client: Option<Client>,
+    /// Each tenant's key as last read or committed, with its `mod_revision`.
+    runtime: BTreeMap<String, (Runtime, u64)>,
+    /// The newest `mod_revision` among the tenant keys (the generation).
+    revision: u64,
+    /// The file's runtime values at this replica's previous read.
+    file_prev: BTreeMap<String, keys::Split>,
+    /// The last file version that validated.
+    file_config: Option<Config>,
+    /// What `load` returned last: (generation, state).
+    last: Option<(u64, Config)>,
+    /// Commits since the events were last trimmed.
+    commits: u32,
+    /// This replica's id among the fleet's counts keys.
+    replica: String,
+    /// The other replicas' SLO counts, kept by the watch.
+    peers: counts::Peers,
+    /// This replica's latest counts, for the publisher.
+    evidence: tokio::sync::watch::Sender<Evidence>,
+    watch: Option<tokio::task::JoinHandle<()>>,
+    publisher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EtcdStore {
+    /// The store of `config` beside the control file `file`; its status
+    /// and `turnout_store_*` gauges start at "not connected".
+    pub fn new(file: FileStore, config: StoreConfig, metrics: &Metrics) -> EtcdStore {
+        let link = Link {
+            status: Arc::new(StoreStatus::new("etcd", config.endpoints.clone())),
+            gauges: Arc::new(metrics.store_gauges()),
+        };
+        link.up(false);
+        EtcdStore {
+            file,
+            keys: Keys::new(&config.prefix),
+            config,
+            link,
+            client: None,
+            runtime: BTreeMap::new(),
+            revision: 0,
+            file_prev: BTreeMap::new(),
+            file_config: None,
+            last: None,
+            commits: 0,
+            replica: format!("{:016x}", fastrand::u64(..)),
+            peers: counts::Peers::default(),
+            evidence: tokio::sync::watch::Sender::new(Evidence::new()),
+            watch: None,
+            publisher: None,
+        }
+    }
+
+    /// A connected client (connecting once if none is).
+    async fn client(&mut self) -> Result<Client, String> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        match connect(&self.config.endpoints).await {
+            Ok(c) => {
+                self.client = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                self.link.up(false);
+                Err(unreachable(&e))
+            }
+        }
+    }
+
+    /// Reads every tenant key at one revision into `runtime`.
+    async fn read(&mut self) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let options = GetOptions::new().with_prefix();
+        let response = client
+            .get(self.keys.tenants(), Some(options))
+            .await
+            .map_err(|e| self.failed(&e))?;
+        let header = response.header().map_or(0, |h| h.revision());
+        let mut runtime = BTreeMap::new();
+        let mut newest = 0;
+        for kv in response.kvs() {
+            let Some(tenant) = kv.key_str().ok().and_then(|k| self.keys.tenant_of(k)) else {
+                continue;
+            };
+            let revision = u64::try_from(kv.mod_revision()).unwrap_or(0);
+            newest = newest.max(revision);
+            match serde_json::from_slice::<Runtime>(kv.value()) {
+                Ok(rt) => {
+                    runtime.insert(tenant.to_owned(), (rt, revision));
+                }
+                Err(e) => {
+                    tracing::error!(%tenant, error = %e, "unreadable tenant key in etcd; serving the file's values for it");
+                }
+            }
+        }
+        self.runtime = runtime;
+        self.revision = if newest > 0 {
+            newest
+        } else {
+            u64::try_from(header).unwrap_or(0)
+        };
+        self.link.loaded(self.revision);
+        Ok(())
+    }
+
+    /// Notes a failed exchange: etcd is unreachable (or refused).
+    fn failed(&mut self, e: &etcd_client::Error) -> String {
+        self.link.up(false);
+        unreachable(e)
+    }
+
+    /// The tenants whose stored split is an SLO revert.
+    fn reverted(&self) -> Vec<String> {
+        self.runtime
+            .iter()
+            .filter(|(_, (rt, _))| rt.reverted)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// The promote bakes in the store.
+    fn bakes(&self) -> Vec<(String, std::time::SystemTime)> {
+        self.runtime
+            .iter()
+            .filter_map(|(t, (rt, _))| {
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(rt.bake?);
+                Some((t.clone(), at))
+            })
+            .collect()
+    }
+
+    /// The state to serve: the file with the stored runtime keys over it.
+    fn state(&self, file: Config) -> Config {
+        keys::overlay(file, &self.runtime)
+    }
+}
+
+/// An error talking to etcd, as admin calls and logs show it.
+fn unreachable(e: &etcd_client::Error) -> String {
+    format!("etcd is unreachable: {e}")
+}
+
+/// The file's state with every candidate at 0 and no ramp: what a replica
+/// serves before it has read the fleet's state once (never a candidate
+/// above 0 on unknown state).
+fn safe(mut config: Config) -> Config {
+    let names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
+    for name in names {
+        if let Some(t) = config.tenant_mut(&name) {
+            t.weights = Weights::all_on(t.stable);
+            if let Some(r) = t.rollout.as_mut() {
+                r.progress = None;
+            }
+        }
+    }
+    config
+}
+
+impl Store for EtcdStore {
+    fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    fn load(&mut self, load: Load) -> StoreFuture<'_, Result<Option<Stored>, ConfigError>> {
+        Box::pin(async move {
+            let Some(file) = self.file.load(Load::Always).await?.map(|s| s.config) else {
+                return Ok(None);
+            };
+            self.file_config = Some(file.clone());
+            let synced = self.sync(&file).await;
+            if let Err(error) = &synced {
+                tracing::warn!(%error, "etcd not read; serving the last state read from it");
+                if !self.link.status.loaded() {
+                    // Never read: the file's topology, candidates at 0,
+                    // not ready until etcd answers.
+                    return Ok(Some(Stored {
+                        config: safe(file),
+                        revision: None,
+                        reverted: Vec::new(),
+                        bakes: None,
+                    }));
+                }
+            }
+            let config = self.state(file);
+            let now = (self.revision, config);
+            if load == Load::IfChanged && self.last.as_ref() == Some(&now) {
+                return Ok(None);
+            }
+            self.last = Some((now.0, now.1.clone()));
+            Ok(Some(Stored {
+                config: now.1,
+                revision: Some(now.0),
+                reverted: self.reverted(),
+                bakes: Some(self.bakes()),
+            }))
+        })
+    }
+
+    fn watch(&mut self, control: Control) {
+        self.file.watch(control.clone());
+        let watch = watch::Watch {
+            endpoints: self.config.endpoints.clone(),
+            keys: self.keys.clone(),
+            link: self.link.clone(),
+            control,
+            peers: self.peers.clone(),
+            replica: self.replica.clone(),
+        };
+        self.watch = Some(tokio::spawn(watch.run()));
+        self.publisher = Some(tokio::spawn(counts::publish(
+            self.config.endpoints.clone(),
+            self.keys.clone(),
+            self.replica.clone(),
+            self.evidence.subscribe(),
+        )));
+    }
+
+    fn watch_files(&mut self, files: Vec<PathBuf>) {
+        self.file.watch_files(files);
+    }
+
+    fn commit(
+        &mut self,
+        edits: Vec<TenantEdit>,
+        condition: Condition,
+        events: Vec<Event>,
+    ) -> StoreFuture<'_, Result<Committed, CommitError>> {
+        Box::pin(async move {
+            self.commit_edits(edits, condition, events).await?;
+            let file = self.file_config.clone();
+            let stored = file.map(|f| {
+                let config = self.state(f);
+                self.last = Some((self.revision, config.clone()));
+                Stored {
+                    config,
+                    revision: Some(self.revision),
+                    reverted: self.reverted(),
+                    bakes: Some(self.bakes()),
+                }
+            });
+            Ok(Committed {
+                persisted: true,
+                stored,
+            })
+        })
+    }
+
+    /// Operators' and the rollout clock's changes commit first (the answer
+    /// is what the fleet serves); an SLO revert applies at once, then
+    /// commits.
+    fn order(&self, source: Source) -> Order {
+        match source {
+            Source::Slo => Order::ApplyFirst,
+            _ => Order::CommitFirst,
+        }
+    }
+
+    fn clean_up(&mut self) -> StoreFuture<'_, ()> {
+        self.file.clean_up()
+    }
+
+    fn status(&self) -> Option<Arc<StoreStatus>> {
+        Some(Arc::clone(&self.link.status))
+    }
+
+    fn publish(&mut self, evidence: Evidence) {
+        self.evidence.send_replace(evidence);
+    }
+
+    fn pooled(&self, tenant: &str, exposure: u64) -> Option<Counts> {
+        Some(self.peers.pooled(tenant, exposure))
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        for task in [self.watch.take(), self.publisher.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Evidence across a fleet (SPEC section 12): this replica's SLO counts
+//! published every second, and the fleet's pooled counts judged.
+//!
+//! Each replica sees a slice of the traffic. Ramp steps and promotions need
+//! the verdict `ok` on the fleet's pooled candidate and stable counts
+//! (`rollout` asks [`ControlTask::pooled`]); a revert comes from whichever
+//! is first: this replica's own breach (the request path: the verdict is
+//! valid on any sample) or the pooled counts' (judged here each second).
+//! Counts are added up only within one exposure: the generation at which
+//! the candidate began getting traffic (or became the candidate), which is
+//! the same etcd revision on every replica that applied it.
+
+use std::time::{Duration, Instant};
+
+use super::rollout::{Pooled, revert};
+use super::store::{Counts, Evidence};
+use super::task::ControlTask;
+use crate::route::Tenant;
+use crate::slo::Verdict;
+use crate::slo::sequential::Tally;
+
+/// How often this replica's counts are published and the pooled ones judged.
+const EVERY: Duration = Duration::from_secs(1);
+
+fn sum(a: Tally, b: Tally) -> Tally {
+    Tally {
+        requests: a.requests + b.requests,
+        errors: a.errors + b.errors,
+        slow: a.slow + b.slow,
+    }
+}
+
+impl ControlTask {
+    /// The exposure `tenant`'s candidate counts belong to.
+    fn exposure(&self, tenant: &str) -> u64 {
+        self.exposures.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// A new exposure of `tenant`'s candidate began at the serving
+    /// generation (its counts started afresh).
+    pub(super) fn exposed(&mut self, tenant: &str) {
+        self.exposures.insert(tenant.to_owned(), self.generation);
+    }
+
+    /// The fleet's (candidate, stable) counts of `t`'s current exposure,
+    /// this replica's included; `None` without a fleet.
+    pub(super) fn pooled(&self, t: &Tenant) -> Option<Pooled> {
+        self.fleet.as_ref()?;
+        let others = self.store.pooled(t.name(), self.exposure(t.name()))?;
+        let (candidate, stable) = t.state.slo.tallies(t.stable());
+        Some((sum(candidate, others.candidate), sum(stable, others.stable)))
+    }
+
+    /// Every second in a fleet: publishes this replica's counts, and
+    /// reverts a candidate the pooled counts find in breach.
+    pub(super) fn fleet_evidence(&mut self) {
+        if self.fleet.is_none() || self.evidence_at.is_some_and(|t| t.elapsed() < EVERY) {
+            return;
+        }
+        self.evidence_at = Some(Instant::now());
+        let table = self.proxy.table.load_full();
+        let mut evidence = Evidence::new();
+        for t in table.tenants() {
+            if t.config.weights.of(t.candidate()) == 0 {
+                continue;
+            }
+            let (candidate, stable) = t.state.slo.tallies(t.stable());
+            let exposure = self.exposure(t.name());
+            evidence.insert(
+                t.name().to_owned(),
+                Counts {
+                    exposure,
+                    candidate,
+                    stable,
+                },
+            );
+            let Some((c, s)) = self.pooled(t) else {
+                continue;
+            };
+            if c.requests == candidate.requests {
+                // No other replica's counts: the request path judges these.
+                continue;
+            }
+            if let Verdict::Breach(reason) = t.state.slo.judge_pooled(c, s).verdict() {
+                let reason = format!("{reason} (pooled across the fleet)");
+                self.pending.push_back(revert(t.name().to_owned(), reason));
+            }
+        }
+        self.store.publish(evidence);
+    }
+}

@@ -1,0 +1,112 @@
+//! The control task's side of a fleet store (SPEC section 12): SLO reverts
+//! that apply at once and commit after, held while the store is away.
+//!
+//! A revert is applied locally as soon as the guard finds the breach (the
+//! request path must not wait for etcd), then committed conditioned on
+//! the tenant's state being the one the breach was judged on. Only the
+//! replica whose commit succeeds counts it in `turnout_reverts_total` and
+//! sends the webhook; its event is in the same transaction, so the fleet's
+//! history has it once. A commit that finds the state moved on (another
+//! replica reverted first, an operator wrote newer weights) is dropped and
+//! the stored state read again. While etcd is unreachable the revert is
+//! held and committed when etcd answers again, before that state is read.
+
+use super::events::{Event, describe};
+use super::store::{CommitError, Condition};
+use super::task::ControlTask;
+use super::{Change, ChangeError, Origin, Outcome, Source};
+use crate::config::write::TenantEdit;
+
+/// A revert applied locally whose commit is still to be made.
+pub(super) struct Held {
+    edit: TenantEdit,
+    /// The generation the breach was judged on.
+    judged: u64,
+    events: Vec<Event>,
+}
+
+impl ControlTask {
+    /// Applies `edit` (a revert) now and commits it after.
+    pub(super) async fn fleet_revert(
+        &mut self,
+        edit: TenantEdit,
+        origin: &Origin,
+    ) -> Result<Outcome, ChangeError> {
+        let (next, edit) = self.validate(edit)?;
+        self.published.ramps().split_decided(&edit.tenant);
+        let judged = self.generation;
+        let events = describe(&self.running, &next, origin, true, judged);
+        // Traffic moves now; the generation stays the stored one until the
+        // commit gives the revert its own.
+        self.swap(next, Source::Slo, Some(judged));
+        self.update_status();
+        let held = Held {
+            edit,
+            judged,
+            events,
+        };
+        self.commit_held(held).await;
+        Ok(self.outcome(true))
+    }
+
+    /// Commits the reverts held while etcd was away, oldest first; stops at
+    /// the first the store still cannot take.
+    pub(super) async fn commit_all_held(&mut self) {
+        let tenants: Vec<String> = self.held.keys().cloned().collect();
+        for tenant in tenants {
+            let Some(held) = self.held.remove(&tenant) else {
+                continue;
+            };
+            if !self.commit_held(held).await {
+                break;
+            }
+        }
+    }
+
+    /// Commits one held revert; `false` when the store cannot be reached
+    /// (it is held again).
+    async fn commit_held(&mut self, held: Held) -> bool {
+        let tenant = held.edit.tenant.clone();
+        let result = self
+            .store
+            .commit(
+                vec![held.edit.clone()],
+                Condition::Judged(held.judged),
+                held.events.clone(),
+            )
+            .await;
+        match result {
+            Ok(committed) => {
+                let table = self.proxy.table.load();
+                if let Some(t) = table.tenant(&tenant) {
+                    t.state.metrics.reverts.increment(1);
+                }
+                if let Some(stored) = committed.stored {
+                    self.fold(stored);
+                }
+                let webhook = self.running.notify.clone();
+                for mut event in held.events {
+                    // Numbered by the revision that made it: the same on
+                    // every replica's history, unlike a local `seq`.
+                    (event.generation, event.seq) = (self.generation, self.generation);
+                    tracing::warn!(%tenant, reason = %event.reason, generation = self.generation, "candidate reverted fleet-wide: SLO breached");
+                    if let Some(hook) = &webhook {
+                        self.notifier.send(hook, self.generation, &event);
+                    }
+                }
+                true
+            }
+            Err(CommitError::Precondition { current }) => {
+                tracing::info!(%tenant, current, "revert not committed: the fleet's state moved on since it was judged (reverted elsewhere or overridden); taking the stored state");
+                self.pending
+                    .push_back((Change::Reload { forced: true }, Origin::file()));
+                true
+            }
+            Err(CommitError::Unavailable(error)) => {
+                tracing::warn!(%tenant, %error, "revert applied here and held until etcd answers");
+                self.held.insert(tenant, held);
+                false
+            }
+        }
+    }
+}

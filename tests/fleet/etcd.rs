@@ -1,0 +1,239 @@
+//! A real etcd for the fleet tests: one per test, on free loopback ports,
+//! with a temporary data directory and a unique name; it can be killed,
+//! paused (SIGSTOP), resumed and restarted on the same directory.
+//!
+//! etcd must be installed (Debian: `etcd-server`). Without it the tests
+//! fail — never pass by skipping; `.ci/run` installs it and sets
+//! `TURNOUT_REQUIRE_ETCD=1`, which the failure message names.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running (or stopped) etcd.
+pub struct Etcd {
+    pub client: SocketAddr,
+    peer: SocketAddr,
+    name: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers `/health`.
+    pub async fn start() -> Etcd {
+        let found = Command::new("etcd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let ci = std::env::var("TURNOUT_REQUIRE_ETCD").is_ok_and(|v| v == "1");
+            panic!(
+                "the fleet tests need etcd on PATH (Debian: apt-get install etcd-server){}",
+                if ci {
+                    "; TURNOUT_REQUIRE_ETCD=1 is set: CI must install it"
+                } else {
+                    ""
+                }
+            );
+        }
+        let name = format!("t{}-{}", std::process::id(), fastrand::u32(..));
+        let mut etcd = Etcd {
+            client: free_port(),
+            peer: free_port(),
+            name,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        etcd.spawn().await;
+        etcd
+    }
+
+    /// The `[store]` table of a control file on this etcd, under a prefix
+    /// of the test's own.
+    pub fn store(&self, prefix: &str) -> String {
+        format!(
+            "[store]\netcd = [\"{}\"]\nprefix = \"/{}/{prefix}\"\n\n",
+            self.client, self.name
+        )
+    }
+
+    async fn spawn(&mut self) {
+        let client = format!("http://{}", self.client);
+        let peer = format!("http://{}", self.peer);
+        let child = Command::new("etcd")
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("{}={peer}", self.name)])
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts");
+        self.child = Some(child);
+        self.wait_healthy().await;
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.healthy().await {
+                return;
+            }
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn healthy(&self) -> bool {
+        let client = crate::support::client();
+        let req = http::Request::get(format!("http://{}/health", self.client))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let Ok(Ok(resp)) =
+            tokio::time::timeout(Duration::from_millis(500), client.request(req)).await
+        else {
+            return false;
+        };
+        resp.status() == 200
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("etcd runs").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// Freezes etcd (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a paused etcd and waits until it answers.
+    pub async fn resume(&self) {
+        self.signal("-CONT");
+        self.wait_healthy().await;
+    }
+
+    /// Kills etcd (its data stays).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            // A paused etcd must be resumed to die on SIGKILL's reaping.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
+
+impl Etcd {
+    /// The `[store]` table of a control file that reaches this etcd at
+    /// `endpoint` (a relay in front of it).
+    pub fn store_via(&self, endpoint: std::net::SocketAddr, prefix: &str) -> String {
+        format!(
+            "[store]\netcd = [\"{endpoint}\"]\nprefix = \"/{}/{prefix}\"\n\n",
+            self.name
+        )
+    }
+
+    /// Compacts the key-value history up to the current revision (etcd's
+    /// JSON gateway), so a watch resuming from an older one is refused.
+    pub async fn compact(&self) -> i64 {
+        let body = r#"{"key": "AA==", "limit": 1}"#;
+        let range = self.gateway("/v3/kv/range", body).await;
+        let revision: i64 = range["header"]["revision"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = format!(r#"{{"revision": "{revision}", "physical": true}}"#);
+        self.gateway("/v3/kv/compaction", &body).await;
+        revision
+    }
+
+    async fn gateway(&self, path: &str, body: &str) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let client = crate::support::client();
+        let req = http::Request::post(format!("http://{}{path}", self.client))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_owned(),
+            )))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+}
+
+/// A TCP relay in front of etcd that can cut one replica off: while cut,
+/// its connections are closed and new ones refused.
+pub struct Relay {
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Relay {
+    /// A relay to `target`, passing traffic.
+    pub async fn start(target: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(tokio::sync::watch::Sender::new(false));
+        let state = std::sync::Arc::clone(&cut);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *state.borrow() {
+                    continue; // dropped: refused while cut
+                }
+                let mut cut = state.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, cut }
+    }
+
+    /// Cuts the replica off (`true`) or lets it through again.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
