@@ -72,6 +72,7 @@ fn table_with(tenants: usize, settings: Settings) -> RoutingTable {
             .collect(),
         tokens: vec![],
         notify: None,
+        dns: Default::default(),
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     TableBuilder::new(Metrics::new(), tx).build(Arc::new(config), 1)

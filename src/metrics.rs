@@ -6,6 +6,10 @@
 //! the request path only bumps atomics: it never formats a label or hashes a
 //! label set.
 
+mod dns;
+
+pub use dns::DNS_FAILURES_TOTAL;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -425,6 +429,7 @@ fn describe(r: &PrometheusRecorder) {
     for (name, help) in counters {
         r.describe_counter(name.into(), None, help.into());
     }
+    dns::describe(r);
     let gauges = [
         (
             SLO_ERROR_RATE,

@@ -5,6 +5,7 @@
 //! proxy compiles into a routing table). `locate` turns keys and byte offsets
 //! into `LINE:COL`, so every error reads `PATH:LINE:COL: key: message`.
 
+pub mod dns;
 pub mod locate;
 pub mod model;
 pub mod pool;

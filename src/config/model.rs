@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+pub use super::dns::DnsSettings;
 pub use super::pool::{Pool, Weights, WeightsError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -328,6 +329,8 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
     /// `[notify]`: where `slo` and `rollout` events are POSTed.
     pub notify: Option<Webhook>,
+    /// `[dns]`: how endpoints given by name are resolved.
+    pub dns: DnsSettings,
 }
 
 /// A webhook receiver (`[notify]`).

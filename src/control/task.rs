@@ -2,9 +2,10 @@
 //! one at a time.
 //!
 //! Sources: the requests of `Control::submit` (admin calls, the store's
-//! watch, SIGHUP), SLO breaches from the request path, and the rollout
-//! clock. Each becomes a [`Change`] and is dispatched to the step that
-//! handles its kind (`apply`, `reload`, `rollout`). Changes a change asks
+//! watch, SIGHUP), SLO breaches from the request path, the rollout clock,
+//! and the endpoint names' `dns` tasks with new answers. Each becomes a
+//! [`Change`] and is dispatched to the step that handles its kind (`apply`,
+//! `reload`, `rollout`, `resolved`). Changes a change asks
 //! for (the steps a tick finds due) are queued and applied next, before
 //! anything new is received. The store's I/O runs off the runtime and is
 //! awaited, so a slow disk delays the next change, never a request.
@@ -19,11 +20,12 @@ use super::events::EventLog;
 use super::store::{Load, Store};
 use super::{Change, ChangeError, Control, Origin, Outcome, Published, ReloadStatus, Request};
 use crate::config::{Config, ConfigError};
+use crate::dns::{Discovery, Resolution};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::proxy::Proxy;
-use crate::route::{Breach, TableBuilder};
+use crate::route::{Addresses, Breach, TableBuilder};
 
 /// Changes queued before senders wait.
 const QUEUE: usize = 64;
@@ -66,6 +68,11 @@ pub(super) struct ControlTask {
     pub(super) generation: u64,
     /// Changes asked for by the change just handled, applied next.
     pub(super) pending: VecDeque<(Change, Origin)>,
+    /// The resolution task of each endpoint name (SPEC section 13).
+    pub(super) dns: Discovery,
+    /// The addresses each endpoint name last resolved to; the routing
+    /// table expands names with them.
+    pub(super) addresses: Addresses,
 }
 
 /// Loads the control state from the store, makes generation 1 of it, and
@@ -79,7 +86,16 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
     })?;
     let generation = first.revision.unwrap_or(1);
     let running = Arc::new(first.config);
-    let table = wiring.registry.build(Arc::clone(&running), generation);
+    // Names resolve before generation 1 is built, so their pools serve
+    // from the first request.
+    let (mut dns, resolutions) = Discovery::new(Arc::clone(&wiring.metrics));
+    let mut addresses = Addresses::default();
+    for r in dns.resolve_new(&running, &addresses).await {
+        addresses.set(&r.name, r.addresses);
+    }
+    let table = wiring
+        .registry
+        .build_with(Arc::clone(&running), generation, &addresses);
     let proxy = Arc::new(Proxy::new(table, wiring.metrics));
     let published = Arc::new(Published {
         events: Mutex::new(EventLog::default()),
@@ -105,12 +121,15 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
         running,
         generation,
         pending: VecDeque::new(),
+        dns,
+        addresses,
     };
     task.reload_succeeded();
     task.health.reconcile(&task.proxy.table.load());
+    task.reconcile_names();
     task.store.watch(control.clone());
     task.watch_tls_files();
-    tokio::spawn(task.run(rx, wiring.breaches, wiring.stop));
+    tokio::spawn(task.run(rx, wiring.breaches, resolutions, wiring.stop));
     Ok((control, proxy))
 }
 
@@ -120,6 +139,7 @@ impl ControlTask {
         mut self,
         mut requests: mpsc::Receiver<Request>,
         mut breaches: mpsc::UnboundedReceiver<Breach>,
+        mut resolutions: mpsc::UnboundedReceiver<Resolution>,
         mut stop: watch::Receiver<bool>,
     ) {
         self.store.clean_up().await;
@@ -137,6 +157,11 @@ impl ControlTask {
                         let origin = Origin::slo(breach.reason.clone());
                         (Change::Revert { tenant: breach.tenant, reason: breach.reason }, origin, None)
                     }
+                    // A name's new answer is a consequence of the file's
+                    // pools, not a change of them: it records no event.
+                    Some(r) = resolutions.recv() => {
+                        (Change::Resolved { name: r.name, addresses: r.addresses }, Origin::file(), None)
+                    }
                     _ = tick.tick() => (Change::Tick, Origin::rollout(None), None),
                     _ = crate::server::stopped(&mut stop) => break,
                 },
@@ -147,6 +172,7 @@ impl ControlTask {
             }
         }
         self.health.stop();
+        self.dns.stop();
     }
 
     /// Dispatches one change to the step that handles its kind.
@@ -180,6 +206,7 @@ impl ControlTask {
                 let origin = with_reason(origin, reason.clone());
                 self.end_ramp(&tenant, &reason, &origin).await
             }
+            Change::Resolved { name, addresses } => self.resolved(&name, addresses),
         }
     }
 }

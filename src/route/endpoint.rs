@@ -16,9 +16,13 @@ use crate::upstream::IdleConnections;
 /// connections. Lives in the `TableBuilder` as long as some tenant lists it.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// `host:port` exactly as the control file spells it; the registry key,
-    /// the `endpoint` metric label and the address dialled.
+    /// The registry key and the `endpoint` metric label: `host:port`
+    /// exactly as the control file spells it, or `name:port/ip` for one
+    /// address of a name (SPEC section 13; `route::named`).
     pub address: Box<str>,
+    /// For one address of a name: the pool entry (`name:port`) it came
+    /// from, sent as `Host` by health probes; `None` for an IP literal.
+    pub name: Option<Box<str>>,
     healthy: AtomicBool,
     inflight: AtomicU32,
     /// Idle keep-alive connections to this address (shared with the
@@ -29,13 +33,27 @@ pub struct Endpoint {
 impl Endpoint {
     /// `None` unless `address` is a `host:port` authority.
     pub fn new(address: &str) -> Option<Endpoint> {
-        address.parse::<Authority>().ok()?;
+        Endpoint::named(address, address, None)
+    }
+
+    /// An endpoint keyed `address` that dials `dial` (`ip:port`), one
+    /// address of the pool entry `name` (see [`Endpoint::name`]); `None`
+    /// unless `dial` is a `host:port` authority.
+    pub fn named(address: &str, dial: &str, name: Option<&str>) -> Option<Endpoint> {
+        dial.parse::<Authority>().ok()?;
         Some(Endpoint {
             address: address.into(),
+            name: name.map(Into::into),
             healthy: AtomicBool::new(true),
             inflight: AtomicU32::new(0),
-            connections: Arc::new(IdleConnections::new(address)),
+            connections: Arc::new(IdleConnections::new(dial)),
         })
+    }
+
+    /// The address dialled: `address` itself for an IP literal, `ip:port`
+    /// for one address of a name.
+    pub fn dial(&self) -> &str {
+        self.connections.address()
     }
 
     /// The health checker's verdict; `true` from creation (SPEC section 5:

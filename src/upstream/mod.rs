@@ -192,6 +192,11 @@ impl IdleConnections {
         }
     }
 
+    /// The `host:port` new connections are opened to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// The oldest idle connection that is still open and fresh, with how
     /// long it idled.
     fn take(&self) -> Option<(Sender, Duration)> {

@@ -4,6 +4,7 @@
 //! wants the whole list. Each problem carries the key path; `mod.rs` turns
 //! paths into `LINE:COL` with the locator.
 
+mod dns;
 mod tenant;
 
 use tenant::tenant;
@@ -140,6 +141,8 @@ pub fn validate(
         .notify
         .and_then(|n| webhook(&mut p, &root.key("notify"), n, base_dir));
 
+    let dns = dns::dns(&mut p, &root.key("dns"), raw.dns);
+
     let (Some(http), Some(admin)) = (http, admin) else {
         return Err(p);
     };
@@ -154,6 +157,7 @@ pub fn validate(
         tenants,
         tokens,
         notify,
+        dns,
     };
     // A token whose secret is unset is still a configured token: the
     // exposure rule is about the file, not about this environment.
