@@ -17,7 +17,7 @@
 //! work) unless `[dns] servers` names the servers to ask. `/etc/hosts` is
 //! read first, as the C library does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,11 @@ use crate::route::Addresses;
 /// How long one query to one name server may take before the resolver
 /// tries again or gives up (twice in all, across the servers).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest a new version of the state waits for its new names
+/// ([`Discovery::resolve_new`]); past it, they join when their task
+/// resolves them.
+const RESOLVE_NEW_LIMIT: Duration = Duration::from_secs(3);
 
 /// A name's new set of addresses, for the control task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +73,9 @@ pub struct Discovery {
     /// are restarted with the new resolver.
     epoch: u64,
     tasks: HashMap<String, Task>,
+    /// Names [`Discovery::resolve_new`] just looked up: their tasks wait
+    /// one refresh before their first lookup.
+    primed: HashSet<String>,
     tx: mpsc::UnboundedSender<Resolution>,
     metrics: Arc<Metrics>,
 }
@@ -81,6 +89,7 @@ impl Discovery {
             resolver: Err("not configured".into()),
             epoch: 0,
             tasks: HashMap::new(),
+            primed: HashSet::new(),
             tx,
             metrics,
         };
@@ -101,17 +110,19 @@ impl Discovery {
     }
 
     /// Resolves, at once and all together, the names of `config` that have
-    /// no addresses in `known` yet, so a table built next has them (Envoy
-    /// warms a STRICT_DNS cluster the same way before using it). Takes at
-    /// most the resolver's own time limit; a failure is logged and counted,
-    /// and the name's task tries again.
+    /// no addresses in `known` and no task trying yet, so a table built
+    /// next has them (Envoy warms a STRICT_DNS cluster the same way before
+    /// using it). Waits at most [`RESOLVE_NEW_LIMIT`]; a failure is logged
+    /// and counted, and the name's task tries again.
     pub async fn resolve_new(&mut self, config: &Config, known: &Addresses) -> Vec<Resolution> {
         let resolver = self.resolver(&config.dns);
         let mut lookups = JoinSet::new();
         for name in names(config) {
-            if known.get(name).is_some() {
+            let trying = self.tasks.get(name).is_some_and(|t| t.epoch == self.epoch);
+            if known.get(name).is_some() || trying {
                 continue;
             }
+            self.primed.insert(name.to_owned());
             let (resolver, name) = (resolver.clone(), name.to_owned());
             lookups.spawn(async move {
                 let result = lookup(&resolver, &name).await;
@@ -119,15 +130,25 @@ impl Discovery {
             });
         }
         let mut found = Vec::new();
-        while let Some(joined) = lookups.join_next().await {
-            let Ok((name, result)) = joined else { continue };
-            match result {
-                Ok(addresses) => found.push(Resolution { name, addresses }),
-                Err(error) => {
-                    self.metrics.dns_failures(&name).increment(1);
-                    tracing::warn!(%name, %error, "endpoint name does not resolve: its pool entries have no endpoint yet");
+        let collect = async {
+            while let Some(joined) = lookups.join_next().await {
+                let Ok((name, result)) = joined else { continue };
+                match result {
+                    Ok(addresses) => found.push(Resolution { name, addresses }),
+                    Err(error) => {
+                        self.metrics.dns_failures(&name).increment(1);
+                        tracing::warn!(%name, %error, "endpoint name does not resolve: its pool entries have no endpoint yet");
+                    }
                 }
             }
+        };
+        if tokio::time::timeout(RESOLVE_NEW_LIMIT, collect)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "endpoint names still resolving after {RESOLVE_NEW_LIMIT:?}: they join when they resolve"
+            );
         }
         found
     }
@@ -151,10 +172,15 @@ impl Discovery {
             if self.tasks.contains_key(name) {
                 continue;
             }
+            let every = config.dns.refresh;
+            let first = match self.primed.contains(name) {
+                true => tokio::time::Instant::now() + every,
+                false => tokio::time::Instant::now(),
+            };
             let task = tokio::spawn(refresh(
                 name.to_owned(),
                 resolver.clone(),
-                config.dns.refresh,
+                (first, every),
                 known.get(name).map(<[IpAddr]>::to_vec),
                 self.tx.clone(),
                 self.metrics.dns_failures(name),
@@ -162,6 +188,7 @@ impl Discovery {
             let abort = task.abort_handle();
             self.tasks.insert(name.to_owned(), Task { abort, epoch });
         }
+        self.primed.clear();
     }
 
     /// Stops every task.
@@ -172,17 +199,18 @@ impl Discovery {
     }
 }
 
-/// One name's task: a lookup at once, then every `every`; sends each answer
-/// that differs from `last`.
+/// One name's task: a lookup at `first` (at once, or a refresh after the
+/// lookup that primed it), then every `every`; sends each answer that
+/// differs from `last`.
 async fn refresh(
     name: String,
     resolver: Shared,
-    every: Duration,
+    (first, every): (tokio::time::Instant, Duration),
     mut last: Option<Vec<IpAddr>>,
     tx: mpsc::UnboundedSender<Resolution>,
     failures: Counter,
 ) {
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval_at(first, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut failing = false;
     loop {
@@ -222,7 +250,15 @@ async fn refresh(
 /// without any is an error.
 pub async fn lookup(resolver: &Shared, name: &str) -> Result<Vec<IpAddr>, String> {
     let resolver = resolver.as_ref().map_err(|e| e.to_string())?;
-    let answer = resolver.lookup_ip(name).await.map_err(|e| e.to_string())?;
+    let answer = resolver.lookup_ip(name).await.map_err(|e| {
+        if e.is_nx_domain() {
+            "no such name (NXDOMAIN)".to_owned()
+        } else if e.is_no_records_found() {
+            "no A or AAAA record".to_owned()
+        } else {
+            e.to_string()
+        }
+    })?;
     let mut addresses: Vec<IpAddr> = answer.iter().collect();
     addresses.sort_unstable();
     addresses.dedup();
