@@ -287,6 +287,70 @@ async fn traffic_follows_a_changed_answer_with_no_failed_request() {
     );
 }
 
+/// An upstream answering `ok` to everything that counts its open
+/// connections.
+async fn counting_upstream(at: SocketAddr) -> Arc<AtomicUsize> {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind(at).await.unwrap();
+    let open: Arc<AtomicUsize> = Arc::default();
+    let count = Arc::clone(&open);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    open
+}
+
+#[tokio::test]
+async fn a_vanished_address_has_its_idle_connections_closed() {
+    let dns = DnsServer::start().await;
+    let port = {
+        let probe = std::net::TcpListener::bind((loopback(2), 0)).unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let open = counting_upstream(SocketAddr::from((loopback(2), port))).await;
+    dns.set("app.test", &[loopback(2)]);
+    // Probes an hour apart (the first at a random point of the hour): the
+    // only connections to the upstream are the proxy's keep-alive ones.
+    let text = format!(
+        "[dns]\nservers = [\"{}\"]\nrefresh = \"200ms\"\n\n[tenants.shop]\nhosts = [\"shop.test\"]\nstable = \"blue\"\nweights = {{ blue = 1, green = 0 }}\npools.blue = [\"app.test:{port}\"]\npools.green = []\n{RARE_PROBES}\n",
+        dns.addr
+    );
+    let proxy = spawn(&text).await;
+    for _ in 0..5 {
+        assert_eq!(proxy.get("shop.test", "/").await.status, 200);
+    }
+    assert!(open.load(Ordering::SeqCst) >= 1, "a kept-alive connection");
+
+    // The name moves elsewhere: .2 is no endpoint any more, and the idle
+    // connection to it closes.
+    dns.set("app.test", &[loopback(9)]);
+    wait_until(
+        Duration::from_secs(10),
+        "the idle connection closed",
+        || async { open.load(Ordering::SeqCst) == 0 },
+    )
+    .await;
+    assert_eq!(
+        endpoints(&proxy, "blue").await,
+        vec![format!("app.test:{port}/127.0.0.9")]
+    );
+}
+
 #[tokio::test]
 async fn dns_down_keeps_the_last_addresses() {
     let dns = DnsServer::start().await;

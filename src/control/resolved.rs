@@ -40,15 +40,12 @@ impl ControlTask {
         if !names(&self.running).contains(name) {
             return Ok(self.outcome(false));
         }
-        let shown = addresses
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
         if !self.addresses.set(name, addresses) {
             return Ok(self.outcome(false));
         }
-        tracing::info!(%name, addresses = %shown, "endpoint name resolves to new addresses");
+        let shown = self.addresses.get(name).unwrap_or_default();
+        let shown = shown.iter().map(ToString::to_string).collect::<Vec<_>>();
+        tracing::info!(%name, addresses = %shown.join(", "), "endpoint name resolves to new addresses");
         let table = self.build(Arc::clone(&self.running), self.generation);
         self.proxy.table.store(Arc::clone(&table));
         self.health.reconcile(&table);
