@@ -10,7 +10,6 @@ use super::{Problems, duration};
 
 /// The validated `[dns]` table; every problem located at its key.
 pub(super) fn dns(p: &mut Problems, path: &KeyPath, raw: RawDns) -> DnsSettings {
-    let refresh = duration(p, path, "refresh", raw.refresh.as_deref(), DEFAULT_REFRESH);
     let list = raw.servers.unwrap_or_default();
     let servers_path = path.key("servers");
     let mut servers = Vec::with_capacity(list.len());
