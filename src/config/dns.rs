@@ -62,6 +62,11 @@ pub struct EndpointName<'a> {
 pub fn endpoint_name(address: &str) -> Option<EndpointName<'_>> {
     let split = address.find("://").map_or(0, |i| i + 3);
     let (prefix, authority) = address.split_at(split);
+    // The common case, an IP literal, without allocating (tables of
+    // thousands of endpoints are built on every change).
+    if authority.parse::<SocketAddr>().is_ok() {
+        return None;
+    }
     let parsed: http::uri::Authority = authority.parse().ok()?;
     let port = parsed.port_u16()?;
     let host_len = authority.rfind(':')?;
