@@ -73,6 +73,7 @@ fn table_with(tenants: usize, settings: Settings) -> RoutingTable {
         tokens: vec![],
         notify: None,
         store: None,
+        dns: Default::default(),
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     TableBuilder::new(Metrics::new(), tx).build(Arc::new(config), 1)

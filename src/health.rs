@@ -180,9 +180,10 @@ enum Failed {
     Local(LocalError, String),
 }
 
-/// One probe: a GET of the health path, passing on 2xx or 3xx in time —
-/// or, for an `h2c://` or `https://` endpoint or with `grpc = true`, a
-/// probe in the endpoint's protocol (`protocol`).
+/// One probe: a GET of the health path, passing on 2xx or 3xx in time,
+/// sent to the address dialled with the name it came from as `Host` — or,
+/// for an `h2c://` or `https://` endpoint or with `grpc = true`, a probe in
+/// the endpoint's protocol (`protocol`).
 async fn probe(
     client: &ProbeClient,
     endpoint: &Endpoint,
@@ -203,9 +204,14 @@ async fn probe(
             }),
         };
     }
-    let uri = format!("http://{}{}", endpoint.address, settings.path);
-    let req = Request::get(uri)
-        .header(header::USER_AGENT, "turnout-health")
+    let uri = format!("http://{}{}", endpoint.dial(), settings.path);
+    let mut req = Request::get(uri).header(header::USER_AGENT, "turnout-health");
+    if let Some(name) = &endpoint.name {
+        // An address of a name is probed as the name (SPEC section 13):
+        // virtual hosts and ingress rules upstream match on it.
+        req = req.header(header::HOST, &**name);
+    }
+    let req = req
         .body(Empty::new())
         .map_err(|e| Failed::Endpoint(e.to_string()))?;
     let exchange = async {

@@ -29,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod demo;
+pub mod dns;
 pub mod health;
 pub mod metrics;
 pub mod notify;

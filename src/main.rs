@@ -236,6 +236,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
     match checked.config {
         Ok(config) => {
+            warn_unresolved(path, &config);
             print!("{}", summary(&config));
             ExitCode::SUCCESS
         }
@@ -244,6 +245,44 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// SPEC §13: an endpoint name that does not resolve here is a warning
+/// (`PATH:LINE:COL: warning: KEY: cannot resolve ...`), not an error — a
+/// file is often checked where its names mean nothing (a CI job), and
+/// `run` serves such a pool as empty until the name resolves.
+fn warn_unresolved(path: &std::path::Path, config: &Config) {
+    if config::dns::names(config).is_empty() {
+        return;
+    }
+    let failed = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(turnout::dns::unresolvable(config)),
+        Err(e) => {
+            eprintln!("turnout: endpoint names not checked: cannot start the runtime: {e}");
+            return;
+        }
+    };
+    if failed.is_empty() {
+        return;
+    }
+    let text = config::read(path).unwrap_or_default();
+    for p in config::dns::unresolved_entries(&text, config, &failed) {
+        let key = p.key.as_deref().unwrap_or("-");
+        eprintln!(
+            "{}:{}:{}: warning: {key}: {}",
+            path.display(),
+            p.line,
+            p.col,
+            p.message
+        );
+    }
+    eprintln!(
+        "turnout: {} endpoint name(s) do not resolve here: their pools have no endpoints until they do",
+        failed.len()
+    );
 }
 
 /// One line per tenant: hosts, stable pool, weights, endpoint counts.

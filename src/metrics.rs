@@ -6,6 +6,10 @@
 //! the request path only bumps atomics: it never formats a label or hashes a
 //! label set.
 
+mod dns;
+
+pub use dns::DNS_FAILURES_TOTAL;
+
 use std::sync::Arc;
 use std::time::Duration;
 

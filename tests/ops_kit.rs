@@ -55,6 +55,7 @@ fn dashboards_and_alerts_use_only_real_metrics() {
         SLO_ERROR_RATE,
         REVERTS_TOTAL,
         NOTIFY_FAILURES_TOTAL,
+        DNS_FAILURES_TOTAL,
     ];
     let histogram = ["_bucket", "_sum", "_count"].map(|s| format!("{REQUEST_DURATION_SECONDS}{s}"));
     for file in [

@@ -80,8 +80,13 @@ pub struct PoolView {
 /// One endpoint of a pool.
 #[derive(Serialize)]
 pub struct EndpointView {
-    /// `host:port` as the control file lists it.
+    /// `host:port` as the control file lists it; `name:port/ip` for one
+    /// address of a name (SPEC section 13).
     pub address: String,
+    /// For one address of a name: the pool entry (`name:port`) it came
+    /// from; absent for an IP literal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The active health checker's current verdict (SPEC section 5).
     pub healthy: bool,
     /// Requests in flight to it now, across every tenant that lists it.
@@ -206,6 +211,7 @@ pub fn tenant_view<'a>(
             .iter()
             .map(|e| EndpointView {
                 address: e.address.to_string(),
+                name: e.name.as_deref().map(str::to_owned),
                 healthy: e.is_healthy(),
                 inflight: e.inflight(),
                 ejected: e.outlier.is_ejected(),

@@ -7,6 +7,7 @@
 
 pub mod limit;
 pub mod endpoint;
+pub mod dns;
 pub mod locate;
 pub mod model;
 pub mod outlier;

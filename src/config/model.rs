@@ -9,6 +9,7 @@ use std::fmt;
 pub use super::limit::{ClientKey, ClientRateLimit, RateLimit};
 pub use super::endpoint::Protocol;
 pub use super::outlier::OutlierSettings;
+pub use super::dns::DnsSettings;
 pub use super::pool::{Pool, Weights, WeightsError};
 pub use super::upstream_tls::UpstreamTls;
 use std::net::SocketAddr;
@@ -355,6 +356,8 @@ pub struct Config {
     /// `[store]`: the runtime state in etcd; `None`: the file is the store.
     /// Read at start only (a change needs a restart).
     pub store: Option<super::store::StoreConfig>,
+    /// `[dns]`: how endpoints given by name are resolved.
+    pub dns: DnsSettings,
 }
 
 /// A webhook receiver (`[notify]`).

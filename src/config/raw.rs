@@ -32,10 +32,26 @@ pub struct RawConfig {
     /// `[store]`: the runtime state in etcd (SPEC section 12).
     #[serde(default)]
     pub store: Option<super::store::RawStore>,
+    /// `[dns]`: how endpoints given by name are resolved (SPEC section 13).
+    #[serde(default)]
+    pub dns: RawDns,
     /// `[tenants.NAME]`, keyed by tenant name (sorted, as `BTreeMap` keeps
     /// them); the name is checked by `validate`, not here.
     #[serde(default)]
     pub tenants: BTreeMap<String, RawTenant>,
+}
+
+/// `[dns]`: the name servers and refresh interval for endpoints given by
+/// name; both keys optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// `servers`: `"IP:PORT"` (or `"IP"`, port 53) strings that replace the
+    /// system's name servers.
+    pub servers: Option<Vec<String>>,
+    /// `refresh`: a duration string (`"5s"`), the time between two
+    /// resolutions of one name.
+    pub refresh: Option<String>,
 }
 
 /// `[listen]`: addresses as `IP:port` strings, unparsed.

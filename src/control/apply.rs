@@ -305,7 +305,10 @@ impl ControlTask {
 
     /// Builds the routing table of `config` at `generation`.
     pub(super) fn build(&self, config: Arc<Config>, generation: u64) -> Arc<RoutingTable> {
-        Arc::new(self.registry.build(config, generation))
+        Arc::new(
+            self.registry
+                .build_with(config, generation, &self.addresses),
+        )
     }
 
     /// Builds and publishes the routing table for `next`; returns the state
@@ -349,6 +352,7 @@ impl ControlTask {
         self.proxy.table.store(Arc::clone(&table));
         self.health.reconcile(&table);
         let previous = std::mem::replace(&mut self.running, next);
+        self.reconcile_names();
         self.watch_tls_files();
         self.published.ramps().retain(&table);
         for t in table.tenants() {

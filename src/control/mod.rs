@@ -32,6 +32,7 @@ mod evidence;
 mod fleet;
 pub mod merge;
 mod reload;
+mod resolved;
 pub mod rollout;
 pub mod store;
 mod task;
@@ -120,6 +121,16 @@ pub enum Change {
         tenant: String,
         /// Why, as the event shows it.
         reason: String,
+    },
+    /// An endpoint name resolves to a new set of addresses (SPEC section
+    /// 13; sent by its `dns` task): the routing table is rebuilt with one
+    /// endpoint per address. The control state is unchanged, so the
+    /// generation stays and no event is recorded.
+    Resolved {
+        /// The name, as the pools spell it (without the port).
+        name: String,
+        /// Its addresses, sorted, never empty.
+        addresses: Vec<std::net::IpAddr>,
     },
 }
 

@@ -44,6 +44,8 @@ impl ControlTask {
             Ok(None) => Ok(self.outcome(false)),
             Ok(Some(stored)) => {
                 self.reload_succeeded();
+                // Names the new version brings resolve before it applies.
+                self.resolve_new(&stored.config).await;
                 Ok(self.fold(stored))
             }
             Err(error) => Err(self.reload_failed(error)),

@@ -2,9 +2,10 @@
 //! one at a time.
 //!
 //! Sources: the requests of `Control::submit` (admin calls, the store's
-//! watch, SIGHUP), SLO breaches from the request path, and the rollout
-//! clock. Each becomes a [`Change`] and is dispatched to the step that
-//! handles its kind (`apply`, `reload`, `rollout`). Changes a change asks
+//! watch, SIGHUP), SLO breaches from the request path, the rollout clock,
+//! and the endpoint names' `dns` tasks with new answers. Each becomes a
+//! [`Change`] and is dispatched to the step that handles its kind (`apply`,
+//! `reload`, `rollout`, `resolved`). Changes a change asks
 //! for (the steps a tick finds due) are queued and applied next, before
 //! anything new is received. The store's I/O runs off the runtime and is
 //! awaited, so a slow disk delays the next change, never a request.
@@ -20,11 +21,12 @@ use super::fleet::Held;
 use super::store::{Load, Store, StoreStatus};
 use super::{Change, ChangeError, Control, Origin, Outcome, Published, ReloadStatus, Request};
 use crate::config::{Config, ConfigError};
+use crate::dns::{Discovery, Resolution};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::proxy::Proxy;
-use crate::route::{Breach, TableBuilder};
+use crate::route::{Addresses, Breach, TableBuilder};
 
 /// Changes queued before senders wait.
 const QUEUE: usize = 64;
@@ -77,6 +79,11 @@ pub(super) struct ControlTask {
     pub(super) exposures: HashMap<String, u64>,
     /// When this replica's counts were last published to the fleet.
     pub(super) evidence_at: Option<std::time::Instant>,
+    /// The resolution task of each endpoint name (SPEC section 13).
+    pub(super) dns: Discovery,
+    /// The addresses each endpoint name last resolved to; the routing
+    /// table expands names with them.
+    pub(super) addresses: Addresses,
 }
 
 /// Loads the control state from the store, makes generation 1 of it, and
@@ -90,7 +97,16 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
     })?;
     let generation = first.revision.unwrap_or(1);
     let running = Arc::new(first.config);
-    let table = wiring.registry.build(Arc::clone(&running), generation);
+    // Names resolve before generation 1 is built, so their pools serve
+    // from the first request.
+    let (mut dns, resolutions) = Discovery::new(Arc::clone(&wiring.metrics));
+    let mut addresses = Addresses::default();
+    for r in dns.resolve_new(&running, &addresses).await {
+        addresses.set(&r.name, r.addresses);
+    }
+    let table = wiring
+        .registry
+        .build_with(Arc::clone(&running), generation, &addresses);
     let proxy = Arc::new(Proxy::new(table, wiring.metrics));
     let published = Arc::new(Published {
         events: Mutex::new(EventLog::default()),
@@ -122,12 +138,15 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
         held: BTreeMap::new(),
         exposures: HashMap::new(),
         evidence_at: None,
+        dns,
+        addresses,
     };
     task.reload_succeeded();
     task.health.reconcile(&task.proxy.table.load());
+    task.reconcile_names();
     task.store.watch(control.clone());
     task.watch_tls_files();
-    tokio::spawn(task.run(rx, wiring.breaches, wiring.stop));
+    tokio::spawn(task.run(rx, wiring.breaches, resolutions, wiring.stop));
     Ok((control, proxy))
 }
 
@@ -137,6 +156,7 @@ impl ControlTask {
         mut self,
         mut requests: mpsc::Receiver<Request>,
         mut breaches: mpsc::UnboundedReceiver<Breach>,
+        mut resolutions: mpsc::UnboundedReceiver<Resolution>,
         mut stop: watch::Receiver<bool>,
     ) {
         self.store.clean_up().await;
@@ -154,6 +174,11 @@ impl ControlTask {
                         let origin = Origin::slo(breach.reason.clone());
                         (Change::Revert { tenant: breach.tenant, reason: breach.reason }, origin, None)
                     }
+                    // A name's new answer is a consequence of the file's
+                    // pools, not a change of them: it records no event.
+                    Some(r) = resolutions.recv() => {
+                        (Change::Resolved { name: r.name, addresses: r.addresses }, Origin::file(), None)
+                    }
                     _ = tick.tick() => (Change::Tick, Origin::rollout(None), None),
                     _ = crate::server::stopped(&mut stop) => break,
                 },
@@ -164,6 +189,7 @@ impl ControlTask {
             }
         }
         self.health.stop();
+        self.dns.stop();
     }
 
     /// Dispatches one change to the step that handles its kind.
@@ -197,6 +223,7 @@ impl ControlTask {
                 let origin = with_reason(origin, reason.clone());
                 self.end_ramp(&tenant, &reason, &origin).await
             }
+            Change::Resolved { name, addresses } => self.resolved(&name, addresses),
         }
     }
 }

@@ -39,9 +39,9 @@ pub(super) async fn probe(
     settings: &HealthSettings,
     connect_timeout: std::time::Duration,
 ) -> Result<(), ProbeError> {
-    let authority = crate::config::endpoint::parse(&endpoint.address)
-        .map(|a| a.authority.to_owned())
-        .map_err(ProbeError::Answer)?;
+    // The name an address of a name came from, as plain HTTP/1.1 probes
+    // send it (SPEC section 13); else the address dialled.
+    let authority = endpoint.name.as_deref().unwrap_or(endpoint.dial());
     let builder = Request::builder()
         .header(header::HOST, authority)
         .header(header::USER_AGENT, "turnout-health");

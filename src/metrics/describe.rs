@@ -44,6 +44,7 @@ pub(super) fn describe(r: &PrometheusRecorder) {
     for (name, help) in counters {
         r.describe_counter(name.into(), None, help.into());
     }
+    super::dns::describe(r);
     let gauges = [
         (
             SLO_ERROR_RATE,

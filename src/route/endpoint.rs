@@ -16,9 +16,15 @@ use crate::upstream::IdleConnections;
 /// connections. Lives in the `TableBuilder` as long as some tenant lists it.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// `[scheme://]host:port` exactly as the control file spells it; the
-    /// registry key and the `endpoint` metric label.
+    /// The registry key and the `endpoint` metric label:
+    /// `[scheme://]host:port` exactly as the control file spells it, or
+    /// `name:port/ip` for one address of a name (SPEC section 13;
+    /// `route::named`).
     pub address: Box<str>,
+    /// For one address of a name: the pool entry's authority (`name:port`)
+    /// it came from, sent as `Host` by health probes and (its host) the TLS
+    /// server name; `None` for an IP literal.
+    pub name: Option<Box<str>>,
     /// How turnout talks to it (the address's scheme, SPEC section 15).
     pub protocol: Protocol,
     healthy: AtomicBool,
@@ -34,23 +40,47 @@ impl Endpoint {
     /// `None` unless `address` is `[scheme://]host:port`
     /// (`config::endpoint::parse`).
     pub fn new(address: &str) -> Option<Endpoint> {
-        let parsed = crate::config::endpoint::parse(address).ok()?;
-        Some(Endpoint {
+        Endpoint::named(address, address, None)
+    }
+
+    /// An endpoint keyed `address` that dials `dial`
+    /// (`[scheme://]ip:port`), one address of the pool entry whose
+    /// authority is `name` (see [`Endpoint::name`]); `None` unless `dial`
+    /// parses as an endpoint address.
+    pub fn named(address: &str, dial: &str, name: Option<&str>) -> Option<Endpoint> {
+        let parsed = crate::config::endpoint::parse(dial).ok()?;
+        let endpoint = Endpoint {
             address: address.into(),
+            name: name.map(Into::into),
             protocol: parsed.protocol,
             healthy: AtomicBool::new(true),
             inflight: AtomicU32::new(0),
             connections: Arc::new(IdleConnections::new(&parsed)),
             outlier: Outlier::default(),
-        })
+        };
+        endpoint.set_tls(None);
+        Some(endpoint)
+    }
+
+    /// The address dialled, without its scheme: `host:port` as written for
+    /// an IP literal, `ip:port` for one address of a name.
+    pub fn dial(&self) -> &str {
+        self.connections.address()
+    }
+
+    /// The host a TLS server name defaults to: the name for one address of
+    /// a name (its certificate names the service, not the pod's address),
+    /// else the host dialled.
+    fn tls_host(&self) -> &str {
+        let authority = self.name.as_deref().unwrap_or(self.dial());
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
     }
 
     /// Sets the TLS new connections use, for an `https://` endpoint (see
     /// `upstream::IdleConnections::set_tls`).
     pub fn set_tls(&self, tls: Option<&crate::config::UpstreamTls>) {
-        if let Ok(parsed) = crate::config::endpoint::parse(&self.address) {
-            self.connections.set_tls(tls, parsed.host());
-        }
+        self.connections.set_tls(tls, self.tls_host());
     }
 
     /// Whether it may take a request now: healthy and not ejected.

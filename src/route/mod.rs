@@ -11,6 +11,7 @@ pub mod endpoint;
 pub mod host;
 pub mod limit;
 pub mod outlier;
+pub mod named;
 pub mod pool;
 pub mod sticky;
 
@@ -26,6 +27,7 @@ use crate::slo::Verdict;
 use crate::slo::guard::TenantGuard;
 pub use endpoint::Endpoint;
 use host::{HostIndex, HostRoute};
+pub use named::Addresses;
 
 /// One generation of the control state, compiled for requests: the host
 /// index, and each tenant with its endpoints and long-lived state. Immutable;
@@ -277,8 +279,23 @@ impl TableBuilder {
     }
 
     /// Compiles `config` into a routing table, reusing the state of endpoints
-    /// and tenants that stay configured and dropping the rest.
+    /// and tenants that stay configured and dropping the rest. Endpoints
+    /// given by name get none of their addresses: see [`TableBuilder::build_with`].
     pub fn build(&self, config: Arc<Config>, generation: u64) -> RoutingTable {
+        self.build_with(config, generation, &Addresses::default())
+    }
+
+    /// [`TableBuilder::build`], with each pool entry given by name expanded
+    /// into one endpoint per address it last resolved to (`addresses`; SPEC
+    /// section 13). An endpoint whose address is gone is dropped with the
+    /// table: requests in flight on it finish, and its idle connections
+    /// close when the last of them ends.
+    pub fn build_with(
+        &self,
+        config: Arc<Config>,
+        generation: u64,
+        addresses: &Addresses,
+    ) -> RoutingTable {
         let mut old_endpoints = std::mem::take(&mut *lock(&self.endpoints));
         let mut old_tenants = std::mem::take(&mut *lock(&self.tenants));
         let mut endpoints = HashMap::new();
@@ -288,22 +305,27 @@ impl TableBuilder {
 
         for (index, tc) in config.tenants.iter().enumerate() {
             let pools = Pool::ALL.map(|color| {
-                tc.pool(color)
-                    .iter()
-                    .filter_map(|address| {
-                        if let Some(ep) = endpoints.get(address.as_str()) {
+                let mut pool = Vec::with_capacity(tc.pool(color).len());
+                for address in tc.pool(color) {
+                    named::expand(address, addresses, |key, dial, name| {
+                        if let Some(ep) = endpoints.get(key) {
                             // Listed by an earlier tenant (by name): its
                             // settings stand, as for health probes.
-                            return Some(Arc::clone(ep));
+                            pool.push(Arc::clone(ep));
+                            return;
                         }
-                        let ep = old_endpoints
-                            .remove(address.as_str())
-                            .or_else(|| Endpoint::new(address).map(Arc::new))?;
+                        let Some(ep) = old_endpoints
+                            .remove(key)
+                            .or_else(|| Endpoint::named(key, dial, name).map(Arc::new))
+                        else {
+                            return;
+                        };
                         ep.set_tls(tc.settings.upstream_tls.as_ref());
-                        endpoints.insert(address.as_str().into(), Arc::clone(&ep));
-                        Some(ep)
-                    })
-                    .collect::<Box<[_]>>()
+                        endpoints.insert(key.into(), Arc::clone(&ep));
+                        pool.push(ep);
+                    });
+                }
+                pool.into_boxed_slice()
             });
             let state = old_tenants.remove(&tc.name).unwrap_or_else(|| {
                 Arc::new(TenantState {

@@ -209,6 +209,11 @@ impl IdleConnections {
         Ok(connected)
     }
 
+    /// The `host:port` new connections are opened to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// The oldest idle connection that is still open and fresh, with how
     /// long it idled.
     fn take(&self) -> Option<(Sender, Duration)> {

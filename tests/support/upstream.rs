@@ -70,8 +70,15 @@ impl Upstream {
 }
 
 pub async fn spawn_upstream(name: &'static str) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    spawn_upstream_at(name, any).await.unwrap()
+}
+
+/// [`spawn_upstream`] on `addr` (another loopback address, a given port):
+/// an error when it cannot be bound there.
+pub async fn spawn_upstream_at(name: &'static str, addr: SocketAddr) -> std::io::Result<Upstream> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     let hits = Arc::new(AtomicUsize::new(0));
     let controls = Arc::new(Controls::default());
     let (counter, ctl) = (Arc::clone(&hits), Arc::clone(&controls));
@@ -99,12 +106,12 @@ pub async fn spawn_upstream(name: &'static str) -> Upstream {
             });
         }
     });
-    Upstream {
+    Ok(Upstream {
         addr,
         name,
         hits,
         controls,
-    }
+    })
 }
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;

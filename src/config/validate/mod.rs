@@ -4,6 +4,7 @@
 //! wants the whole list. Each problem carries the key path; `mod.rs` turns
 //! paths into `LINE:COL` with the locator.
 
+mod dns;
 mod tenant;
 
 use tenant::tenant;
@@ -144,6 +145,7 @@ pub fn validate(
     let store = raw
         .store
         .and_then(|s| super::store::store(&mut p, &root.key("store"), s));
+    let dns = dns::dns(&mut p, &root.key("dns"), raw.dns);
 
     let (Some(http), Some(admin)) = (http, admin) else {
         return Err(p);
@@ -160,6 +162,7 @@ pub fn validate(
         tokens,
         notify,
         store,
+        dns,
     };
     // A token whose secret is unset is still a configured token: the
     // exposure rule is about the file, not about this environment.
