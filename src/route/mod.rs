@@ -10,8 +10,8 @@
 pub mod endpoint;
 pub mod host;
 pub mod limit;
-pub mod outlier;
 pub mod named;
+pub mod outlier;
 pub mod pool;
 pub mod sticky;
 
