@@ -5,8 +5,8 @@
 //! proxy compiles into a routing table). `locate` turns keys and byte offsets
 //! into `LINE:COL`, so every error reads `PATH:LINE:COL: key: message`.
 
-pub mod limit;
 pub mod endpoint;
+pub mod limit;
 pub mod locate;
 pub mod model;
 pub mod outlier;

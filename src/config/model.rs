@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-pub use super::limit::{ClientKey, ClientRateLimit, RateLimit};
 pub use super::endpoint::Protocol;
+pub use super::limit::{ClientKey, ClientRateLimit, RateLimit};
 pub use super::outlier::OutlierSettings;
 pub use super::pool::{Pool, Weights, WeightsError};
 pub use super::upstream_tls::UpstreamTls;
