@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
@@ -133,7 +133,5 @@ async fn set_serving(reporter: &HealthReporter, serving: bool) {
 
 /// A plain-text answer to an HTTP/1.1 `/admin/...` request.
 fn text(body: String) -> Response<Body> {
-    let mut resp = Response::new(Body::new(Full::new(Bytes::from(body))));
-    *resp.status_mut() = StatusCode::OK;
-    resp
+    Response::new(Body::new(Full::new(Bytes::from(body))))
 }
