@@ -20,6 +20,8 @@ use crate::app;
 use crate::config::ListenOverrides;
 use crate::server;
 
+pub mod grpc;
+
 /// Where `turnout demo` serves proxied traffic: fixed, loopback only, so
 /// the printed curl commands work as shown (the SPEC's `[listen] http`
 /// default, on loopback).
@@ -83,14 +85,23 @@ pub async fn spawn_upstream(
 }
 
 /// `turnout upstream`: one demo upstream in the foreground (the container
-/// playground runs two).
+/// playground runs three); with `grpc`, the gRPC one of [`grpc`]. Prints
+/// `demo upstream NAME on ADDR; ...` on stdout once it listens.
 pub async fn run_upstream(
     name: String,
     listen: SocketAddr,
+    grpc: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (_stop, stopped) = watch::channel(false);
-    let addr = spawn_upstream(&name, listen, stopped).await?;
-    println!("demo upstream {name} on {addr}; POST /admin/fail or /admin/heal to switch");
+    if grpc {
+        let addr = grpc::spawn_grpc_upstream(&name, listen, stopped).await?;
+        println!(
+            "demo gRPC upstream {name} on {addr} (h2c: grpc.health.v1.Health, reflection); POST /admin/fail or /admin/heal to switch"
+        );
+    } else {
+        let addr = spawn_upstream(&name, listen, stopped).await?;
+        println!("demo upstream {name} on {addr}; POST /admin/fail or /admin/heal to switch");
+    }
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -62,6 +62,10 @@ enum Command {
         name: String,
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
+        /// Serve gRPC over h2c instead: grpc.health.v1.Health and server
+        /// reflection; /admin/fail makes Health/Check answer NOT_SERVING.
+        #[arg(long)]
+        grpc: bool,
     },
 }
 
@@ -97,8 +101,8 @@ fn main() -> ExitCode {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Demo) => block_on(async { turnout::demo::run().await }),
         Some(Command::Ctl(args)) => ctl(args),
-        Some(Command::Upstream { name, listen }) => {
-            block_on(async move { turnout::demo::run_upstream(name, listen).await })
+        Some(Command::Upstream { name, listen, grpc }) => {
+            block_on(async move { turnout::demo::run_upstream(name, listen, grpc).await })
         }
         Some(Command::Run(args)) => block_on(run(args)),
         None => block_on(run(cli.run)),

@@ -19,11 +19,12 @@
 //! nginx and Go reuse the newest — so after a burst the surplus stays in
 //! rotation until the 60 s idle limit rather than ageing out sooner.
 
+mod lease;
 mod rescue;
 mod transport;
 mod upload;
 
-use rescue::{Held, drain};
+pub use lease::{Holder, Lease};
 pub use rescue::{RESCUE_BYTES, RESCUE_MAX, RESCUE_TIME, Rescuable};
 use transport::{Connected, connect, h2_form, http1_form};
 pub use transport::{H2Sender, TlsTarget};
@@ -257,80 +258,6 @@ impl IdleConnections {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
-    }
-}
-
-/// A connection lent to one exchange, carried by the response body. It
-/// returns to its endpoint's pool only through [`Lease::finished`] (or a
-/// successful [`Lease::rescue`]); dropped otherwise, it closes (hyper
-/// cannot reuse a half-read response).
-pub struct Lease {
-    /// The HTTP/1.1 connection; `None` for a stream of the shared HTTP/2
-    /// connection, which has nothing to give back.
-    sender: Option<Sender>,
-    connections: Arc<IdleConnections>,
-    /// For a request with a body: how its upload is going.
-    upload: Option<Arc<UploadState>>,
-    /// When the rest of the response may be read off in the background as
-    /// the client goes away (see [`Lease::rescue`]): what the rescue holds
-    /// on the caller's behalf while it runs.
-    rescuable: Option<Holder>,
-}
-
-/// Makes what a rescue holds while it runs — the caller's slots (a
-/// tenant's `max_inflight`, an endpoint's in-flight count), so abandoning
-/// requests frees no capacity and load balancing still sees the load.
-pub type Holder = Box<dyn FnOnce() -> Box<dyn Send> + Send>;
-
-impl Lease {
-    /// Lends `sender`, a connection of `connections` (`None`: an HTTP/2
-    /// stream), to one exchange.
-    pub fn new(
-        sender: Option<Sender>,
-        connections: Arc<IdleConnections>,
-        upload: Option<Arc<UploadState>>,
-        rescuable: Option<Holder>,
-    ) -> Lease {
-        Lease {
-            sender,
-            connections,
-            upload,
-            rescuable,
-        }
-    }
-
-    /// The client went away with `rest` of the response unread: when the
-    /// exchange is rescuable, read it off in the background (at most
-    /// [`RESCUE_BYTES`] within [`RESCUE_TIME`]) and keep the connection;
-    /// otherwise close it.
-    pub fn rescue(mut self, rest: Incoming) {
-        let Some(holder) = self.rescuable.take() else {
-            return;
-        };
-        if self.upload.is_some() || self.sender.is_none() {
-            return;
-        }
-        let Some(held) = Held::take(&self.connections, holder) else {
-            return;
-        };
-        tokio::spawn(async move {
-            if drain(rest).await {
-                self.finished();
-            }
-            drop(held);
-        });
-    }
-
-    /// The response body ended cleanly: the connection can serve again,
-    /// unless the request body is still going out (the upstream answered
-    /// early) — then it closes, as nginx does.
-    pub fn finished(self) {
-        if self.upload.is_some_and(|upload| !upload.sent()) {
-            return;
-        }
-        if let Some(sender) = self.sender {
-            self.connections.put(sender);
-        }
     }
 }
 

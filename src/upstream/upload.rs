@@ -49,7 +49,7 @@ impl UploadState {
 
 impl Upload {
     /// The body to send, and its state, which the exchange and the
-    /// connection's [`Lease`] read.
+    /// connection's [`Lease`](super::Lease) read.
     pub fn new(body: Incoming) -> (Upload, Arc<UploadState>) {
         let state = Arc::new(UploadState::default());
         let upload = Upload {
