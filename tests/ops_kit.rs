@@ -56,6 +56,8 @@ fn dashboards_and_alerts_use_only_real_metrics() {
         REVERTS_TOTAL,
         NOTIFY_FAILURES_TOTAL,
         DNS_FAILURES_TOTAL,
+        STORE_UP,
+        STORE_REVISION,
     ];
     let histogram = ["_bucket", "_sum", "_count"].map(|s| format!("{REQUEST_DURATION_SECONDS}{s}"));
     for file in [
@@ -79,10 +81,9 @@ fn dashboards_and_alerts_use_only_real_metrics() {
 
 #[test]
 fn shipped_control_files_validate() {
-    let env = |var: &str| (var == "TURNOUT_DEPLOYER_TOKEN").then(|| "secret".to_owned());
     let path = root("docker/control/turnout.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    turnout::config::parse(&text, &path, &env).unwrap_or_else(|e| panic!("{e}"));
+    validates(&text, &path);
 
     // The control file embedded in the Kubernetes ConfigMap.
     let manifest = std::fs::read_to_string(root("docker/k8s/configmap.yaml")).unwrap();
@@ -91,8 +92,38 @@ fn shipped_control_files_validate() {
         .lines()
         .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
         .collect();
-    turnout::config::parse(&embedded, Path::new("configmap/turnout.toml"), &env)
-        .unwrap_or_else(|e| panic!("{e}"));
+    validates(&embedded, Path::new("configmap/turnout.toml"));
+}
+
+/// `text` is a valid control file. Both shipped files are fleets (`[store]`):
+/// a build without the `etcd` feature must refuse the `[store]` table for
+/// that reason alone, and accept everything else.
+fn validates(text: &str, path: &Path) {
+    let env = |var: &str| (var == "TURNOUT_DEPLOYER_TOKEN").then(|| "secret".to_owned());
+    assert!(text.contains("\n[store]\n"), "{}: not a fleet", path.display());
+    match turnout::config::parse(text, path, &env) {
+        Ok(_) => assert!(cfg!(feature = "etcd"), "[store] accepted without the feature"),
+        Err(e) => {
+            assert!(!cfg!(feature = "etcd"), "{e}");
+            let message = e.to_string();
+            assert!(
+                message.contains("store: this turnout was built without the etcd feature"),
+                "{message}"
+            );
+            let mut in_store = false;
+            let rest: String = text
+                .lines()
+                .filter(|l| {
+                    if l.starts_with('[') {
+                        in_store = *l == "[store]";
+                    }
+                    !in_store
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            turnout::config::parse(&rest, path, &env).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
