@@ -136,7 +136,7 @@ async fn grpc_over_mutual_tls_presents_the_client_certificate() {
         .in_dir(dir)
         .blue(&up)
         .extra(r#"health = { grpc = true, interval = "100ms" }"#)
-        .extra(r#"upstream_tls = { ca = "ca.pem", cert = "client.pem", key = "client-key.pem" }"#)
+        .extra(r#"upstream_tls = { ca = "ca.pem", cert = "client.pem", key = "client-key.pem", server_name = "localhost" }"#)
         .spawn()
         .await;
     let mut client = grpc_client(proxy.running.http_addr, "shop.test").await;
@@ -216,7 +216,7 @@ async fn an_upstream_certificate_that_does_not_verify_is_a_502_of_the_pool_until
         .in_dir(dir_with(&[("ca.pem", &trusted.pem)]))
         .blue(&up)
         .extra(NO_PROBES)
-        .extra(r#"upstream_tls = { ca = "ca.pem" }"#)
+        .extra(r#"upstream_tls = { ca = "ca.pem", server_name = "localhost" }"#)
         .spawn()
         .await;
     let r = proxy.get("shop.test", "/").await;
@@ -271,7 +271,7 @@ async fn an_https_endpoint_choosing_http1_by_alpn_is_served_over_kept_alive_http
         .in_dir(dir_with(&[("ca.pem", &ca.pem)]))
         .blue(&endpoint)
         .extra(NO_PROBES)
-        .extra(r#"upstream_tls = { ca = "ca.pem" }"#)
+        .extra(r#"upstream_tls = { ca = "ca.pem", server_name = "localhost" }"#)
         .spawn()
         .await;
     for _ in 0..5 {

@@ -153,9 +153,14 @@ async fn the_grpc_demo_upstream_answers_health_and_reflection_through_turnout_an
         || async { !healthy().await },
     )
     .await;
-    // No healthy endpoint left in either pool: turnout's own 503.
+    // No healthy endpoint left in either pool: turnout's own 503, told to
+    // a gRPC client as UNAVAILABLE (a trailers-only answer, as Envoy does).
     let status = check(&through).await.unwrap_err();
-    assert!(status.message().contains("503"), "{status:?}");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("no healthy upstream endpoint"),
+        "{status:?}"
+    );
     let r = admin(upstream, "/admin/heal").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(check(&direct).await.unwrap(), ServingStatus::Serving as i32);

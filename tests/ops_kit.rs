@@ -100,9 +100,16 @@ fn shipped_control_files_validate() {
 /// that reason alone, and accept everything else.
 fn validates(text: &str, path: &Path) {
     let env = |var: &str| (var == "TURNOUT_DEPLOYER_TOKEN").then(|| "secret".to_owned());
-    assert!(text.contains("\n[store]\n"), "{}: not a fleet", path.display());
+    assert!(
+        text.contains("\n[store]\n"),
+        "{}: not a fleet",
+        path.display()
+    );
     match turnout::config::parse(text, path, &env) {
-        Ok(_) => assert!(cfg!(feature = "etcd"), "[store] accepted without the feature"),
+        Ok(_) => assert!(
+            cfg!(feature = "etcd"),
+            "[store] accepted without the feature"
+        ),
         Err(e) => {
             assert!(!cfg!(feature = "etcd"), "{e}");
             let message = e.to_string();

@@ -160,6 +160,18 @@ impl ProxyError {
         Bytes::from_static(text.as_bytes())
     }
 
+    /// The answer for this error: to a gRPC call (`grpc`), a trailers-only
+    /// answer carrying the matching `grpc-status` (`proxy::grpc`, as Envoy
+    /// answers its local replies); to anything else, the short plain-text
+    /// response.
+    pub fn answer(self, grpc: bool) -> Response<ProxyBody> {
+        if grpc {
+            let message = self.message();
+            return super::grpc::local_reply(self.status(), &String::from_utf8_lossy(&message));
+        }
+        self.into_response()
+    }
+
     /// The short plain-text response for this error.
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();

@@ -73,7 +73,7 @@ impl Proxy {
             Ok(found) => found,
             Err(err) => {
                 err.count(Some(&self.metrics), None, None);
-                return err.into_response();
+                return err.answer(grpc::is_request(req.headers()));
             }
         };
         let access_log = tenant.config.settings.access_log.then(|| AccessLog {
@@ -85,16 +85,10 @@ impl Proxy {
         // `turnout_rejected_total` only (SPEC sections 2 and 10).
         let turned_away = |err: ProxyError| {
             err.count(None, Some(tenant.metrics()), None);
-            let resp = err.into_response();
+            let status = err.status().as_u16();
+            let resp = err.answer(grpc::is_request(req.headers()));
             if let Some(log) = &access_log {
-                log.write(
-                    &tenant,
-                    None,
-                    None,
-                    resp.status().as_u16(),
-                    started.elapsed(),
-                    0,
-                );
+                log.write(&tenant, None, None, status, started.elapsed(), 0);
             }
             resp
         };
@@ -137,7 +131,8 @@ impl Proxy {
             _deadline: Some(conn.state.deadline(tenant.config.settings.request_timeout)),
         };
         let Some(endpoint) = endpoint else {
-            return self.fail(ProxyError::NoHealthyEndpoint, exchange);
+            let grpc = grpc::is_request(req.headers());
+            return self.fail(ProxyError::NoHealthyEndpoint, exchange, grpc);
         };
 
         // An upgrade (WebSocket) keeps its `Upgrade` header; the client's
@@ -145,6 +140,8 @@ impl Proxy {
         let upgrade = upgrade::requested(&req);
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let http2 = req.version() == Version::HTTP_2;
+        // gRPC is HTTP/2 only: an HTTP/1.1 request pays no lookup.
+        let grpc = http2 && grpc::is_request(req.headers());
         let (mut parts, body) = req.into_parts();
         let body_length = http_body::Body::size_hint(&body).exact();
         forward::prepare(&mut parts, conn, host, upgrade.clone(), body_length);
@@ -156,7 +153,7 @@ impl Proxy {
             Ok(answer) => answer,
             Err(failure) => {
                 exchange.tried = Some(failure.tried);
-                return self.fail(failure.error, exchange);
+                return self.fail(failure.error, exchange, grpc);
             }
         };
         if answer.response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -167,7 +164,7 @@ impl Proxy {
             let (Some(client_side), true) = (client_side, agreed) else {
                 // A switch the client did not ask for: never passed on.
                 let err = ProxyError::Upstream(crate::metrics::UpstreamError::Protocol);
-                return self.fail(err, exchange);
+                return self.fail(err, exchange, false);
             };
             exchange.status = 101;
             conn.state.upgraded();
@@ -201,8 +198,10 @@ impl Proxy {
 
     /// Answers a request the proxy could not forward with `err`: counted
     /// where it belongs (`ProxyError::count`), judged only when it is the
-    /// pool's doing (SPEC section 6), settled with its accounting.
-    fn fail(&self, err: ProxyError, mut exchange: Accounting) -> Response<ProxyBody> {
+    /// pool's doing (SPEC section 6), settled with its accounting under the
+    /// error's HTTP status — also when a gRPC call (`grpc`) is answered
+    /// with HTTP 200 and a `grpc-status`.
+    fn fail(&self, err: ProxyError, mut exchange: Accounting, grpc: bool) -> Response<ProxyBody> {
         let tenant = &exchange.tenant;
         err.count(
             Some(&self.metrics),
@@ -210,7 +209,8 @@ impl Proxy {
             Some(exchange.pool),
         );
         exchange.judged = err.blames_pool();
-        settle(err.into_response(), exchange)
+        exchange.status = err.status().as_u16();
+        err.answer(grpc).map(|body| body.with_accounting(exchange))
     }
 
     /// Host → tenant, with the authoritative host (`authority::of`) to
