@@ -105,32 +105,34 @@ fn validates(text: &str, path: &Path) {
         "{}: not a fleet",
         path.display()
     );
-    match turnout::config::parse(text, path, &env) {
-        Ok(_) => assert!(
-            cfg!(feature = "etcd"),
-            "[store] accepted without the feature"
-        ),
-        Err(e) => {
-            assert!(!cfg!(feature = "etcd"), "{e}");
-            let message = e.to_string();
-            assert!(
-                message.contains("store: this turnout was built without the etcd feature"),
-                "{message}"
-            );
-            let mut in_store = false;
-            let rest: String = text
-                .lines()
-                .filter(|l| {
-                    if l.starts_with('[') {
-                        in_store = *l == "[store]";
-                    }
-                    !in_store
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            turnout::config::parse(&rest, path, &env).unwrap_or_else(|e| panic!("{e}"));
-        }
+    let parsed = turnout::config::parse(text, path, &env);
+    if cfg!(feature = "etcd") {
+        parsed.unwrap_or_else(|e| panic!("{e}"));
+        return;
     }
+    let message = match parsed {
+        Ok(_) => panic!(
+            "{}: [store] accepted without the etcd feature",
+            path.display()
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.contains("store: this turnout was built without the etcd feature"),
+        "{message}"
+    );
+    let mut in_store = false;
+    let rest: String = text
+        .lines()
+        .filter(|l| {
+            if l.starts_with('[') {
+                in_store = *l == "[store]";
+            }
+            !in_store
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    turnout::config::parse(&rest, path, &env).unwrap_or_else(|e| panic!("{e}"));
 }
 
 // ---------------------------------------------------------------------------
