@@ -9,7 +9,10 @@
 //! history has it once. A commit that finds the state moved on (another
 //! replica reverted first, an operator wrote newer weights) is dropped and
 //! the stored state read again. While etcd is unreachable the revert is
-//! held and committed when etcd answers again, before that state is read.
+//! held (never sent: a request to a frozen etcd may be applied when it
+//! thaws) and committed when etcd answers again, before that state is
+//! read. An attempt that timed out yet was applied is found by its event's
+//! key on the next one, and counts as this replica's commit.
 
 use super::events::{Event, describe};
 use super::store::{CommitError, Condition};

@@ -10,13 +10,15 @@
 //!   `If-Match`'s meaning exactly ("nothing changed since N");
 //! - a decision judged at N: the tenant's key unchanged after N.
 //!
+//! Nothing is sent while etcd is known to be away (the watch has not heard
+//! from it): a request that times out on a frozen etcd may still be
+//! applied when it thaws, so a refused write must not have been sent.
+//!
 //! An operator's change without `If-Match` that loses the race to another
 //! writer re-reads the key and is applied over the newer value (last
 //! writer wins, as with one process); so does an `If-Match: N` commit that
 //! failed only because this replica had not yet read up to N. The others
 //! fail with the current generation and write nothing.
-
-use std::time::SystemTime;
 
 use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
 
@@ -45,6 +47,25 @@ impl EtcdStore {
         events: Vec<Event>,
     ) -> Result<(), CommitError> {
         let unavailable = CommitError::Unavailable;
+        if !self.link.status.connected() {
+            // Never sent while etcd is known away: a request to a frozen
+            // etcd times out here yet may still be applied when it thaws,
+            // so a write refused now (an operator's 503, a held revert)
+            // would land later behind the caller's back — and a held
+            // revert would then find its own write, or a refused one, and
+            // be dropped without its event.
+            return Err(unavailable(
+                "etcd is unreachable: not connected; changes are refused until it answers"
+                    .to_owned(),
+            ));
+        }
+        // The same keys on every attempt, so a retry can tell whether an
+        // earlier attempt that timed out was applied after all.
+        let event_keys: Vec<String> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| self.keys.event(e.at, e.tenant.as_deref(), i, &self.replica))
+            .collect();
         for attempt in 0..ATTEMPTS {
             let mut compares = Vec::new();
             let mut ops = Vec::new();
@@ -111,13 +132,10 @@ impl EtcdStore {
                         .with_prefix(),
                 );
             }
-            for (i, event) in events.iter().enumerate() {
+            for (event, key) in events.iter().zip(&event_keys) {
                 let value = serde_json::to_vec(&WireEvent::of(event))
                     .map_err(|e| unavailable(e.to_string()))?;
-                let key = self
-                    .keys
-                    .event(SystemTime::now(), event.tenant.as_deref(), i);
-                ops.push(TxnOp::put(key, value, None));
+                ops.push(TxnOp::put(key.clone(), value, None));
             }
             let mut client = self.client().await.map_err(unavailable)?;
             let response = client
@@ -139,6 +157,14 @@ impl EtcdStore {
             }
             // Someone else wrote first: see what the store holds now.
             self.read().await.map_err(unavailable)?;
+            // Or this very change did: an earlier attempt (a held revert's,
+            // sent before etcd froze) timed out here but was applied. It is
+            // committed, once; the read above holds it.
+            if let Some(key) = event_keys.first()
+                && self.exists(key).await.map_err(unavailable)?
+            {
+                return Ok(());
+            }
             // `If-Match: N` from a replica ahead of this one: nothing
             // changed after N, only this replica's view was behind.
             let caught_up = matches!(condition, Condition::IfMatch(n) if self.revision <= n);
@@ -151,6 +177,17 @@ impl EtcdStore {
         Err(CommitError::Precondition {
             current: self.revision,
         })
+    }
+
+    /// Whether `key` is in etcd.
+    async fn exists(&mut self, key: &str) -> Result<bool, String> {
+        let mut client = self.client().await?;
+        let options = GetOptions::new().with_count_only();
+        let response = client
+            .get(key, Some(options))
+            .await
+            .map_err(|e| self.failed(&e))?;
+        Ok(response.count() > 0)
     }
 
     /// Keeps the newest [`EVENTS_KEPT`] events (every [`TRIM_EVERY`]

@@ -50,14 +50,14 @@ impl Keys {
         format!("{}/events/", self.prefix)
     }
 
-    /// A new event key: sorted by time, unique by tenant and position.
-    pub fn event(&self, at: SystemTime, tenant: Option<&str>, n: usize) -> String {
+    /// An event's key: sorted by time, unique by tenant, position and the
+    /// replica writing it; the same for every attempt to commit one event.
+    pub fn event(&self, at: SystemTime, tenant: Option<&str>, n: usize, replica: &str) -> String {
         let nanos = at
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let suffix: u32 = fastrand::u32(..);
         format!(
-            "{}/events/{nanos:020}-{}-{n}-{suffix:08x}",
+            "{}/events/{nanos:020}-{}-{n}-{replica}",
             self.prefix,
             tenant.unwrap_or("-")
         )

@@ -105,7 +105,7 @@ impl EtcdStore {
         let txn = Txn::new().when([compare]).and_then([
             TxnOp::put(key, value, None),
             TxnOp::put(
-                self.keys.event(event.at, Some(tenant), 0),
+                self.keys.event(event.at, Some(tenant), 0, &self.replica),
                 event_value,
                 None,
             ),
