@@ -73,12 +73,7 @@ pub async fn spawn_upstream(
         server::Transport::Plain,
         handler,
         stop,
-        server::ServeSettings {
-            drain: std::time::Duration::ZERO,
-            idle_timeout: std::time::Duration::from_secs(60),
-            metrics: None,
-            connections: None,
-        },
+        serving(),
         None,
     ));
     Ok(addr)
@@ -196,4 +191,15 @@ Press Ctrl-C to stop.
     let _ = stop_upstreams.send(true);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// How a demo upstream's listener serves: no drain, the default idle limit,
+/// nothing counted (it is not the proxy).
+fn serving() -> server::ServeSettings {
+    server::ServeSettings {
+        drain: std::time::Duration::ZERO,
+        idle_timeout: std::time::Duration::from_secs(60),
+        metrics: None,
+        connections: None,
+    }
 }

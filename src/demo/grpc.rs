@@ -107,12 +107,7 @@ pub async fn spawn_grpc_upstream(
         server::Transport::Plain,
         handler,
         stop,
-        server::ServeSettings {
-            drain: std::time::Duration::ZERO,
-            idle_timeout: std::time::Duration::from_secs(60),
-            metrics: None,
-            connections: None,
-        },
+        super::serving(),
         None,
     ));
     Ok(addr)
