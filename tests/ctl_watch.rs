@@ -138,8 +138,11 @@ async fn status_watch_on_a_terminal_redraws_and_gives_the_terminal_back() {
     let up = spawn_upstream("up").await;
     let proxy = Setup::shop().on(&up).weights(90, 10).spawn().await;
     let admin = proxy.running.admin_addr;
+    // `exec`: script(1) runs the command through $SHELL, and a shell that
+    // stays as the parent (dash, CI's /bin/sh) is itself killed by the
+    // terminal's SIGINT — the exit code would be the shell's, not turnout's.
     let command = format!(
-        "{} ctl --admin http://{admin} status --watch shop",
+        "exec {} ctl --admin http://{admin} status --watch shop",
         env!("CARGO_BIN_EXE_turnout")
     );
     // script(1) runs it on a pseudo-terminal; what is typed on its stdin
