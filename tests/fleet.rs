@@ -7,6 +7,8 @@
 #![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+#[path = "fleet/cohort.rs"]
+mod cohort;
 #[path = "fleet/etcd.rs"]
 mod etcd;
 #[path = "fleet/kit.rs"]

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::events::describe;
+use super::events::{Event, describe};
 use super::rollout::edit_of;
 use super::store::{CommitError, Committed, Condition, Order};
 use super::task::ControlTask;
@@ -105,10 +105,24 @@ impl ControlTask {
             // to stable until a new intent — and it is recorded and sent
             // like any revert.
             let reason = origin.reason.as_deref().unwrap_or("-").to_owned();
-            state.metrics.reverts.increment(1);
             tracing::warn!(%tenant, pool = candidate.as_str(), %reason, "candidate reverted on its cohort: SLO breached");
-            self.record_latch(t, origin, reason);
-            result = Ok(self.outcome(true));
+            let event = self.latch_event(t, origin, reason);
+            if self.fleet.is_some() {
+                // Latched here at once; committed once fleet-wide, counted
+                // and sent by the replica whose commit lands.
+                let edit = TenantEdit {
+                    weights: Some(t.config.weights),
+                    ..edit_of(tenant)
+                };
+                result = self.fleet_latch(edit, event).await;
+            } else {
+                state.metrics.reverts.increment(1);
+                let recorded = self.published.events().record(event);
+                if let Some(hook) = &self.running.notify {
+                    self.notifier.send(hook, recorded.seq, &recorded);
+                }
+                result = Ok(self.outcome(true));
+            }
         }
         // The candidate starts afresh: its next traffic is judged on its own.
         state.slo.restart(candidate);
@@ -372,10 +386,10 @@ impl ControlTask {
         Some(previous)
     }
 
-    /// Records a revert that moved no weights (a cohort's, at weight 0) as
-    /// an event of its own, and notifies the webhook.
-    fn record_latch(&mut self, t: &crate::route::Tenant, origin: &Origin, reason: String) {
-        let event = super::events::Event {
+    /// The event of a revert that moved no weights (a cohort's, at weight
+    /// 0): from and to the same weights, source `slo`.
+    fn latch_event(&self, t: &crate::route::Tenant, origin: &Origin, reason: String) -> Event {
+        Event {
             seq: 0,
             at: std::time::SystemTime::now(),
             tenant: Some(t.name().to_owned()),
@@ -387,10 +401,6 @@ impl ControlTask {
             reason,
             persisted: self.persisted(),
             generation: self.generation,
-        };
-        let recorded = self.published.events().record(event);
-        if let Some(hook) = &self.running.notify {
-            self.notifier.send(hook, recorded.seq, &recorded);
         }
     }
 

@@ -8,7 +8,9 @@
 //! valid on any sample) or the pooled counts' (judged here each second).
 //! Counts are added up only within one exposure: the generation at which
 //! the candidate began getting traffic (or became the candidate), which is
-//! the same etcd revision on every replica that applied it.
+//! the same etcd revision on every replica that applied it. A replica
+//! started while the candidate was exposed did not see that revision
+//! applied; it takes the exposure its peers publish.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,20 @@ impl ControlTask {
     /// The exposure `tenant`'s candidate counts belong to.
     fn exposure(&self, tenant: &str) -> u64 {
         self.exposures.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Takes the exposure the other replicas count in for a tenant whose
+    /// exposure began before this replica started (it has none of its
+    /// own): its counts, taken since it started, belong to that exposure,
+    /// so they are pooled with the fleet's at once.
+    fn adopt_exposure(&mut self, tenant: &str) {
+        if self.exposures.contains_key(tenant) {
+            return;
+        }
+        if let Some(exposure) = self.store.peer_exposure(tenant, self.generation) {
+            tracing::info!(%tenant, exposure, "joined the fleet's exposure of the candidate");
+            self.exposures.insert(tenant.to_owned(), exposure);
+        }
     }
 
     /// A new exposure of `tenant`'s candidate began at the serving
@@ -64,6 +80,7 @@ impl ControlTask {
             if t.config.weights.of(t.candidate()) == 0 {
                 continue;
             }
+            self.adopt_exposure(t.name());
             let (candidate, stable) = t.state.slo.tallies(t.stable());
             let exposure = self.exposure(t.name());
             evidence.insert(

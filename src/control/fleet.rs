@@ -13,6 +13,11 @@
 //! thaws) and committed when etcd answers again, before that state is
 //! read. An attempt that timed out yet was applied is found by its event's
 //! key on the next one, and counts as this replica's commit.
+//!
+//! A cohort's revert at weight 0 moves no weights but latches the tenant
+//! (its cohort goes to stable until a new intent, SPEC section 4.3); the
+//! latch is stored with the tenant's key, so it too is committed once and
+//! followed by every replica.
 
 use super::events::{Event, describe};
 use super::store::{CommitError, Condition};
@@ -47,6 +52,23 @@ impl ControlTask {
             edit,
             judged,
             events,
+        };
+        self.commit_held(held).await;
+        Ok(self.outcome(true))
+    }
+
+    /// Commits a revert that moved no weights (the cohort's, at weight 0,
+    /// latched here already): `edit` sets the weights the breach was
+    /// judged on, which the store records as an SLO revert, with `event`.
+    pub(super) async fn fleet_latch(
+        &mut self,
+        edit: TenantEdit,
+        event: Event,
+    ) -> Result<Outcome, ChangeError> {
+        let held = Held {
+            edit,
+            judged: self.generation,
+            events: vec![event],
         };
         self.commit_held(held).await;
         Ok(self.outcome(true))

@@ -7,6 +7,7 @@
 //! rule of SPEC section 7 (`merge`): a key the file changed takes the file's
 //! value, a key it did not keeps the running one.
 
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::merge::merge;
@@ -90,18 +91,25 @@ impl ControlTask {
         self.stored = file;
         let persisted = merged == self.stored;
         let outcome = self.apply(merged, &Origin::file(), persisted, stored.revision);
+        if self.fleet.is_some() && stored.revision.is_some() && !self.fleet_read {
+            // The first read of the fleet's state (etcd was away at start):
+            // a candidate exposed in it was exposed before this replica
+            // knew, so its exposure is the fleet's, taken from the peers.
+            self.fleet_read = true;
+            self.exposures.clear();
+        }
         if let Some(bakes) = &stored.bakes {
             self.published.ramps().follow_bakes(bakes);
         }
-        if !stored.reverted.is_empty() {
-            // Reverted by another replica (or by this one, read back): the
-            // tenant shows it here too.
-            let table = self.proxy.table.load();
-            for name in &stored.reverted {
-                if let Some(t) = table.tenant(name) {
-                    t.state
-                        .reverted
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+        let table = self.proxy.table.load();
+        if self.fleet.is_some() && stored.revision.is_some() {
+            // The fleet's store says which tenants are reverted (by any
+            // replica, or lifted by a new intent anywhere); a revert held
+            // here, not yet committed, keeps its mark.
+            for t in table.tenants() {
+                if !self.held.contains_key(t.name()) {
+                    let reverted = stored.reverted.iter().any(|r| r == t.name());
+                    t.state.reverted.store(reverted, Ordering::Relaxed);
                 }
             }
         }

@@ -248,6 +248,14 @@ pub trait Store: Send + 'static {
         None
     }
 
+    /// The newest exposure of `tenant` the other replicas publish counts
+    /// for, at or before generation `at_most`: a replica started while the
+    /// candidate was exposed takes it as its own. `None` without a fleet
+    /// or when no other replica publishes one.
+    fn peer_exposure(&self, _tenant: &str, _at_most: u64) -> Option<u64> {
+        None
+    }
+
     /// Whether a change from `source` is committed before or after it is
     /// applied (see [`Order`]).
     fn order(&self, source: Source) -> Order;

@@ -77,6 +77,9 @@ pub(super) struct ControlTask {
     /// The generation at which each tenant's candidate exposure began
     /// (its SLO counts started afresh): a fleet pools counts per exposure.
     pub(super) exposures: HashMap<String, u64>,
+    /// Whether a fleet's stored state has been read once (a replica that
+    /// starts while etcd is away serves the file's topology until then).
+    pub(super) fleet_read: bool,
     /// When this replica's counts were last published to the fleet.
     pub(super) evidence_at: Option<std::time::Instant>,
     /// The resolution task of each endpoint name (SPEC section 13).
@@ -96,6 +99,7 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
         ConfigError::general(store.path(), "the store returned no state".to_owned())
     })?;
     let generation = first.revision.unwrap_or(1);
+    let fleet_read = first.revision.is_some();
     let running = Arc::new(first.config);
     // Names resolve before generation 1 is built, so their pools serve
     // from the first request.
@@ -137,6 +141,7 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
         fleet: store_status,
         held: BTreeMap::new(),
         exposures: HashMap::new(),
+        fleet_read,
         evidence_at: None,
         dns,
         addresses,

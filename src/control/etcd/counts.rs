@@ -69,6 +69,17 @@ impl Peers {
         }
         sum
     }
+
+    /// The newest exposure of `tenant` among the other replicas' counts
+    /// that began at or before `at_most` (the generation this replica
+    /// serves), or `None` when none publishes one.
+    pub fn newest_exposure(&self, tenant: &str, at_most: u64) -> Option<u64> {
+        self.lock()
+            .values()
+            .filter_map(|evidence| evidence.get(tenant).map(|c| c.exposure))
+            .filter(|e| *e <= at_most)
+            .max()
+    }
 }
 
 fn add(sum: &mut Tally, more: Tally) {

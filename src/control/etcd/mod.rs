@@ -360,6 +360,10 @@ impl Store for EtcdStore {
     fn pooled(&self, tenant: &str, exposure: u64) -> Option<Counts> {
         Some(self.peers.pooled(tenant, exposure))
     }
+
+    fn peer_exposure(&self, tenant: &str, at_most: u64) -> Option<u64> {
+        self.peers.newest_exposure(tenant, at_most)
+    }
 }
 
 impl Drop for EtcdStore {
