@@ -11,6 +11,8 @@
 mod cohort;
 #[path = "fleet/etcd.rs"]
 mod etcd;
+#[path = "fleet/held.rs"]
+mod held;
 #[path = "fleet/kit.rs"]
 mod kit;
 #[path = "fleet/outage.rs"]

@@ -123,6 +123,7 @@ impl ControlTask {
             }
             Err(CommitError::Precondition { current }) => {
                 tracing::info!(%tenant, current, "revert not committed: the fleet's state moved on since it was judged (reverted elsewhere or overridden); taking the stored state");
+                self.forget_local(&tenant);
                 self.pending
                     .push_back((Change::Reload { forced: true }, Origin::file()));
                 true
@@ -131,6 +132,23 @@ impl ControlTask {
                 tracing::warn!(%tenant, %error, "revert applied here and held until etcd answers");
                 self.held.insert(tenant, held);
                 false
+            }
+        }
+    }
+
+    /// A dropped revert is no longer a local change to keep: what this
+    /// replica serves becomes the previous stored version of `tenant`, so
+    /// the next read takes the store's weights, stable pool and progress
+    /// wherever they differ from it (the merge rule keeps a running value
+    /// only where the store did not change it, SPEC section 7).
+    fn forget_local(&mut self, tenant: &str) {
+        let Some(run) = self.running.tenant(tenant).cloned() else {
+            return;
+        };
+        if let Some(prev) = self.stored.tenant_mut(tenant) {
+            (prev.weights, prev.stable) = (run.weights, run.stable);
+            if let (Some(p), Some(r)) = (prev.rollout.as_mut(), run.rollout.as_ref()) {
+                p.progress.clone_from(&r.progress);
             }
         }
     }

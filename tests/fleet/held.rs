@@ -1,0 +1,61 @@
+//! A revert held while a replica was cut off from etcd, and a fleet that
+//! moved on meanwhile (SPEC section 12: committed when etcd answers again
+//! "unless the state moved on meanwhile").
+
+use super::etcd::{self, Etcd};
+use super::kit::*;
+use super::support::*;
+
+#[tokio::test]
+async fn a_held_revert_the_fleet_overrode_meanwhile_gives_way_to_the_stored_state() {
+    let etcd = Etcd::start().await;
+    let relay = etcd::Relay::start(etcd.client).await;
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let setup = |store: String| {
+        Setup::shop()
+            .preamble(&store)
+            .pools(&b, &g)
+            .weights(50, 50)
+            .extra("slo = { min_requests = 5 }")
+    };
+    let cut_off = replica(setup(etcd.store_via(relay.addr, "held"))).await;
+    let other = replica(setup(etcd.store("held"))).await;
+    relay.set_cut(true);
+    wait_until(WAIT, "the cut-off replica to notice", || async {
+        config_view(&cut_off).await["store"]["connected"] == false
+    })
+    .await;
+    g.set_failing(true);
+    wait_until(WAIT, "the local revert", || async {
+        cut_off.get("shop.test", "/").await;
+        cut_off.weights("shop").await == (100, 0)
+    })
+    .await;
+    g.set_failing(false);
+    // Meanwhile an operator restates the split: the same weights, a new
+    // intent, a newer tenant key than the one the breach was judged on.
+    let r = other
+        .admin(
+            "PUT",
+            "/v1/tenants/shop/weights",
+            None,
+            Some(r#"{"blue": 50, "green": 50}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    relay.set_cut(false);
+    wait_until(
+        WAIT,
+        "the cut-off replica to serve the stored split",
+        || async { cut_off.weights("shop").await == (50, 50) },
+    )
+    .await;
+    assert_ne!(view(&cut_off, "shop").await["status"], "reverted");
+    let (va, vb) = (view(&cut_off, "shop").await, view(&other, "shop").await);
+    assert_eq!(generation(&va), generation(&vb));
+    // The dropped revert was never committed: no event, no count.
+    assert_eq!(count(&history(&other, "shop").await, "slo"), 0);
+    assert_eq!(count(&history(&cut_off, "shop").await, "slo"), 0);
+    let reverts = r#"turnout_reverts_total{tenant="shop"}"#;
+    assert_eq!(cut_off.metric_or_absent(reverts).await.unwrap_or(0.0), 0.0);
+}
