@@ -1,6 +1,8 @@
-//! A revert held while a replica was cut off from etcd, and a fleet that
-//! moved on meanwhile (SPEC section 12: committed when etcd answers again
-//! "unless the state moved on meanwhile").
+//! Changes in flight when etcd goes away: a revert held while a replica
+//! was cut off, and a fleet that moved on meanwhile (SPEC section 12:
+//! committed when etcd answers again "unless the state moved on
+//! meanwhile"); an operator's write sent to an etcd that froze before the
+//! replica noticed.
 
 use super::etcd::{self, Etcd};
 use super::kit::*;
@@ -58,4 +60,40 @@ async fn a_held_revert_the_fleet_overrode_meanwhile_gives_way_to_the_stored_stat
     assert_eq!(count(&history(&cut_off, "shop").await, "slo"), 0);
     let reverts = r#"turnout_reverts_total{tenant="shop"}"#;
     assert_eq!(cut_off.metric_or_absent(reverts).await.unwrap_or(0.0), 0.0);
+}
+
+#[tokio::test]
+async fn a_write_etcd_froze_on_says_it_may_still_be_applied_and_the_fleet_converges() {
+    let etcd = Etcd::start().await;
+    let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let setup = || {
+        Setup::shop()
+            .preamble(&etcd.store("frozen"))
+            .pools(&b, &g)
+            .weights(100, 0)
+    };
+    let a = replica(setup()).await;
+    let other = replica(setup()).await;
+    // Sent at once, before the watch can notice the freeze (about 3 s).
+    etcd.pause();
+    let r = a
+        .admin(
+            "PUT",
+            "/v1/tenants/shop/weights",
+            None,
+            Some(r#"{"blue": 70, "green": 30}"#),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let error = json(&r)["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("may still be applied"), "{error}");
+    etcd.resume().await;
+    // Applied after all or not, every replica serves the same state.
+    wait_until(WAIT, "the replicas to agree", || async {
+        let (va, vb) = (view(&a, "shop").await, view(&other, "shop").await);
+        config_view(&a).await["store"]["connected"] == true
+            && va["weights"] == vb["weights"]
+            && generation(&va) == generation(&vb)
+    })
+    .await;
 }

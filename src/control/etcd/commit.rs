@@ -141,7 +141,7 @@ impl EtcdStore {
             let response = client
                 .txn(Txn::new().when(compares).and_then(ops))
                 .await
-                .map_err(|e| unavailable(self.failed(&e)))?;
+                .map_err(|e| unavailable(self.unanswered(&e)))?;
             if response.succeeded() {
                 let revision = response
                     .header()
@@ -177,6 +177,19 @@ impl EtcdStore {
         Err(CommitError::Precondition {
             current: self.revision,
         })
+    }
+
+    /// A commit sent that etcd did not answer (a timeout, a connection
+    /// lost on the way): like any distributed write whose answer is lost
+    /// (etcd's own clients, the Kubernetes API's "may still be processing
+    /// the request"), it may or may not have been applied. The operator's
+    /// 503 says so: read the state before retrying, or retry with
+    /// `If-Match` (a 412 then tells the first attempt landed).
+    fn unanswered(&mut self, e: &etcd_client::Error) -> String {
+        format!(
+            "{}; the change was sent but not answered, so it may still be applied: read the state before retrying, or retry with If-Match",
+            self.failed(e)
+        )
     }
 
     /// Whether `key` is in etcd.
