@@ -11,6 +11,8 @@
 mod cohort;
 #[path = "fleet/etcd.rs"]
 mod etcd;
+#[path = "fleet/file.rs"]
+mod file;
 #[path = "fleet/held.rs"]
 mod held;
 #[path = "fleet/kit.rs"]

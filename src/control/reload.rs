@@ -44,7 +44,13 @@ impl ControlTask {
             // stands (a failed one is still in `last_error`).
             Ok(None) => Ok(self.outcome(false)),
             Ok(Some(stored)) => {
-                self.reload_succeeded();
+                if stored.file_parsed {
+                    self.reload_succeeded();
+                } else {
+                    // Only the fleet's state moved: a broken control file's
+                    // error still stands until the file is fixed.
+                    self.proxy.metrics.reloads_ok.increment(1);
+                }
                 // Names the new version brings resolve before it applies.
                 self.resolve_new(&stored.config).await;
                 Ok(self.fold(stored))

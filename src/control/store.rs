@@ -41,6 +41,11 @@ pub struct Stored {
     /// The promote bakes the store keeps (tenant, start), or `None` when it
     /// keeps none (the file: bakes live in memory).
     pub bakes: Option<Vec<(String, std::time::SystemTime)>>,
+    /// Whether the control file was read and validated anew for this
+    /// version. `false` when only a fleet's state changed, laid over the
+    /// file's last valid version: the file's last verdict (a standing
+    /// error included) still stands.
+    pub file_parsed: bool,
 }
 
 /// Which versions [`Store::load`] returns.
@@ -324,6 +329,7 @@ impl Store for FileStore {
                 revision: None,
                 reverted: Vec::new(),
                 bakes: None,
+                file_parsed: true,
             }))
         })
     }
@@ -366,6 +372,7 @@ impl Store for FileStore {
                             revision: None,
                             reverted: Vec::new(),
                             bakes: None,
+                            file_parsed: true,
                         }),
                     })
                 }

@@ -253,8 +253,20 @@ impl Store for EtcdStore {
 
     fn load(&mut self, load: Load) -> StoreFuture<'_, Result<Option<Stored>, ConfigError>> {
         Box::pin(async move {
-            let Some(file) = self.file.load(Load::Always).await?.map(|s| s.config) else {
-                return Ok(None);
+            // A watch event is most often another replica's change: the
+            // file is read again (to see an edit) but parsed only when its
+            // text changed; an unchanged file, valid or not, stands at its
+            // last valid version, so etcd's changes apply on top of it.
+            let file_load = match (load, &self.file_config) {
+                (Load::IfChanged, Some(_)) => Load::IfChanged,
+                _ => Load::Always,
+            };
+            let (file, file_parsed) = match self.file.load(file_load).await? {
+                Some(stored) => (stored.config, true),
+                None => match &self.file_config {
+                    Some(last) => (last.clone(), false),
+                    None => return Ok(None),
+                },
             };
             self.file_config = Some(file.clone());
             let synced = self.sync(&file).await;
@@ -268,12 +280,15 @@ impl Store for EtcdStore {
                         revision: None,
                         reverted: Vec::new(),
                         bakes: None,
+                        file_parsed,
                     }));
                 }
             }
             let config = self.state(file);
             let now = (self.revision, config);
-            if load == Load::IfChanged && self.last.as_ref() == Some(&now) {
+            // A file read anew is news even when the state it makes is
+            // the same (it may end a standing error of the file).
+            if load == Load::IfChanged && !file_parsed && self.last.as_ref() == Some(&now) {
                 return Ok(None);
             }
             self.last = Some((now.0, now.1.clone()));
@@ -282,6 +297,7 @@ impl Store for EtcdStore {
                 revision: Some(now.0),
                 reverted: self.reverted(),
                 bakes: Some(self.bakes()),
+                file_parsed,
             }))
         })
     }
@@ -326,6 +342,7 @@ impl Store for EtcdStore {
                     revision: Some(self.revision),
                     reverted: self.reverted(),
                     bakes: Some(self.bakes()),
+                    file_parsed: false,
                 }
             });
             Ok(Committed {
