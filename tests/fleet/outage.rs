@@ -166,6 +166,12 @@ async fn a_replica_behind_a_compaction_reads_the_whole_state_again() {
     .await;
     let (va, vb) = (view(&cut_off, "shop").await, view(&other, "shop").await);
     assert_eq!(generation(&va), generation(&vb));
+    // The watch could not replay the revisions it missed: the events of
+    // the three changes come from reading the history again, each once.
+    wait_until(WAIT, "the missed events", || async {
+        count(&history(&cut_off, "shop").await, "admin") == 3
+    })
+    .await;
     // And it follows again.
     let r = other
         .admin(
@@ -176,8 +182,9 @@ async fn a_replica_behind_a_compaction_reads_the_whole_state_again() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    wait_until(WAIT, "the next change", || async {
+    wait_until(WAIT, "the next change and its event", || async {
         cut_off.weights("shop").await == (50, 50)
+            && count(&history(&cut_off, "shop").await, "admin") == 4
     })
     .await;
 }
