@@ -59,7 +59,8 @@ async fn an_answer_in_parts_far_apart_streams_through_and_its_connection_is_reus
                 let go_on = Arc::clone(&go_on);
                 tokio::spawn(async move {
                     while read_head(&mut stream).await {
-                        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+                        let head =
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
                         stream.write_all(head.as_bytes()).await.unwrap();
                         go_on.notified().await;
                         stream.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
@@ -68,7 +69,11 @@ async fn an_answer_in_parts_far_apart_streams_through_and_its_connection_is_reus
             }
         });
     }
-    let proxy = Setup::shop().blue(&upstream).extra(RARE_PROBES).spawn().await;
+    let proxy = Setup::shop()
+        .blue(&upstream)
+        .extra(RARE_PROBES)
+        .spawn()
+        .await;
     let mut client = TcpStream::connect(proxy.running.http_addr).await.unwrap();
     for round in 0..3 {
         client
@@ -118,10 +123,18 @@ async fn an_idle_connection_the_upstream_closed_is_let_go_and_never_lent() {
     }
     // `MAY_BE_STALE_AFTER` is 1 s: the requests below come sooner, so a
     // request sent on a closed connection would be a 502, not a retry.
-    let proxy = Setup::shop().blue(&upstream).extra(RARE_PROBES).spawn().await;
+    let proxy = Setup::shop()
+        .blue(&upstream)
+        .extra(RARE_PROBES)
+        .spawn()
+        .await;
     for i in 0..5 {
         let r = proxy.get("shop.test", "/").await;
-        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"), "request {i}");
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "ok"),
+            "request {i}"
+        );
         let want = i + 1;
         wait_until(Duration::from_secs(10), "the upstream closed", || async {
             closed.load(Ordering::Relaxed) == want
