@@ -111,10 +111,14 @@ pub fn valid(value: &[u8]) -> bool {
         }
         (&value[..=end], &value[end + 1..])
     } else {
-        match value.iter().position(|&b| b == b':') {
-            Some(i) => (&value[..i], &value[i..]),
-            None => (value, &value[value.len()..]),
-        }
+        // One pass over a lookup table (this runs for every request): the
+        // host is the longest run of host bytes, and whatever follows must
+        // be the port.
+        let end = value
+            .iter()
+            .position(|&b| !HOST_BYTE[usize::from(b)])
+            .unwrap_or(value.len());
+        (&value[..end], &value[end..])
     };
     let port_ok = match port.split_first() {
         None => true,
@@ -129,13 +133,23 @@ pub fn valid(value: &[u8]) -> bool {
         }
         Some(_) => false,
     };
-    let host_ok = host.first() == Some(&b'[')
-        || (!host.is_empty()
-            && host
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
-    port_ok && host_ok
+    // A bracketed literal was checked above; a name is all host bytes by
+    // construction.
+    port_ok && !host.is_empty()
 }
+
+/// The bytes a host name or IPv4 address may hold in [`valid`]: ASCII
+/// letters and digits, `-`, `.` and `_`.
+static HOST_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_';
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -229,5 +243,30 @@ mod tests {
         ] {
             assert!(valid(ok.as_bytes()), "{ok}");
         }
+    }
+
+    #[test]
+    fn every_byte_is_judged_as_the_rule_says() {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+        for b in 0..=255u8 {
+            for (before, after) in [
+                (&b"a"[..], &b"c"[..]),
+                (b"a", b"c:80"),
+                (b"", b""),
+                (b"x", b""),
+            ] {
+                let host = [before, &[b], after].concat();
+                let expected = allowed(b) || (b == b':' && !before.is_empty() && after.is_empty());
+                assert_eq!(
+                    valid(&host),
+                    expected,
+                    "{:?}",
+                    String::from_utf8_lossy(&host)
+                );
+            }
+        }
+        assert!(!valid(b"a.test:80x"));
+        assert!(!valid(b"a.test:65536"));
+        assert!(!valid(b"a.test::80"));
     }
 }

@@ -68,33 +68,30 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// only when the one walk over the names found it.
 fn remove_hop_by_hop_but(headers: &mut HeaderMap, keep_trailers: bool) {
     let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
-            present |= 1 << i;
+    // The names `Connection` lists, beyond the fixed list and the `close`
+    // option, go too: read from its lines during the same walk.
+    let mut named = Vec::new();
+    for (name, value) in headers.iter() {
+        let Some(i) = hop_by_hop_index(name) else {
+            continue;
+        };
+        present |= 1 << i;
+        if i == 0 {
+            let options = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
+            for token in options.map(str::trim) {
+                if !is_close_or_fixed(token)
+                    && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                {
+                    named.push(name);
+                }
+            }
         }
     }
     if present == 0 {
         return;
     }
-    // `Connection` is HOP_BY_HOP[0]; the names it lists, beyond the fixed
-    // list and the `close` option, go too.
-    if present & 1 != 0 {
-        let mut named = Vec::new();
-        for token in connection_tokens(headers) {
-            if token.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
-            }
-        }
-        for name in named {
-            headers.remove(name);
-        }
+    for name in named {
+        headers.remove(name);
     }
     // `TE` is HOP_BY_HOP[3].
     let trailers = keep_trailers && present & (1 << 3) != 0 && wants_trailers(headers);
@@ -105,6 +102,40 @@ fn remove_hop_by_hop_but(headers: &mut HeaderMap, keep_trailers: bool) {
     }
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a `Connection` option is `close` or names a header of the fixed
+/// list (removed anyway), any case; by length first, as
+/// [`hop_by_hop_index`] does.
+fn is_close_or_fixed(token: &str) -> bool {
+    let is = |name: &str| token.eq_ignore_ascii_case(name);
+    match token.len() {
+        2 => is("te"),
+        5 => is("close"),
+        7 => is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        14 => is("http2-settings"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        _ => false,
+    }
+}
+
+/// The index in [`HOP_BY_HOP`] of `name`, if it is one of them. A match on
+/// the name's text (compiled to a switch on its length, then one compare)
+/// rather than seven `HeaderName` comparisons per field: this runs for
+/// every field of every request and response head.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "te" => Some(3),
+        "transfer-encoding" => Some(4),
+        "upgrade" => Some(5),
+        "http2-settings" => Some(6),
+        _ => None,
     }
 }
 
@@ -194,19 +225,16 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// Keeps `Content-Length` only when it is the body's real length: a body
 /// framed otherwise (chunked, or an HTTP/2 stream) must not reach an
 /// HTTP/1.1 peer with a length that does not match it (RFC 9112 §6.3).
-/// `exact` is the body's exact length when its framing gives one.
+/// `exact` is the body's exact length when its framing gives one — for a
+/// body hyper read, that is `Content-Length` itself: hyper's HTTP/1 parser
+/// frames a body by that field only when no `Transfer-Encoding` overrides
+/// it and all its values agree (else it refuses the message), and the h2
+/// crate holds an HTTP/2 stream to the field it declares. So a length is
+/// removed only when the framing is not by length, and the field is not
+/// looked up on every message.
 pub fn fix_length(headers: &mut HeaderMap, exact: Option<u64>) {
-    let Some(declared) = headers.get(header::CONTENT_LENGTH) else {
-        return;
-    };
-    match exact {
-        Some(n) if declared.to_str().ok().and_then(|d| d.parse().ok()) == Some(n) => {}
-        Some(n) => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
-        None => {
-            headers.remove(header::CONTENT_LENGTH);
-        }
+    if exact.is_none() {
+        headers.remove(header::CONTENT_LENGTH);
     }
 }
 
@@ -392,5 +420,74 @@ pub async fn send(
             error: ProxyError::Upstream(kind),
             tried: endpoint,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_index_names_exactly_the_fixed_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        for other in [
+            header::HOST,
+            header::CONTENT_LENGTH,
+            header::TRAILER,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("connectionx"),
+            HeaderName::from_static("t"),
+            HeaderName::from_static("x-upgrade"),
+        ] {
+            assert_eq!(hop_by_hop_index(&other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn connection_options_close_and_the_fixed_list_are_known_in_any_case() {
+        for name in HOP_BY_HOP.iter().map(|h| h.as_str()).chain(["close"]) {
+            assert!(is_close_or_fixed(name), "{name}");
+            assert!(is_close_or_fixed(&name.to_ascii_uppercase()), "{name}");
+        }
+        for other in ["", "closed", "x-te", "upgrades", "keep_alive", "x-private"] {
+            assert!(!is_close_or_fixed(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_length_stays_only_beside_length_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        fix_length(&mut headers, Some(10));
+        assert_eq!(headers[header::CONTENT_LENGTH], "10");
+        fix_length(&mut headers, None);
+        assert!(!headers.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn removes_the_fixed_list_and_what_connection_names() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "a.test"),
+            ("connection", "keep-alive, X-Private, close"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+            ("x-kept", "yes"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["host", "x-kept"]);
     }
 }
