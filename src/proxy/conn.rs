@@ -27,6 +27,7 @@ use http::HeaderValue;
 use tokio::sync::Notify;
 
 use super::deadlines::Deadlines;
+use super::wake::Wake;
 
 /// What a connection knows about its client, computed once per connection.
 #[derive(Clone)]
@@ -159,7 +160,7 @@ pub struct ConnState {
     pub parked: AtomicBool,
     /// Wakes the timer early: a deadline before its next firing, or the
     /// client crossing the reset rule.
-    pub(crate) wake: Notify,
+    pub(crate) wake: Wake,
 }
 
 impl ConnState {
@@ -179,7 +180,7 @@ impl ConnState {
             upgraded: AtomicBool::new(false),
             parking: AtomicBool::new(false),
             parked: AtomicBool::new(false),
-            wake: Notify::new(),
+            wake: Wake::default(),
         })
     }
 
@@ -192,7 +193,7 @@ impl ConnState {
         if self.started.fetch_add(1, Relaxed) == 0 {
             // The timer waits for a first head (10 s); from now on it
             // judges idleness and parking instead. Once per connection.
-            self.wake.notify_one();
+            self.wake.wake();
         }
         self.inflight.fetch_add(1, Relaxed);
         RequestGuard {
@@ -209,7 +210,7 @@ impl ConnState {
         let slot = self.deadlines.add(at);
         if at + DEADLINE_GRACE_MS < self.timer_ms.load(Relaxed) {
             // Rare: the timer is set for later (a fresh or idle connection).
-            self.wake.notify_one();
+            self.wake.wake();
         }
         DeadlineGuard {
             state: Arc::clone(self),
@@ -233,7 +234,7 @@ impl ConnState {
     pub fn unparked(&self) {
         self.parked.store(false, Relaxed);
         self.idle_since_ms.store(now_ms(), Relaxed);
-        self.wake.notify_one();
+        self.wake.wake();
     }
 
     /// Whether the connection was handed to a tunnel.
@@ -248,13 +249,13 @@ impl ConnState {
             let idle_ends = now.saturating_add(self.idle_timeout_ms.load(Relaxed));
             if idle_ends < self.timer_ms.load(Relaxed) {
                 // An idle_timeout shorter than what the timer waits for.
-                self.wake.notify_one();
+                self.wake.wake();
             }
         }
         if !completed && self.http2.load(Relaxed) {
             let premature = self.premature.fetch_add(1, Relaxed) + 1;
             if self.abusive(premature) {
-                self.wake.notify_one();
+                self.wake.wake();
             }
         }
     }

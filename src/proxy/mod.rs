@@ -14,6 +14,7 @@ pub mod error;
 pub mod forward;
 pub mod grpc;
 pub mod upgrade;
+pub mod wake;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -148,6 +148,9 @@ pub async fn drive<C: Served>(
     let mut timer = std::pin::pin!(timer);
     let mut draining = false;
     let mut graceful = false;
+    // Made once: a future made anew each turn of the loop would register
+    // and unregister its waiter every time.
+    let mut stopped = std::pin::pin!(super::stopped(&mut stop));
     loop {
         tokio::select! {
             biased;
@@ -182,11 +185,11 @@ pub async fn drive<C: Served>(
                     Judgement::WaitUntil(ms) => timer.as_mut().reset(at(ms)),
                 }
             }
-            _ = state.wake.notified() => {
+            () = std::future::poll_fn(|cx| state.wake.poll_woken(cx)) => {
                 // Judged at once: the timer fires now.
                 timer.as_mut().reset(tokio::time::Instant::now());
             }
-            _ = super::stopped(&mut stop), if !draining => {
+            () = stopped.as_mut(), if !draining => {
                 draining = true;
                 let linger_until = state.opened_ms + ACCEPT_LINGER.as_millis() as u64;
                 if state.requests() > 0 {
