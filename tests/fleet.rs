@@ -13,6 +13,8 @@ mod etcd;
 mod kit;
 #[path = "fleet/outage.rs"]
 mod outage;
+#[path = "fleet/secure.rs"]
+mod secure;
 mod support;
 
 use std::sync::Arc;
