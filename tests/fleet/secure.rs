@@ -229,3 +229,52 @@ async fn a_user_with_its_password_follows_the_fleet_and_a_wrong_one_is_not_ready
     )
     .await;
 }
+
+#[test]
+fn turnout_check_shows_how_etcd_is_reached_and_never_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("etcd CA");
+    let client = ca.issue("turnout");
+    file(dir.path(), "ca.pem", &ca.pem);
+    file(dir.path(), "client.pem", &client.cert_pem);
+    file(dir.path(), "client-key.pem", &client.key_pem);
+    let store = "[store]\netcd = [\"https://etcd-0.etcd:2379\"]\nca = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client-key.pem\"\nserver_name = \"etcd.internal\"\nuser = \"turnout\"\npassword_env = \"TEST_ETCD_PASSWORD\"\n\n";
+    let path = file(dir.path(), "turnout.toml", &control_file("", store));
+    let check = |password: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_turnout"));
+        cmd.args(["check", "--config"]).arg(&path);
+        match password {
+            Some(p) => cmd.env("TEST_ETCD_PASSWORD", p),
+            None => cmd.env_remove("TEST_ETCD_PASSWORD"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = check(Some("s3cret-pw"));
+    assert!(ok, "{stdout}{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("store: etcd https://etcd-0.etcd:2379"))
+        .unwrap_or_else(|| panic!("no store line in:\n{stdout}"));
+    for shown in [
+        "TLS verified against",
+        "ca.pem as etcd.internal",
+        "client certificate",
+        "user turnout (password from TEST_ETCD_PASSWORD)",
+    ] {
+        assert!(line.contains(shown), "{shown} not in {line}");
+    }
+    assert!(!format!("{stdout}{stderr}").contains("s3cret-pw"));
+    // Unset where the file is checked (a CI job): a warning, not an error.
+    let (ok, stdout, stderr) = check(None);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("store.password_env") && stderr.contains("TEST_ETCD_PASSWORD is not set"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("user turnout"), "{stdout}");
+}
