@@ -140,12 +140,12 @@ async fn mutual_tls_replicas_follow_one_state_and_a_wrong_ca_or_no_client_cert_i
         .await;
     let line = logged(&untrusting, &["cannot reach etcd", "UnknownIssuer"]).await;
     assert!(line.contains("does not chain to store.ca"), "{line}");
+    // TLS 1.3: etcd refuses a missing certificate after the handshake, so
+    // the replica sees its alert or only the connection closing; either
+    // way the hint names the client certificate.
     logged(
         &anonymous,
-        &[
-            "cannot reach etcd",
-            "refused this replica's client certificate",
-        ],
+        &["cannot reach etcd", "this replica's client certificate"],
     )
     .await;
     for replica in [&untrusting, &anonymous] {

@@ -104,7 +104,7 @@ async fn connect(store: &StoreConfig) -> Result<Client, String> {
     }
     Client::connect(&store.endpoints, Some(options))
         .await
-        .map_err(|e| unreachable(&e))
+        .map_err(|e| unreachable(&e, store))
 }
 
 /// The control file for topology, etcd for the runtime state.
@@ -224,7 +224,7 @@ impl EtcdStore {
     fn failed(&mut self, e: &etcd_client::Error) -> String {
         self.link.up(false);
         self.client = None;
-        unreachable(e)
+        unreachable(e, &self.config)
     }
 
     /// The tenants whose stored split is an SLO revert.
@@ -254,8 +254,9 @@ impl EtcdStore {
 }
 
 /// An error talking to etcd, as admin calls and logs show it: with its
-/// causes (a TLS handshake's reason is a few sources down), each once.
-fn unreachable(e: &etcd_client::Error) -> String {
+/// causes (a TLS handshake's reason is a few sources down), each once, and
+/// a hint when it looks like a refused certificate or password.
+fn unreachable(e: &etcd_client::Error, store: &StoreConfig) -> String {
     let mut text = format!("etcd is unreachable: {e}");
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
@@ -266,7 +267,7 @@ fn unreachable(e: &etcd_client::Error) -> String {
         }
         source = cause.source();
     }
-    if let Some(hint) = hint(&text) {
+    if let Some(hint) = hint(&text, store.tls.is_some()) {
         text.push_str(" (");
         text.push_str(hint);
         text.push(')');
@@ -275,8 +276,10 @@ fn unreachable(e: &etcd_client::Error) -> String {
 }
 
 /// What an operator should look at for a TLS or authentication refusal,
-/// judged from the error's text (rustls' and etcd's own words).
-fn hint(error: &str) -> Option<&'static str> {
+/// judged from the error's text (rustls' and etcd's own words). With TLS
+/// 1.3 an etcd that refuses a client certificate does so after the
+/// handshake, so the client often sees only the connection closing.
+fn hint(error: &str, tls: bool) -> Option<&'static str> {
     let has = |words: &[&str]| words.iter().any(|w| error.contains(w));
     if has(&["NotValidForName"]) {
         Some(
@@ -292,6 +295,17 @@ fn hint(error: &str) -> Option<&'static str> {
     ]) {
         Some(
             "etcd refused this replica's client certificate, or none was presented: check store.cert and store.key against etcd's --trusted-ca-file",
+        )
+    } else if tls
+        && has(&[
+            "connection closed",
+            "broken pipe",
+            "BrokenPipe",
+            "ConnectionReset",
+        ])
+    {
+        Some(
+            "etcd closed the TLS connection; if this repeats while etcd is up, it refuses this replica's client certificate or wants one: check store.cert and store.key against etcd's --trusted-ca-file",
         )
     } else if has(&["authentication failed"]) {
         Some("check store.user and the password in the variable store.password_env names")
@@ -442,5 +456,28 @@ impl Drop for EtcdStore {
         {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hint;
+
+    #[test]
+    fn refusals_get_a_hint_and_outages_none() {
+        let said = |e: &str, tls: bool| hint(e, tls).unwrap_or("");
+        assert!(said("invalid peer certificate: UnknownIssuer", true).contains("store.ca"));
+        assert!(said("received fatal alert: BadCertificate", true).contains("store.cert"));
+        assert!(said("hyper::Error(Canceled, \"connection closed\")", true).contains("store.cert"));
+        assert!(
+            said("authentication failed, invalid user ID or password", false)
+                .contains("store.user")
+        );
+        // Without TLS a closed connection is an outage, nothing more.
+        assert_eq!(
+            hint("hyper::Error(Canceled, \"connection closed\")", false),
+            None
+        );
+        assert_eq!(hint("tcp connect error: Connection refused", true), None);
     }
 }

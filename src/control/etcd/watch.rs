@@ -100,7 +100,7 @@ impl Watch {
         last_event: &mut i64,
         resume: &mut Option<i64>,
     ) -> Ended {
-        let lost = |e: etcd_client::Error| Ended::Lost(super::unreachable(&e));
+        let lost = |e: etcd_client::Error| Ended::Lost(super::unreachable(&e, &self.store));
         let mut client = match super::connect(&self.store).await {
             Ok(c) => c,
             Err(e) => return Ended::Lost(e),
