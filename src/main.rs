@@ -242,6 +242,9 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(config) => {
             warn_unresolved(path, &config);
             print!("{}", summary(&config));
+            if let Some(store) = &config.store {
+                print!("{}", store.summary());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -19,6 +19,8 @@ mod held;
 mod kit;
 #[path = "fleet/outage.rs"]
 mod outage;
+#[path = "fleet/secure.rs"]
+mod secure;
 mod support;
 
 use std::sync::Arc;

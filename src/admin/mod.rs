@@ -314,12 +314,21 @@ impl Admin {
                     "persisted": status.persisted,
                     "store": self.control.published.store().map_or_else(
                         || serde_json::json!({"kind": "file"}),
-                        |s| serde_json::json!({
-                            "kind": s.kind,
-                            "endpoints": s.endpoints,
-                            "connected": s.connected(),
-                            "revision": s.revision(),
-                        }),
+                        |s| {
+                            // How it is reached: TLS files and user, never
+                            // the password.
+                            let access = self.proxy.table.load().config.store.as_ref().map(
+                                crate::config::store::StoreConfig::access,
+                            ).unwrap_or_default();
+                            serde_json::json!({
+                                "kind": s.kind,
+                                "endpoints": s.endpoints,
+                                "connected": s.connected(),
+                                "revision": s.revision(),
+                                "tls": access["tls"],
+                                "auth": access["auth"],
+                            })
+                        },
                     ),
                 });
                 Ok(json(StatusCode::OK, &view))

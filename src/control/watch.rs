@@ -81,7 +81,20 @@ pub fn spawn(path: &Path, control: Control) -> Watcher {
     tokio::spawn(async move {
         let created = tokio::task::spawn_blocking(move || {
             let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if res.is_ok() {
+                // Opening or reading a file changes nothing, and every
+                // reload opens the control file: waking on that would
+                // reload ten times a second forever.
+                let read_only = res.as_ref().is_ok_and(|e| {
+                    matches!(
+                        e.kind,
+                        notify::EventKind::Access(
+                            notify::event::AccessKind::Open(_)
+                                | notify::event::AccessKind::Read
+                                | notify::event::AccessKind::Close(notify::event::AccessMode::Read)
+                        )
+                    )
+                });
+                if res.is_ok() && !read_only {
                     // A full channel already holds a pending wake-up: nothing lost.
                     let _ = tx.try_send(());
                 }

@@ -14,9 +14,27 @@ use std::time::{Duration, Instant};
 pub struct Etcd {
     pub client: SocketAddr,
     peer: SocketAddr,
+    /// Where `/health` is asked: the client port, or with TLS a plain
+    /// metrics port of its own.
+    health: SocketAddr,
     name: String,
     dir: tempfile::TempDir,
+    /// Serve clients over TLS with these files.
+    tls: Option<EtcdTls>,
+    /// More flags (`--auth-token-ttl`, ...).
+    args: Vec<String>,
     child: Option<Child>,
+}
+
+/// The PEM files of an etcd serving TLS to its clients.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// Its certificate and key.
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Given: client certificates must chain to this CA
+    /// (`--client-cert-auth`).
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 fn free_port() -> SocketAddr {
@@ -27,6 +45,13 @@ fn free_port() -> SocketAddr {
 impl Etcd {
     /// Starts etcd and waits until it answers `/health`.
     pub async fn start() -> Etcd {
+        Etcd::start_with(None, &[]).await
+    }
+
+    /// Starts etcd serving its clients over TLS (`https://`) and, with
+    /// `tls.client_ca`, asking them for certificates; `args` are more
+    /// flags.
+    pub async fn start_with(tls: Option<EtcdTls>, args: &[&str]) -> Etcd {
         let found = Command::new("etcd")
             .arg("--version")
             .stdout(Stdio::null())
@@ -45,11 +70,15 @@ impl Etcd {
             );
         }
         let name = format!("t{}-{}", std::process::id(), fastrand::u32(..));
+        let client = free_port();
         let mut etcd = Etcd {
-            client: free_port(),
+            client,
             peer: free_port(),
+            health: if tls.is_some() { free_port() } else { client },
             name,
             dir: tempfile::tempdir().unwrap(),
+            tls,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
         etcd.spawn().await;
@@ -65,10 +94,42 @@ impl Etcd {
         )
     }
 
+    /// The key prefix of this etcd's tests: each test's `prefix` is under
+    /// it.
+    pub fn root(&self) -> String {
+        format!("/{}/", self.name)
+    }
+
+    /// The `[store]` table of a control file on this TLS etcd (its
+    /// endpoint as `https://`), with more `keys` (`ca`, `cert`, `user`...).
+    pub fn store_tls(&self, prefix: &str, keys: &str) -> String {
+        format!(
+            "[store]\netcd = [\"https://{}\"]\nprefix = \"/{}/{prefix}\"\n{keys}\n",
+            self.client, self.name
+        )
+    }
+
     async fn spawn(&mut self) {
-        let client = format!("http://{}", self.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{}", self.client);
         let peer = format!("http://{}", self.peer);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .args(["--listen-metrics-urls", &format!("http://{}", self.health)]);
+            if let Some(ca) = &tls.client_ca {
+                command
+                    .arg("--trusted-ca-file")
+                    .arg(ca)
+                    .arg("--client-cert-auth");
+            }
+        }
+        let child = command
+            .args(&self.args)
             .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
@@ -99,7 +160,7 @@ impl Etcd {
 
     async fn healthy(&self) -> bool {
         let client = crate::support::client();
-        let req = http::Request::get(format!("http://{}/health", self.client))
+        let req = http::Request::get(format!("http://{}/health", self.health))
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap();
         let Ok(Ok(resp)) =

@@ -144,7 +144,7 @@ pub fn validate(
 
     let store = raw
         .store
-        .and_then(|s| super::store::store(&mut p, &root.key("store"), s));
+        .and_then(|s| super::store::store(&mut p, &root.key("store"), s, base_dir, env));
     let dns = dns::dns(&mut p, &root.key("dns"), raw.dns);
 
     let (Some(http), Some(admin)) = (http, admin) else {

@@ -18,6 +18,7 @@ use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use tokio::sync::watch;
 
 use super::keys::Keys;
+use crate::config::store::StoreConfig;
 use crate::control::store::{Counts, Evidence};
 use crate::slo::sequential::Tally;
 
@@ -132,7 +133,7 @@ pub fn decode(value: &[u8]) -> Option<Evidence> {
 /// Publishes this replica's evidence every [`PUBLISH_EVERY`] until the
 /// process stops; failures are retried on the next round.
 pub(super) async fn publish(
-    endpoints: Vec<String>,
+    store: Arc<StoreConfig>,
     keys: Keys,
     replica: String,
     mut evidence: watch::Receiver<Evidence>,
@@ -145,7 +146,7 @@ pub(super) async fn publish(
         tick.tick().await;
         let value = encode(&evidence.borrow_and_update());
         if lease.is_none() {
-            lease = grant(&endpoints).await;
+            lease = grant(&store).await;
         }
         let Some((client, id, keeper, stream)) = lease.as_mut() else {
             continue;
@@ -167,8 +168,8 @@ pub(super) async fn publish(
     }
 }
 
-async fn grant(endpoints: &[String]) -> Option<(Client, i64, LeaseKeeper, LeaseKeepAliveStream)> {
-    let mut client = super::connect(endpoints).await.ok()?;
+async fn grant(store: &StoreConfig) -> Option<(Client, i64, LeaseKeeper, LeaseKeepAliveStream)> {
+    let mut client = super::connect(store).await.ok()?;
     let id = client.lease_grant(LEASE_TTL, None).await.ok()?.id();
     let (keeper, stream) = client.lease_keep_alive(id).await.ok()?;
     Some((client, id, keeper, stream))

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 
 use super::events::Event;
 use super::store::{
@@ -71,15 +71,40 @@ impl Link {
     }
 }
 
-/// Connects a client with the fleet's timeouts and keep-alive.
-async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
-    let options = ConnectOptions::new()
+/// Connects a client to the etcd of `store` with the fleet's timeouts and
+/// keep-alive, over TLS when its endpoints are `https://` (the PEM files
+/// read again now, so a rotated client certificate is taken up), as its
+/// user when it names one. The client authenticates here and again when
+/// etcd refuses an expired token (`with_auto_token_refresh`); every watch
+/// session connects anew, so a reconnected watch authenticates too.
+async fn connect(store: &StoreConfig) -> Result<Client, String> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE)
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
-    Client::connect(endpoints, Some(options)).await
+    if let Some(tls) = &store.tls {
+        let material = tls.read().map_err(|e| format!("etcd TLS: {e}"))?;
+        let mut config = TlsOptions::new()
+            .trust_anchors(material.roots.roots.iter().cloned())
+            .timeout(CONNECT_TIMEOUT);
+        if let Some((cert, key)) = material.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &tls.server_name {
+            config = config.domain_name(name.clone());
+        }
+        options = options.with_tls(config);
+    }
+    if let Some(auth) = &store.auth {
+        options = options
+            .with_user(auth.user.clone(), auth.password.clone())
+            .with_auto_token_refresh(true);
+    }
+    Client::connect(&store.endpoints, Some(options))
+        .await
+        .map_err(|e| unreachable(&e, store))
 }
 
 /// The control file for topology, etcd for the runtime state.
@@ -145,14 +170,14 @@ impl EtcdStore {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        match connect(&self.config.endpoints).await {
+        match connect(&self.config).await {
             Ok(c) => {
                 self.client = Some(c.clone());
                 Ok(c)
             }
             Err(e) => {
                 self.link.up(false);
-                Err(unreachable(&e))
+                Err(e)
             }
         }
     }
@@ -193,10 +218,13 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// Notes a failed exchange: etcd is unreachable (or refused).
+    /// Notes a failed exchange: etcd is unreachable (or refused). The
+    /// client is dropped, so the next exchange connects anew: with the TLS
+    /// files as they are then, and a fresh token.
     fn failed(&mut self, e: &etcd_client::Error) -> String {
         self.link.up(false);
-        unreachable(e)
+        self.client = None;
+        unreachable(e, &self.config)
     }
 
     /// The tenants whose stored split is an SLO revert.
@@ -225,9 +253,67 @@ impl EtcdStore {
     }
 }
 
-/// An error talking to etcd, as admin calls and logs show it.
-fn unreachable(e: &etcd_client::Error) -> String {
-    format!("etcd is unreachable: {e}")
+/// An error talking to etcd, as admin calls and logs show it: with its
+/// causes (a TLS handshake's reason is a few sources down), each once, and
+/// a hint when it looks like a refused certificate or password.
+fn unreachable(e: &etcd_client::Error, store: &StoreConfig) -> String {
+    let mut text = format!("etcd is unreachable: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    if let Some(hint) = hint(&text, store.tls.is_some()) {
+        text.push_str(" (");
+        text.push_str(hint);
+        text.push(')');
+    }
+    text
+}
+
+/// What an operator should look at for a TLS or authentication refusal,
+/// judged from the error's text (rustls' and etcd's own words). With TLS
+/// 1.3 an etcd that refuses a client certificate does so after the
+/// handshake, so the client often sees only the connection closing.
+fn hint(error: &str, tls: bool) -> Option<&'static str> {
+    let has = |words: &[&str]| words.iter().any(|w| error.contains(w));
+    if has(&["NotValidForName"]) {
+        Some(
+            "etcd's certificate is not for the name verified: set store.server_name to a name it holds",
+        )
+    } else if has(&["UnknownIssuer", "invalid peer certificate"]) {
+        Some("etcd's certificate does not chain to store.ca (or to the system roots without it)")
+    } else if has(&[
+        "BadCertificate",
+        "CertificateRequired",
+        "UnknownCA",
+        "certificate required",
+    ]) {
+        Some(
+            "etcd refused this replica's client certificate, or none was presented: check store.cert and store.key against etcd's --trusted-ca-file",
+        )
+    } else if tls
+        && has(&[
+            "connection closed",
+            "broken pipe",
+            "BrokenPipe",
+            "ConnectionReset",
+        ])
+    {
+        Some(
+            "etcd closed the TLS connection; if this repeats while etcd is up, it refuses this replica's client certificate or wants one: check store.cert and store.key against etcd's --trusted-ca-file",
+        )
+    } else if has(&["authentication failed"]) {
+        Some("check store.user and the password in the variable store.password_env names")
+    } else if has(&["permission denied", "user name is empty"]) {
+        Some("etcd has auth enabled: store.user needs read and write on the prefix")
+    } else {
+        None
+    }
 }
 
 /// The file's state with every candidate at 0 and no ramp: what a replica
@@ -305,7 +391,7 @@ impl Store for EtcdStore {
     fn watch(&mut self, control: Control) {
         self.file.watch(control.clone());
         let watch = watch::Watch {
-            endpoints: self.config.endpoints.clone(),
+            store: Arc::new(self.config.clone()),
             keys: self.keys.clone(),
             link: self.link.clone(),
             control,
@@ -314,7 +400,7 @@ impl Store for EtcdStore {
         };
         self.watch = Some(tokio::spawn(watch.run()));
         self.publisher = Some(tokio::spawn(counts::publish(
-            self.config.endpoints.clone(),
+            Arc::new(self.config.clone()),
             self.keys.clone(),
             self.replica.clone(),
             self.evidence.subscribe(),
@@ -391,5 +477,28 @@ impl Drop for EtcdStore {
         {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hint;
+
+    #[test]
+    fn refusals_get_a_hint_and_outages_none() {
+        let said = |e: &str, tls: bool| hint(e, tls).unwrap_or("");
+        assert!(said("invalid peer certificate: UnknownIssuer", true).contains("store.ca"));
+        assert!(said("received fatal alert: BadCertificate", true).contains("store.cert"));
+        assert!(said("hyper::Error(Canceled, \"connection closed\")", true).contains("store.cert"));
+        assert!(
+            said("authentication failed, invalid user ID or password", false)
+                .contains("store.user")
+        );
+        // Without TLS a closed connection is an outage, nothing more.
+        assert_eq!(
+            hint("hyper::Error(Canceled, \"connection closed\")", false),
+            None
+        );
+        assert_eq!(hint("tcp connect error: Connection refused", true), None);
     }
 }

@@ -33,7 +33,7 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 
 /// What the watch task needs.
 pub(super) struct Watch {
-    pub(super) endpoints: Vec<String>,
+    pub(super) store: Arc<crate::config::store::StoreConfig>,
     pub(super) keys: Keys,
     pub(super) link: Link,
     pub(super) control: Control,
@@ -61,6 +61,7 @@ impl Watch {
         let mut last_event = 0_i64;
         let mut backoff = BACKOFF.0;
         let mut resume: Option<i64> = None;
+        let mut logged: Option<String> = None;
         loop {
             match self.session(&reload, &mut last_event, &mut resume).await {
                 Ended::Compacted => {
@@ -74,7 +75,12 @@ impl Watch {
                 Ended::Lost(error) => {
                     if self.link.status.connected() {
                         tracing::error!(%error, "etcd lost; serving the last applied state and reconnecting");
+                    } else if logged.as_deref() != Some(error.as_str()) {
+                        // Never connected, or failing anew (a refused
+                        // certificate or password): said once per reason.
+                        tracing::error!(%error, "cannot reach etcd; retrying");
                     }
+                    logged = Some(error);
                     self.link.up(false);
                 }
             }
@@ -94,10 +100,10 @@ impl Watch {
         last_event: &mut i64,
         resume: &mut Option<i64>,
     ) -> Ended {
-        let lost = |e: etcd_client::Error| Ended::Lost(e.to_string());
-        let mut client = match super::connect(&self.endpoints).await {
+        let lost = |e: etcd_client::Error| Ended::Lost(super::unreachable(&e, &self.store));
+        let mut client = match super::connect(&self.store).await {
             Ok(c) => c,
-            Err(e) => return lost(e),
+            Err(e) => return Ended::Lost(e),
         };
         let start = match *resume {
             Some(r) => r,
