@@ -324,6 +324,7 @@ impl Admin {
                                 "kind": s.kind,
                                 "endpoints": s.endpoints,
                                 "connected": s.connected(),
+                                "error": s.error(),
                                 "revision": s.revision(),
                                 "tls": access["tls"],
                                 "auth": access["auth"],

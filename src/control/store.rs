@@ -124,6 +124,9 @@ pub struct StoreStatus {
     connected: AtomicBool,
     loaded: AtomicBool,
     revision: AtomicU64,
+    /// Why the last exchange failed, until one succeeds (read by the admin
+    /// API only, never on the request path).
+    error: std::sync::Mutex<Option<String>>,
 }
 
 impl StoreStatus {
@@ -135,7 +138,21 @@ impl StoreStatus {
             connected: AtomicBool::new(false),
             loaded: AtomicBool::new(false),
             revision: AtomicU64::new(0),
+            error: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why the store is not connected: the last failed exchange's error
+    /// (unreachable, a refused certificate or password), `None` once an
+    /// exchange succeeds.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records a failed exchange and why.
+    pub fn set_failed(&self, error: &str) {
+        self.connected.store(false, Ordering::Relaxed);
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_owned());
     }
 
     /// Whether the last exchange with the store succeeded.
@@ -157,11 +174,22 @@ impl StoreStatus {
     /// Records the outcome of an exchange with the store.
     pub fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
+        if connected {
+            self.clear_error();
+        }
+    }
+
+    fn clear_error(&self) {
+        let mut error = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if error.is_some() {
+            *error = None;
+        }
     }
 
     /// Records a read or commit of the whole state at `revision`.
     pub fn set_loaded(&self, revision: u64) {
         self.connected.store(true, Ordering::Relaxed);
+        self.clear_error();
         self.loaded.store(true, Ordering::Relaxed);
         self.revision.fetch_max(revision, Ordering::Relaxed);
     }

@@ -27,6 +27,8 @@ async fn an_outage_keeps_traffic_refuses_writes_and_holds_reverts() {
     })
     .await;
     assert_eq!(a.metric("turnout_store_up").await, 0.0);
+    let store = config_view(&a).await["store"].clone();
+    assert!(store["error"].is_string(), "why it is away: {store}");
     // Traffic keeps flowing on the last applied state.
     let mut seen = std::collections::HashSet::new();
     for _ in 0..40 {

@@ -119,6 +119,7 @@ async fn mutual_tls_replicas_follow_one_state_and_a_wrong_ca_or_no_client_cert_i
     .await;
     let config = config_view(&other).await;
     assert_eq!(config["store"]["connected"], true, "{config}");
+    assert_eq!(config["store"]["error"], Value::Null, "{config}");
     assert_eq!(
         config["store"]["endpoints"][0],
         format!("https://{}", etcd.client)
@@ -148,9 +149,15 @@ async fn mutual_tls_replicas_follow_one_state_and_a_wrong_ca_or_no_client_cert_i
         &["cannot reach etcd", "this replica's client certificate"],
     )
     .await;
-    for replica in [&untrusting, &anonymous] {
+    for (replica, why) in [
+        (&untrusting, "does not chain to store.ca"),
+        (&anonymous, "this replica's client certificate"),
+    ] {
         let config = not_ready(replica).await;
         assert_eq!(config["store"]["tls"]["server_name"], "etcd.test");
+        // The reason is shown where an operator looks first, too.
+        let error = config["store"]["error"].as_str().unwrap_or_default();
+        assert!(error.contains(why), "{config}");
         // It serves the file's topology with the candidate at 0, never the
         // fleet's green on unknown state.
         assert_eq!(replica.get("shop.test", "/").await.upstream(), Some("blue"));
@@ -206,7 +213,10 @@ async fn a_user_with_its_password_follows_the_fleet_and_a_wrong_one_is_not_ready
     assert!(!config.to_string().contains("s3cret-pw"), "{config}");
 
     logged(&wrong, &["cannot reach etcd", "authentication failed"]).await;
-    not_ready(&wrong).await;
+    let config = not_ready(&wrong).await;
+    let error = config["store"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("authentication failed"), "{config}");
+    assert!(!error.contains("guessed"), "{config}");
     assert!(
         !wrong.log_lines().iter().any(|l| l.contains("guessed")),
         "the password is never logged"

@@ -63,6 +63,13 @@ impl Link {
         self.gauges.up.set(if up { 1.0 } else { 0.0 });
     }
 
+    /// A failed exchange: not connected, and why (shown by `GET
+    /// /v1/config` until an exchange succeeds).
+    fn down(&self, error: &str) {
+        self.status.set_failed(error);
+        self.gauges.up.set(0.0);
+    }
+
     fn loaded(&self, revision: u64) {
         self.status.set_loaded(revision);
         self.gauges.up.set(1.0);
@@ -176,7 +183,7 @@ impl EtcdStore {
                 Ok(c)
             }
             Err(e) => {
-                self.link.up(false);
+                self.link.down(&e);
                 Err(e)
             }
         }
@@ -222,9 +229,10 @@ impl EtcdStore {
     /// client is dropped, so the next exchange connects anew: with the TLS
     /// files as they are then, and a fresh token.
     fn failed(&mut self, e: &etcd_client::Error) -> String {
-        self.link.up(false);
         self.client = None;
-        unreachable(e, &self.config)
+        let error = unreachable(e, &self.config);
+        self.link.down(&error);
+        error
     }
 
     /// The tenants whose stored split is an SLO revert.

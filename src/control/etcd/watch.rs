@@ -80,8 +80,8 @@ impl Watch {
                         // certificate or password): said once per reason.
                         tracing::error!(%error, "cannot reach etcd; retrying");
                     }
+                    self.link.down(&error);
                     logged = Some(error);
-                    self.link.up(false);
                 }
             }
             let jitter = backoff.mul_f64(fastrand::f64() * 0.5 + 0.75);
