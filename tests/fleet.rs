@@ -46,15 +46,7 @@ async fn an_admin_change_on_one_replica_is_served_by_another() {
     let a = replica(setup()).await;
     let other = replica(setup()).await;
 
-    let r = a
-        .admin(
-            "PUT",
-            "/v1/tenants/shop/weights",
-            None,
-            Some(r#"{"blue": 0, "green": 100}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = put_weights(&a, 0, 100).await;
     // The answer is what the fleet serves: A serves it at once.
     assert_eq!(a.get("shop.test", "/").await.upstream(), Some("green"));
     wait_until(WAIT, "the other replica to serve the change", || async {
@@ -67,7 +59,7 @@ async fn an_admin_change_on_one_replica_is_served_by_another() {
         generation(&vb),
         "one generation fleet-wide"
     );
-    assert_eq!(generation(&json(&r)), generation(&va));
+    assert_eq!(generation(&answer), generation(&va));
 
     // The fleet's history on either replica: the seed from the file, once,
     // then the admin change.
@@ -261,15 +253,7 @@ async fn a_file_edit_seen_by_two_replicas_is_applied_once() {
     let other = replica(setup()).await;
     // An operator's admin change, then the ConfigMap rollout reaches the
     // replicas seconds apart.
-    let r = a
-        .admin(
-            "PUT",
-            "/v1/tenants/shop/weights",
-            None,
-            Some(r#"{"blue": 90, "green": 10}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    put_weights(&a, 90, 10).await;
     let (from, to) = (
         "weights = { blue = 100, green = 0 }",
         "weights = { blue = 70, green = 30 }",
@@ -284,15 +268,7 @@ async fn a_file_edit_seen_by_two_replicas_is_applied_once() {
     edit_file(&other.path, from, to);
     other.reload().await;
     // An unrelated change after it: B's late copy of the edit took nothing back.
-    let r = other
-        .admin(
-            "PUT",
-            "/v1/tenants/shop/weights",
-            None,
-            Some(r#"{"blue": 60, "green": 40}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    put_weights(&other, 60, 40).await;
     a.reload().await;
     wait_until(WAIT, "the last admin change everywhere", || async {
         a.weights("shop").await == (60, 40) && other.weights("shop").await == (60, 40)

@@ -93,15 +93,7 @@ async fn a_cohort_revert_on_one_replica_is_latched_by_all_once() {
     // A weights call on B, even with the same values, is a new intent: it
     // lifts the latch on every replica.
     g.set_failing(false);
-    let r = quiet
-        .admin(
-            "PUT",
-            "/v1/tenants/shop/weights",
-            None,
-            Some(r#"{"blue":100,"green":0}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    put_weights(&quiet, 100, 0).await;
     wait_until(WAIT, "the latch lifted on A", || async {
         status(&a).await != "reverted"
     })

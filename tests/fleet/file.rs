@@ -24,15 +24,7 @@ async fn a_replica_with_a_broken_control_file_still_follows_the_fleet() {
         config_view(&other).await["last_error"].is_string()
     })
     .await;
-    let r = a
-        .admin(
-            "PUT",
-            "/v1/tenants/shop/weights",
-            None,
-            Some(r#"{"blue": 80, "green": 20}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    put_weights(&a, 80, 20).await;
     wait_until(WAIT, "the fleet's change on the broken replica", || async {
         other.weights("shop").await == (80, 20)
     })

@@ -36,15 +36,7 @@ async fn a_held_revert_the_fleet_overrode_meanwhile_gives_way_to_the_stored_stat
     g.set_failing(false);
     // Meanwhile an operator restates the split: the same weights, a new
     // intent, a newer tenant key than the one the breach was judged on.
-    let r = other
-        .admin(
-            "PUT",
-            "/v1/tenants/shop/weights",
-            None,
-            Some(r#"{"blue": 50, "green": 50}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    put_weights(&other, 50, 50).await;
     relay.set_cut(false);
     wait_until(
         WAIT,

@@ -29,6 +29,17 @@ pub async fn history(proxy: &TestProxy, tenant: &str) -> Vec<Value> {
     events(proxy, tenant).await.as_array().unwrap().clone()
 }
 
+/// `PUT /v1/tenants/shop/weights` on `proxy` (no token); it must succeed.
+/// The JSON answer.
+pub async fn put_weights(proxy: &TestProxy, blue: u32, green: u32) -> Value {
+    let body = format!(r#"{{"blue": {blue}, "green": {green}}}"#);
+    let r = proxy
+        .admin("PUT", "/v1/tenants/shop/weights", None, Some(&body))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    json(&r)
+}
+
 pub fn count(events: &[Value], source: &str) -> usize {
     events.iter().filter(|e| e["source"] == source).count()
 }

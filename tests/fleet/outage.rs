@@ -123,15 +123,7 @@ async fn a_killed_etcd_is_reconnected_after_its_restart() {
         config_view(&a).await["store"]["connected"] == true
     })
     .await;
-    let r = a
-        .admin(
-            "PUT",
-            "/v1/tenants/shop/weights",
-            None,
-            Some(r#"{"blue": 70, "green": 30}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    put_weights(&a, 70, 30).await;
     wait_until(WAIT, "the other replica to follow again", || async {
         other.weights("shop").await == (70, 30)
     })
@@ -153,11 +145,7 @@ async fn a_replica_behind_a_compaction_reads_the_whole_state_again() {
     .await;
     // Changes it does not see, then their history compacted away.
     for green in [10, 20, 30] {
-        let body = format!(r#"{{"blue": {}, "green": {green}}}"#, 100 - green);
-        let r = other
-            .admin("PUT", "/v1/tenants/shop/weights", None, Some(&body))
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
+        put_weights(&other, 100 - green, green).await;
     }
     etcd.compact().await;
     assert_eq!(cut_off.weights("shop").await, (100, 0));
@@ -175,15 +163,7 @@ async fn a_replica_behind_a_compaction_reads_the_whole_state_again() {
     })
     .await;
     // And it follows again.
-    let r = other
-        .admin(
-            "PUT",
-            "/v1/tenants/shop/weights",
-            None,
-            Some(r#"{"blue": 50, "green": 50}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    put_weights(&other, 50, 50).await;
     wait_until(WAIT, "the next change and its event", || async {
         cut_off.weights("shop").await == (50, 50)
             && count(&history(&cut_off, "shop").await, "admin") == 4
