@@ -81,20 +81,7 @@ pub fn spawn(path: &Path, control: Control) -> Watcher {
     tokio::spawn(async move {
         let created = tokio::task::spawn_blocking(move || {
             let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                // Opening or reading a file changes nothing, and every
-                // reload opens the control file: waking on that would
-                // reload ten times a second forever.
-                let read_only = res.as_ref().is_ok_and(|e| {
-                    matches!(
-                        e.kind,
-                        notify::EventKind::Access(
-                            notify::event::AccessKind::Open(_)
-                                | notify::event::AccessKind::Read
-                                | notify::event::AccessKind::Close(notify::event::AccessMode::Read)
-                        )
-                    )
-                });
-                if res.is_ok() && !read_only {
+                if res.is_ok_and(|e| may_change(&e.kind)) {
                     // A full channel already holds a pending wake-up: nothing lost.
                     let _ = tx.try_send(());
                 }
@@ -185,6 +172,46 @@ pub async fn reload_on_sighup(control: Control, mut hup: Signal, mut stop: watch
                 let _ = control.submit(Change::Reload { forced: true }, Origin::file()).await;
             }
             _ = crate::server::stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Whether a file event may have changed the file. Opening or reading it
+/// changes nothing, and every reload opens the control file: waking on
+/// that would reload ten times a second forever.
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    !matches!(
+        kind,
+        notify::EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_change;
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RenameMode};
+
+    #[test]
+    fn reading_the_file_is_no_change_writing_or_replacing_it_is() {
+        for read in [
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Read,
+            AccessKind::Close(AccessMode::Read),
+        ] {
+            assert!(!may_change(&EventKind::Access(read)), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Any,
+        ] {
+            assert!(may_change(&change), "{change:?}");
         }
     }
 }
