@@ -1,14 +1,21 @@
-//! A lock-free wake-up for one connection's timer task.
+//! Lock-free wake-ups for one connection's timer task.
 //!
 //! tokio's `Notify` keeps its waiters in a list behind a mutex, taken on
-//! every poll of a waiting `notified()` future; the connection's driver
-//! (`server::conn::drive`) polls its wake-up each time hyper's connection
-//! makes progress, several times a request. Only that one task ever waits
-//! here, so a single-waiter slot (`AtomicWaker`, a few atomic
-//! operations; the `atomic-waker` crate h2 also uses) and a flag are enough.
+//! every poll of a waiting `notified()` future (and a `watch` receiver's
+//! `wait_for` waits on one); the connection's driver
+//! (`server::conn::drive`) is polled each time hyper's connection makes
+//! progress, several times a request, and used to poll both each time.
+//! [`Wake`]: only that one task ever waits, so a single-waiter slot
+//! (`AtomicWaker`, a few atomic operations; the `atomic-waker` crate h2
+//! also uses) and a flag are enough. [`OnWake`]: a future that must stay
+//! on a shared `Notify` (the listener's stop signal) is polled only when
+//! its own waker was woken, not on every wake of the task.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 
@@ -48,6 +55,59 @@ impl Wake {
     }
 }
 
+/// `future` (a `Pin<&mut F>` or any `Unpin` future), polled on the first
+/// poll and then only after its own waker was woken; other polls of the
+/// task cost a waker registration and a flag check.
+pub struct OnWake<F> {
+    future: F,
+    woken: Arc<Woken>,
+    first: bool,
+}
+
+/// The waker [`OnWake`] gives its future: marks it and wakes the task.
+#[derive(Default)]
+struct Woken {
+    wake: Wake,
+}
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake.wake();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake.wake();
+    }
+}
+
+impl<F: Future + Unpin> OnWake<F> {
+    /// Wraps `future`.
+    pub fn new(future: F) -> OnWake<F> {
+        OnWake {
+            future,
+            woken: Arc::default(),
+            first: true,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        // Registered on every poll: a wake of the future's own waker
+        // (any time after this) must reach the task.
+        this.woken.wake.waker.register(cx.waker());
+        let woken = this.woken.wake.take();
+        if !(std::mem::take(&mut this.first) || woken) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(Arc::clone(&this.woken));
+        Pin::new(&mut this.future).poll(&mut Context::from_waker(&waker))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +136,26 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn on_wake_polls_its_future_only_when_that_future_was_woken() {
+        let polls = std::sync::atomic::AtomicUsize::new(0);
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let inner = std::pin::pin!(async {
+            polls.fetch_add(1, Ordering::Relaxed);
+            let _ = rx.wait_for(|s| *s).await;
+        });
+        let mut wrapped = std::pin::pin!(OnWake::new(inner));
+        // Polled many times with nothing sent: the inner future only once.
+        for _ in 0..10 {
+            let pending = std::future::poll_fn(|cx| Poll::Ready(wrapped.as_mut().poll(cx))).await;
+            assert!(pending.is_pending());
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+        tx.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), wrapped)
+            .await
+            .expect("the stop reaches the wrapped future");
     }
 }

@@ -148,9 +148,10 @@ pub async fn drive<C: Served>(
     let mut timer = std::pin::pin!(timer);
     let mut draining = false;
     let mut graceful = false;
-    // Made once: a future made anew each turn of the loop would register
-    // and unregister its waiter every time.
-    let mut stopped = std::pin::pin!(super::stopped(&mut stop));
+    // Made once, and polled only when the stop signal woke it: a watch
+    // receiver's wait takes the channel's mutex on every poll.
+    let stopped = std::pin::pin!(super::stopped(&mut stop));
+    let mut stopped = crate::proxy::wake::OnWake::new(stopped);
     loop {
         tokio::select! {
             biased;
@@ -189,7 +190,7 @@ pub async fn drive<C: Served>(
                 // Judged at once: the timer fires now.
                 timer.as_mut().reset(tokio::time::Instant::now());
             }
-            () = stopped.as_mut(), if !draining => {
+            () = &mut stopped, if !draining => {
                 draining = true;
                 let linger_until = state.opened_ms + ACCEPT_LINGER.as_millis() as u64;
                 if state.requests() > 0 {
