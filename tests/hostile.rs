@@ -307,6 +307,31 @@ async fn a_length_beside_chunked_framing_is_never_passed_on() {
 }
 
 #[tokio::test]
+async fn an_agreeing_list_or_repeated_length_is_passed_on_as_one_value() {
+    for answer in [
+        (|_: &str| "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello".to_owned())
+            as fn(&str) -> String,
+        |_: &str| {
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\nhello".to_owned()
+        },
+    ] {
+        let up = RawUpstream::answering(answer).spawn().await;
+        let proxy = Setup::shop().blue(&up).spawn().await;
+        let reply = raw_exchange(
+            proxy.running.http_addr,
+            b"GET / HTTP/1.1\r\nhost: shop.test\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        let lengths: Vec<&str> = reply
+            .lines()
+            .filter_map(|l| l.strip_prefix("content-length: "))
+            .collect();
+        assert_eq!(lengths, ["5"], "one plain length (RFC 9110 8.6): {reply}");
+        assert!(reply.ends_with("hello"), "{reply}");
+    }
+}
+
+#[tokio::test]
 async fn a_half_closed_client_still_gets_its_response() {
     let up = spawn_upstream("blue").await;
     up.set_delay(Duration::from_millis(200));

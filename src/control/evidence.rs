@@ -41,20 +41,28 @@ impl ControlTask {
     /// Takes the exposure the other replicas count in for a tenant whose
     /// exposure began before this replica started (it has none of its
     /// own): its counts, taken since it started, belong to that exposure,
-    /// so they are pooled with the fleet's at once.
+    /// so they are pooled with the fleet's at once. Taken again each round
+    /// while newer ones appear (the first one seen may be a stale key: a
+    /// dead replica's, or one not yet republished since a new exposure).
     fn adopt_exposure(&mut self, tenant: &str) {
-        if self.exposures.contains_key(tenant) {
+        let own = self.exposures.get(tenant).copied();
+        if own.is_some() && !self.adopted.contains(tenant) {
             return;
         }
-        if let Some(exposure) = self.store.peer_exposure(tenant, self.generation) {
+        let Some(exposure) = self.store.peer_exposure(tenant, self.generation) else {
+            return;
+        };
+        if own.is_none_or(|own| exposure > own) {
             tracing::info!(%tenant, exposure, "joined the fleet's exposure of the candidate");
             self.exposures.insert(tenant.to_owned(), exposure);
+            self.adopted.insert(tenant.to_owned());
         }
     }
 
     /// A new exposure of `tenant`'s candidate began at the serving
     /// generation (its counts started afresh).
     pub(super) fn exposed(&mut self, tenant: &str) {
+        self.adopted.remove(tenant);
         self.exposures.insert(tenant.to_owned(), self.generation);
     }
 

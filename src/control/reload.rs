@@ -43,17 +43,22 @@ impl ControlTask {
             // The same version as last time, valid or not: its verdict
             // stands (a failed one is still in `last_error`).
             Ok(None) => Ok(self.outcome(false)),
-            Ok(Some(stored)) => {
+            Ok(Some(mut stored)) => {
+                let file_error = stored.file_error.take();
                 if stored.file_parsed {
                     self.reload_succeeded();
-                } else {
+                } else if file_error.is_none() {
                     // Only the fleet's state moved: a broken control file's
                     // error still stands until the file is fixed.
                     self.proxy.metrics.reloads_ok.increment(1);
                 }
                 // Names the new version brings resolve before it applies.
                 self.resolve_new(&stored.config).await;
-                Ok(self.fold(stored))
+                let outcome = self.fold(stored);
+                match file_error {
+                    Some(error) => Err(self.reload_failed(error)),
+                    None => Ok(outcome),
+                }
             }
             Err(error) => Err(self.reload_failed(error)),
         }
@@ -103,6 +108,7 @@ impl ControlTask {
             // knew, so its exposure is the fleet's, taken from the peers.
             self.fleet_read = true;
             self.exposures.clear();
+            self.adopted.clear();
         }
         if let Some(bakes) = &stored.bakes {
             self.published.ramps().follow_bakes(bakes);

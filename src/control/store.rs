@@ -46,6 +46,12 @@ pub struct Stored {
     /// file's last valid version: the file's last verdict (a standing
     /// error included) still stands.
     pub file_parsed: bool,
+    /// The control file did not read or validate this time, and a fleet's
+    /// state was laid over the file's last valid version instead (so a
+    /// broken file never stops a replica following the fleet): the reload
+    /// still fails with this error. Always `None` for the file store,
+    /// whose `load` answers such a file with `Err`.
+    pub file_error: Option<ConfigError>,
 }
 
 /// Which versions [`Store::load`] returns.
@@ -358,6 +364,7 @@ impl Store for FileStore {
                 reverted: Vec::new(),
                 bakes: None,
                 file_parsed: true,
+                file_error: None,
             }))
         })
     }
@@ -401,6 +408,7 @@ impl Store for FileStore {
                             reverted: Vec::new(),
                             bakes: None,
                             file_parsed: true,
+                            file_error: None,
                         }),
                     })
                 }

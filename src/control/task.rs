@@ -77,6 +77,10 @@ pub(super) struct ControlTask {
     /// The generation at which each tenant's candidate exposure began
     /// (its SLO counts started afresh): a fleet pools counts per exposure.
     pub(super) exposures: HashMap<String, u64>,
+    /// Tenants whose exposure was taken from the peers (it began before
+    /// this replica knew): raised to the newest the peers publish until
+    /// this replica sees an exposure begin itself.
+    pub(super) adopted: std::collections::HashSet<String>,
     /// Whether a fleet's stored state has been read once (a replica that
     /// starts while etcd is away serves the file's topology until then).
     pub(super) fleet_read: bool,
@@ -141,6 +145,7 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
         fleet: store_status,
         held: BTreeMap::new(),
         exposures: HashMap::new(),
+        adopted: std::collections::HashSet::new(),
         fleet_read,
         evidence_at: None,
         dns,

@@ -229,12 +229,24 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// body hyper read, that is `Content-Length` itself: hyper's HTTP/1 parser
 /// frames a body by that field only when no `Transfer-Encoding` overrides
 /// it and all its values agree (else it refuses the message), and the h2
-/// crate holds an HTTP/2 stream to the field it declares. So a length is
-/// removed only when the framing is not by length, and the field is not
-/// looked up on every message.
+/// crate holds an HTTP/2 stream to the field it declares. Both accept a
+/// list of agreeing values (`10, 10`) or the field repeated, which a
+/// sender must not pass on (RFC 9110 §8.6: `1*DIGIT`; nginx answers a
+/// repeated field 400, an h2 peer resets a list): those become one plain
+/// value. A single plain value — nearly every message — is left as it is.
 pub fn fix_length(headers: &mut HeaderMap, exact: Option<u64>) {
-    if exact.is_none() {
+    let Some(n) = exact else {
         headers.remove(header::CONTENT_LENGTH);
+        return;
+    };
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let plain = match (values.next(), values.next()) {
+        (None, _) => return,
+        (Some(one), None) => !one.is_empty() && one.as_bytes().iter().all(u8::is_ascii_digit),
+        (Some(_), Some(_)) => false,
+    };
+    if !plain {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
 }
 
@@ -463,6 +475,19 @@ mod tests {
         fix_length(&mut headers, Some(10));
         assert_eq!(headers[header::CONTENT_LENGTH], "10");
         fix_length(&mut headers, None);
+        assert!(!headers.contains_key(header::CONTENT_LENGTH));
+        // A list of agreeing values, or the field repeated: one value.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10, 10"));
+        fix_length(&mut headers, Some(10));
+        assert_eq!(headers.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(headers[header::CONTENT_LENGTH], "10");
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        fix_length(&mut headers, Some(10));
+        assert_eq!(headers.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(headers[header::CONTENT_LENGTH], "10");
+        // No field: none is added.
+        headers.remove(header::CONTENT_LENGTH);
+        fix_length(&mut headers, Some(10));
         assert!(!headers.contains_key(header::CONTENT_LENGTH));
     }
 

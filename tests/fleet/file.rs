@@ -8,11 +8,35 @@ use super::support::*;
 
 #[tokio::test]
 async fn a_replica_with_a_broken_control_file_still_follows_the_fleet() {
+    broken_file_case("broken", "").await;
+}
+
+/// With a certificate named in the file, every reload reads the file
+/// again (the certificate may have changed), also on a fleet change.
+#[tokio::test]
+async fn a_replica_that_reads_its_broken_file_on_every_change_still_follows_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["hooks.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let notify = format!(
+        "[notify]\nwebhook = \"https://hooks.test:1/hook\"\nca = \"{}\"\n\n",
+        ca.display()
+    );
+    broken_file_case("broken-tls", &notify).await;
+}
+
+async fn broken_file_case(prefix: &str, more: &str) {
     let etcd = Etcd::start().await;
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
+    let preamble = format!("{}{more}", etcd.store(prefix));
     let setup = || {
         Setup::shop()
-            .preamble(&etcd.store("broken"))
+            .preamble(&preamble)
             .pools(&b, &g)
             .weights(100, 0)
     };

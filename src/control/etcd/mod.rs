@@ -355,11 +355,18 @@ impl Store for EtcdStore {
                 (Load::IfChanged, Some(_)) => Load::IfChanged,
                 _ => Load::Always,
             };
-            let (file, file_parsed) = match self.file.load(file_load).await? {
-                Some(stored) => (stored.config, true),
-                None => match &self.file_config {
-                    Some(last) => (last.clone(), false),
+            let (file, file_parsed, file_error) = match self.file.load(file_load).await {
+                Ok(Some(stored)) => (stored.config, true, None),
+                Ok(None) => match &self.file_config {
+                    Some(last) => (last.clone(), false, None),
                     None => return Ok(None),
+                },
+                // A broken file (read again because a reload was forced,
+                // or certificates may have changed): the fleet's state is
+                // still followed, over the last valid topology.
+                Err(error) => match &self.file_config {
+                    Some(last) => (last.clone(), false, Some(error)),
+                    None => return Err(error),
                 },
             };
             self.file_config = Some(file.clone());
@@ -375,6 +382,7 @@ impl Store for EtcdStore {
                         reverted: Vec::new(),
                         bakes: None,
                         file_parsed,
+                        file_error,
                     }));
                 }
             }
@@ -382,7 +390,11 @@ impl Store for EtcdStore {
             let now = (self.revision, config);
             // A file read anew is news even when the state it makes is
             // the same (it may end a standing error of the file).
-            if load == Load::IfChanged && !file_parsed && self.last.as_ref() == Some(&now) {
+            if load == Load::IfChanged
+                && !file_parsed
+                && file_error.is_none()
+                && self.last.as_ref() == Some(&now)
+            {
                 return Ok(None);
             }
             self.last = Some((now.0, now.1.clone()));
@@ -392,6 +404,7 @@ impl Store for EtcdStore {
                 reverted: self.reverted(),
                 bakes: Some(self.bakes()),
                 file_parsed,
+                file_error,
             }))
         })
     }
@@ -437,6 +450,7 @@ impl Store for EtcdStore {
                     reverted: self.reverted(),
                     bakes: Some(self.bakes()),
                     file_parsed: false,
+                    file_error: None,
                 }
             });
             Ok(Committed {
