@@ -3,13 +3,9 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -237,40 +233,6 @@ async fn promote_without_a_rollout_table_bakes_for_the_slo_window() {
             .status,
         409
     );
-}
-
-/// A webhook receiver: records each POSTed body.
-async fn spawn_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&got);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let sink = Arc::clone(&sink);
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let sink = Arc::clone(&sink);
-                    async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        sink.lock()
-                            .unwrap()
-                            .push(serde_json::from_slice(&body).unwrap());
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::new(),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, got)
 }
 
 fn notified(b: &Upstream, g: &Upstream, webhook: &str) -> String {

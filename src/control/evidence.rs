@@ -35,7 +35,7 @@ fn sum(a: Tally, b: Tally) -> Tally {
 impl ControlTask {
     /// The exposure `tenant`'s candidate counts belong to.
     fn exposure(&self, tenant: &str) -> u64 {
-        self.exposures.get(tenant).copied().unwrap_or(0)
+        self.exposures.get(tenant).map_or(0, |(g, _)| *g)
     }
 
     /// Takes the exposure the other replicas count in for a tenant whose
@@ -45,25 +45,25 @@ impl ControlTask {
     /// while newer ones appear (the first one seen may be a stale key: a
     /// dead replica's, or one not yet republished since a new exposure).
     fn adopt_exposure(&mut self, tenant: &str) {
-        let own = self.exposures.get(tenant).copied();
-        if own.is_some() && !self.adopted.contains(tenant) {
-            return;
-        }
+        let own = match self.exposures.get(tenant) {
+            Some((_, false)) => return,
+            Some((g, true)) => Some(*g),
+            None => None,
+        };
         let Some(exposure) = self.store.peer_exposure(tenant, self.generation) else {
             return;
         };
         if own.is_none_or(|own| exposure > own) {
             tracing::info!(%tenant, exposure, "joined the fleet's exposure of the candidate");
-            self.exposures.insert(tenant.to_owned(), exposure);
-            self.adopted.insert(tenant.to_owned());
+            self.exposures.insert(tenant.to_owned(), (exposure, true));
         }
     }
 
     /// A new exposure of `tenant`'s candidate began at the serving
     /// generation (its counts started afresh).
     pub(super) fn exposed(&mut self, tenant: &str) {
-        self.adopted.remove(tenant);
-        self.exposures.insert(tenant.to_owned(), self.generation);
+        self.exposures
+            .insert(tenant.to_owned(), (self.generation, false));
     }
 
     /// The fleet's (candidate, stable) counts of `t`'s current exposure,

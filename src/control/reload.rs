@@ -108,7 +108,6 @@ impl ControlTask {
             // knew, so its exposure is the fleet's, taken from the peers.
             self.fleet_read = true;
             self.exposures.clear();
-            self.adopted.clear();
         }
         if let Some(bakes) = &stored.bakes {
             self.published.ramps().follow_bakes(bakes);

@@ -76,11 +76,10 @@ pub(super) struct ControlTask {
     pub(super) held: BTreeMap<String, Held>,
     /// The generation at which each tenant's candidate exposure began
     /// (its SLO counts started afresh): a fleet pools counts per exposure.
-    pub(super) exposures: HashMap<String, u64>,
-    /// Tenants whose exposure was taken from the peers (it began before
-    /// this replica knew): raised to the newest the peers publish until
-    /// this replica sees an exposure begin itself.
-    pub(super) adopted: std::collections::HashSet<String>,
+    /// `true` when it was taken from the peers (it began before this
+    /// replica knew): raised to the newest they publish until this replica
+    /// sees an exposure begin itself.
+    pub(super) exposures: HashMap<String, (u64, bool)>,
     /// Whether a fleet's stored state has been read once (a replica that
     /// starts while etcd is away serves the file's topology until then).
     pub(super) fleet_read: bool,
@@ -145,7 +144,6 @@ pub async fn start(wiring: Wiring) -> Result<(Control, Arc<Proxy>), ConfigError>
         fleet: store_status,
         held: BTreeMap::new(),
         exposures: HashMap::new(),
-        adopted: std::collections::HashSet::new(),
         fleet_read,
         evidence_at: None,
         dns,

@@ -1,13 +1,9 @@
-//! The fleet tests' helpers: a ready replica, a tenant's history, a
-//! webhook receiver.
+//! The fleet tests' helpers: a ready replica, a tenant's history, an
+//! admin weights change (the webhook receiver is the shared kit's).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use crate::support::*;
@@ -46,35 +42,4 @@ pub fn count(events: &[Value], source: &str) -> usize {
 
 pub fn generation(v: &Value) -> u64 {
     v["generation"].as_u64().unwrap()
-}
-
-/// A webhook receiver: records each POSTed body.
-pub async fn spawn_receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&got);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let sink = Arc::clone(&sink);
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let sink = Arc::clone(&sink);
-                    async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        sink.lock()
-                            .unwrap()
-                            .push(serde_json::from_slice(&body).unwrap());
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::new(),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, got)
 }

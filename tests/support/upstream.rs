@@ -1,6 +1,6 @@
 //! In-process upstreams: a hyper HTTP/1.1 server whose behaviour the
 //! request path picks (`spawn_upstream`), and a WebSocket echo
-//! (`spawn_ws_echo`). Each binds `127.0.0.1:0` before it is handed out, so
+//! (`spawn_ws_echo`), and a webhook receiver (`spawn_receiver`). Each binds `127.0.0.1:0` before it is handed out, so
 //! a test never races its own upstream.
 
 use std::collections::BTreeMap;
@@ -214,4 +214,33 @@ pub async fn spawn_ws_echo() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A webhook receiver: records each POSTed JSON body, in arrival order.
+pub async fn spawn_receiver() -> (SocketAddr, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&got);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sink = Arc::clone(&sink);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let sink = Arc::clone(&sink);
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        sink.lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, got)
 }
