@@ -306,9 +306,14 @@ async fn requests_flow_while_a_write_through_waits_for_the_lock() {
         .spawn_binary(&[("TOKIO_WORKER_THREADS", "1")])
         .await;
     let dir = proc.dir.as_ref().unwrap().path();
-    // Another replica in the middle of its write: the lock is taken.
+    // Another replica in the middle of its write: the lock is taken. The
+    // proxy's own start-up clean-up holds it for a moment; wait for that.
     let lock = std::fs::File::create(dir.join(".turnout.toml.lock")).unwrap();
-    lock.try_lock().unwrap();
+    wait_until(APPLIED, "the write lock", || {
+        let taken = lock.try_lock().is_ok();
+        async move { taken }
+    })
+    .await;
     let admin = proc.admin_addr;
     let change = tokio::spawn(async move {
         admin_call(
