@@ -230,6 +230,86 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     assert_eq!(up.traffic_connections(), 6);
 }
 
+/// Reads one response (head and a `Content-Length` body) from `client`:
+/// its status and body.
+async fn read_response(client: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a length-framed answer");
+            if got.len() >= end + 4 + length {
+                let status = head[9..12].parse().unwrap();
+                let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).into_owned();
+                return (status, body);
+            }
+        }
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The requests of one HTTP/1.1 connection share their upstream timer
+/// (`proxy::timer`): each request's own `request_timeout` still holds,
+/// whether it is shorter than the last one's or comes after one that ran
+/// out.
+#[tokio::test]
+async fn each_request_on_a_connection_gets_its_own_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let (fast, hang) = (spawn_upstream("blue").await, spawn_upstream("hang").await);
+    let proxy = Setup::tenant("fast")
+        .blue(&fast)
+        .extra("request_timeout = \"60s\"")
+        .and_tenant("slow")
+        .blue(&hang)
+        .extra("request_timeout = \"300ms\"")
+        .spawn()
+        .await;
+    let mut client = tokio::net::TcpStream::connect(proxy.running.http_addr)
+        .await
+        .unwrap();
+    for round in 0..2 {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: fast.test\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            read_response(&mut client).await,
+            (200, "blue".into()),
+            "{round}"
+        );
+        // A deadline earlier than the one the timer was set to last.
+        let started = Instant::now();
+        client
+            .write_all(b"GET /hang HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut client).await.0, 504, "{round}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300),
+            "{round}: early, {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(10), "{round}: took {waited:?}");
+    }
+    // After a timer that fired, a slow answer within the limit still comes.
+    fast.controls
+        .delay_ms
+        .store(200, std::sync::atomic::Ordering::Relaxed);
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: fast.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut client).await, (200, "blue".into()));
+}
+
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 #[tokio::test]

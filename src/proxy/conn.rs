@@ -27,6 +27,7 @@ use http::HeaderValue;
 use tokio::sync::Notify;
 
 use super::deadlines::Deadlines;
+use super::timer::TimerSlot;
 use super::wake::Wake;
 
 /// What a connection knows about its client, computed once per connection.
@@ -161,6 +162,9 @@ pub struct ConnState {
     /// Wakes the timer early: a deadline before its next firing, or the
     /// client crossing the reset rule.
     pub(crate) wake: Wake,
+    /// The upstream-answer timer its HTTP/1.1 requests share
+    /// (`proxy::timer`).
+    pub timer: TimerSlot,
 }
 
 impl ConnState {
@@ -181,6 +185,7 @@ impl ConnState {
             parking: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             wake: Wake::default(),
+            timer: TimerSlot::default(),
         })
     }
 

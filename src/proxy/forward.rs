@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
 use super::error::ProxyError;
+use super::timer::Deadline;
 use crate::config::Pool;
 use crate::metrics::{LocalError, UpstreamError};
 use crate::route::Tenant;
@@ -315,15 +316,17 @@ pub struct Failure {
 /// is counted by the caller (`ProxyError::count`).
 /// A connection the proxy could not open for a reason of its own (out of
 /// file descriptors, ports) is a local failure: not the endpoint's, not
-/// retried. `rescuable`: the exchange may finish in the background when the
-/// client abandons it (`upstream::Rescuable`).
+/// retried. `deadline`: the request's `request_timeout`, for every attempt
+/// together (its end is a 504, or a 408 when the client's body stalled).
+/// `rescuable`: the exchange may finish in the background when the client
+/// abandons it (`upstream::Rescuable`).
 pub async fn send(
     tenant: &Arc<Tenant>,
     pool: Pool,
     first: Arc<Endpoint>,
     mut parts: Parts,
     body: Incoming,
-    deadline: tokio::time::Instant,
+    mut deadline: Deadline<'_>,
     rescuable: bool,
 ) -> Result<UpstreamResponse, Failure> {
     use http_body::Body as _;
@@ -351,12 +354,12 @@ pub async fn send(
         let answered = if rescuable {
             let holder = slots(tenant, &endpoint);
             let sent = Rescuable::new(sent, Arc::clone(&endpoint.connections), holder);
-            tokio::time::timeout_at(deadline, sent).await
+            deadline.within(sent).await
         } else {
-            tokio::time::timeout_at(deadline, sent).await
+            deadline.within(sent).await
         };
         let kind = match answered {
-            Ok(Ok((response, sender))) => {
+            Some(Ok((response, sender))) => {
                 return Ok(UpstreamResponse {
                     response,
                     lease: Lease::new(
@@ -368,13 +371,13 @@ pub async fn send(
                     endpoint: guard,
                 });
             }
-            Ok(Err(SendError::Stale(unsent))) if reuse => {
+            Some(Err(SendError::Stale(unsent))) if reuse => {
                 request = *unsent;
                 reuse = false;
                 continue;
             }
-            Ok(Err(SendError::Stale(_))) => UpstreamError::Protocol,
-            Ok(Err(SendError::Connect(e, unsent))) => {
+            Some(Err(SendError::Stale(_))) => UpstreamError::Protocol,
+            Some(Err(SendError::Connect(e, unsent))) => {
                 if let Some(local) = LocalError::of(&e) {
                     tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "no upstream connection: the proxy is out of resources");
                     return Err(Failure {
@@ -401,7 +404,7 @@ pub async fn send(
                     None => UpstreamError::Connect,
                 }
             }
-            Ok(Err(SendError::Exchange(e)))
+            Some(Err(SendError::Exchange(e)))
                 if upload.as_ref().is_some_and(|u| u.client_failed()) =>
             {
                 // The client's body broke, not the upstream (SPEC section 6).
@@ -411,14 +414,13 @@ pub async fn send(
                     tried: endpoint,
                 });
             }
-            Ok(Err(SendError::Exchange(e))) => {
+            Some(Err(SendError::Exchange(e))) => {
                 tracing::debug!(tenant = tenant.name(), endpoint = %endpoint.address, error = %e, "upstream exchange failed");
                 UpstreamError::Protocol
             }
-            Err(_elapsed)
-                if upload
-                    .as_ref()
-                    .is_some_and(|u| !u.sent() && u.waiting_on_client()) =>
+            None if upload
+                .as_ref()
+                .is_some_and(|u| !u.sent() && u.waiting_on_client()) =>
             {
                 // The client stopped sending its body: its fault (408).
                 return Err(Failure {
@@ -426,7 +428,7 @@ pub async fn send(
                     tried: endpoint,
                 });
             }
-            Err(_elapsed) => UpstreamError::Timeout,
+            None => UpstreamError::Timeout,
         };
         return Err(Failure {
             error: ProxyError::Upstream(kind),

@@ -13,6 +13,7 @@ pub mod deadlines;
 pub mod error;
 pub mod forward;
 pub mod grpc;
+pub mod timer;
 pub mod upgrade;
 pub mod wake;
 
@@ -32,6 +33,7 @@ use authority::Refusal;
 use body::{AccessLog, Accounting, ProxyBody};
 use conn::{ConnInfo, Tunnels};
 use error::ProxyError;
+use timer::Deadline;
 
 /// `X-Turnout-Pool: blue|green`, set on every proxied response (and a
 /// `101`): the pool that answered, so a tester can prove which release
@@ -149,7 +151,9 @@ impl Proxy {
         let deadline = tokio::time::Instant::from_std(deadline);
         // An HTTP/2 client can reset a stream and carry on: its abandoned
         // exchanges finish in the background (`upstream::Rescuable`).
-        let sent = forward::send(&tenant, pool, endpoint, parts, body, deadline, http2).await;
+        // An HTTP/1.1 connection's requests share one timer (`timer`).
+        let wait = Deadline::new(deadline, (!http2).then_some(&conn.state.timer));
+        let sent = forward::send(&tenant, pool, endpoint, parts, body, wait, http2).await;
         let mut answer = match sent {
             Ok(answer) => answer,
             Err(failure) => {

@@ -183,6 +183,9 @@ where
         }
         if parked {
             self.state.parked.store(true, Relaxed);
+            // Its requests' shared timer (`proxy::timer`) is made again
+            // by the next request.
+            self.state.timer.release();
         } else {
             self.state.unparked();
         }
