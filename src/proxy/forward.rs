@@ -9,6 +9,7 @@
 //! is known; `upstream::send` only replaces a stale kept-alive connection to
 //! the same endpoint.
 
+use std::pin::pin;
 use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -350,12 +351,15 @@ pub async fn send(
     loop {
         let guard = endpoint.start();
         let conns = Arc::clone(&endpoint.connections);
-        let sent = upstream::send(conns, connect_timeout, request, reuse);
+        // Made where it is polled (`pin!`): the exchange is a large future,
+        // and each move of it is a copy.
         let answered = if rescuable {
             let holder = slots(tenant, &endpoint);
+            let sent = upstream::send(conns, connect_timeout, request, reuse);
             let sent = Rescuable::new(sent, Arc::clone(&endpoint.connections), holder);
-            deadline.within(sent).await
+            deadline.within(pin!(sent)).await
         } else {
+            let sent = pin!(upstream::send(conns, connect_timeout, request, reuse));
             deadline.within(sent).await
         };
         let kind = match answered {

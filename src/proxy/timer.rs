@@ -18,7 +18,7 @@
 //! task's waker (and with it the task's memory) for as long as it sleeps.
 
 use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::task::Poll;
 
 use crossbeam_utils::atomic::AtomicCell;
@@ -61,10 +61,15 @@ impl<'a> Deadline<'a> {
         }
     }
 
-    /// Runs `work` until it ends (`Some` of its output) or the deadline
-    /// passes (`None`; `work` is dropped). Like `tokio::time::timeout_at`,
-    /// `work` is polled first, so an answer ready at the deadline wins.
-    pub async fn within<F: Future>(&mut self, work: F) -> Option<F::Output> {
+    /// Polls `work` until it ends (`Some` of its output) or the deadline
+    /// passes (`None`). Like `tokio::time::timeout_at`, `work` is polled
+    /// first, so an answer ready at the deadline wins. `work` is pinned by
+    /// the caller and polled where it is: the upstream exchange is a large
+    /// future, and moving it into a wrapper costs a copy per request.
+    pub fn within<'s, F: Future>(
+        &'s mut self,
+        mut work: Pin<&'s mut F>,
+    ) -> impl Future<Output = Option<F::Output>> + 's {
         let at = self.at;
         let sleep = match &mut self.sleep {
             Some(sleep) => {
@@ -76,14 +81,12 @@ impl<'a> Deadline<'a> {
             }
             none => none.insert(Box::pin(tokio::time::sleep_until(at))),
         };
-        let mut work = pin!(work);
-        std::future::poll_fn(|cx| {
+        std::future::poll_fn(move |cx| {
             if let Poll::Ready(output) = work.as_mut().poll(cx) {
                 return Poll::Ready(Some(output));
             }
             sleep.as_mut().poll(cx).map(|()| None)
         })
-        .await
     }
 }
 
@@ -98,6 +101,7 @@ impl Drop for Deadline<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
     use std::time::Duration;
 
     use super::*;
@@ -116,14 +120,17 @@ mod tests {
         let slot = TimerSlot::default();
         let start = Instant::now();
         let mut first = Deadline::new(start + Duration::from_millis(50), Some(&slot));
-        assert_eq!(first.within(std::future::pending::<()>()).await, None);
+        assert_eq!(first.within(pin!(std::future::pending::<()>())).await, None);
         assert!(start.elapsed() >= Duration::from_millis(50));
         drop(first);
         // The fired timer, kept, serves the next request at its deadline.
         let again = Instant::now();
         let mut second = Deadline::new(again + Duration::from_millis(80), Some(&slot));
         assert!(second.sleep.is_some(), "the kept timer is reused");
-        assert_eq!(second.within(std::future::pending::<()>()).await, None);
+        assert_eq!(
+            second.within(pin!(std::future::pending::<()>())).await,
+            None
+        );
         let waited = again.elapsed();
         assert!(
             waited >= Duration::from_millis(80) && waited < LATE,
@@ -136,11 +143,11 @@ mod tests {
         let slot = TimerSlot::default();
         let start = Instant::now();
         let mut long = Deadline::new(start + Duration::from_secs(600), Some(&slot));
-        assert_eq!(long.within(async { 7 }).await, Some(7));
+        assert_eq!(long.within(pin!(async { 7 })).await, Some(7));
         drop(long);
         let mut short = Deadline::new(start + Duration::from_millis(50), Some(&slot));
         assert!(short.sleep.is_some(), "the kept timer is reused");
-        assert_eq!(short.within(std::future::pending::<()>()).await, None);
+        assert_eq!(short.within(pin!(std::future::pending::<()>())).await, None);
         let waited = start.elapsed();
         assert!(
             waited >= Duration::from_millis(50) && waited < LATE,
@@ -152,12 +159,12 @@ mod tests {
     async fn work_ready_at_the_deadline_wins_and_an_own_timer_is_not_kept() {
         let slot = TimerSlot::default();
         let mut own = Deadline::new(Instant::now(), None);
-        assert_eq!(own.within(async { "answer" }).await, Some("answer"));
+        assert_eq!(own.within(pin!(async { "answer" })).await, Some("answer"));
         drop(own);
         assert!(slot.kept.take().is_none());
         let mut kept = Deadline::new(Instant::now() + Duration::from_millis(20), Some(&slot));
         let slower = tokio::time::sleep(LATE);
-        assert_eq!(kept.within(slower).await, None);
+        assert_eq!(kept.within(pin!(slower)).await, None);
         drop(kept);
         assert!(slot.kept.take().is_some(), "given back to the slot");
     }
