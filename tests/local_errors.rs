@@ -82,14 +82,23 @@ async fn out_of_file_descriptors_is_a_local_503_that_blames_no_upstream_and_reco
     let mut admin = TcpStream::connect(proxy.admin_addr).await.unwrap();
     let (status, _) = get_on(&mut admin, "admin", "/healthz").await;
     assert_eq!(status, 200);
-    let before = open_fds(pid).len();
-    // Both accepted (the admin one answered; wait for the other).
-    wait_until(
-        Duration::from_secs(10),
-        "the data connection accepted",
-        || async { open_fds(pid).len() >= before },
-    )
-    .await;
+    // Both accepted (the admin one answered; wait for the other: the
+    // proxy's listener counts it once its accept loop took it, which may
+    // lag the admin listener's on a loaded machine). Not yet accepted when
+    // the limit is set, it would never be.
+    let open = r#"turnout_client_connections{state="open"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = get_on(&mut admin, "admin", "/metrics").await;
+        if metric_value(&text[text.find("\r\n\r\n").unwrap() + 4..], open) >= 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the data connection was not accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // No descriptor left: the next socket the proxy opens fails.
     let highest = open_fds(pid).into_iter().max().unwrap();
