@@ -51,6 +51,18 @@ fn open_fds(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The process's soft limit on open files (`RLIMIT_NOFILE`), as
+/// `/proc/PID/limits` shows it (`unlimited` is none: `None`).
+fn fd_limit(pid: u32) -> Option<u32> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a `Max open files` line");
+    let soft = line["Max open files".len()..].split_whitespace().next();
+    soft.and_then(|v| v.parse().ok())
+}
+
 fn set_fd_limit(pid: u32, soft: u32) {
     let status = std::process::Command::new("prlimit")
         .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
@@ -102,6 +114,9 @@ async fn out_of_file_descriptors_is_a_local_503_that_blames_no_upstream_and_reco
 
     // No descriptor left: the next socket the proxy opens fails.
     let highest = open_fds(pid).into_iter().max().unwrap();
+    // Given back as it was: the hard limit may be below any number picked
+    // here (`ulimit -n 1024` sets both).
+    let limit_before = fd_limit(pid).expect("a finite limit on open files");
     set_fd_limit(pid, highest + 1);
     // Clients keep coming: they fill any free descriptor below the limit,
     // then the accept loop meets the limit (a local error of its own).
@@ -181,7 +196,7 @@ async fn out_of_file_descriptors_is_a_local_503_that_blames_no_upstream_and_reco
 
     // Descriptors back: new connections are accepted and every request
     // is served at once.
-    set_fd_limit(pid, 4096);
+    set_fd_limit(pid, limit_before);
     drop(hogs);
     for _ in 0..20 {
         let mut fresh = TcpStream::connect(proxy.http_addr).await.unwrap();
