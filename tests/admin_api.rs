@@ -281,7 +281,7 @@ async fn merge_rule_with_an_unwritable_file() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let proxy = Setup::shop().pools(&b, &g).weights(50, 50).spawn().await;
     // Make the write-through fail: a directory where its lock file must go.
-    std::fs::create_dir(proxy.dir.path().join(".turnout.toml.lock")).unwrap();
+    block_write_through(proxy.dir.path()).await;
     let r = proxy
         .admin("POST", "/v1/tenants/shop/rollback", None, None)
         .await;

@@ -64,26 +64,50 @@ struct Browser {
     _profile: tempfile::TempDir,
 }
 
+/// chromedriver listening on a free port: the driver and its port.
+///
+/// chromedriver takes its port on the command line (it cannot report one
+/// the system picked), so a port is found free and then handed to it; a
+/// test running beside this one may take it in between (the suite opens
+/// connections from ephemeral ports all the time). A driver that cannot
+/// bind its port exits: then another port is tried.
+async fn driver() -> (tokio::process::Child, u16) {
+    for _ in 0..5 {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut driver = tokio::process::Command::new(program("chromedriver"))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run chromedriver: {e}"));
+        let mut exited = false;
+        wait_until(SHOWN, "chromedriver to listen", || {
+            exited = driver.try_wait().unwrap().is_some();
+            let exited = exited;
+            async move {
+                exited
+                    || tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok()
+            }
+        })
+        .await;
+        // Listening, and it is chromedriver that listens (it still runs).
+        if !exited && driver.try_wait().unwrap().is_none() {
+            return (driver, port);
+        }
+    }
+    panic!("chromedriver could not listen on any of five free ports");
+}
+
 async fn browser() -> Browser {
     let chromium = program("chromium");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let driver = tokio::process::Command::new(program("chromedriver"))
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run chromedriver: {e}"));
+    let (driver, port) = driver().await;
     let url = format!("http://127.0.0.1:{port}");
-    wait_until(SHOWN, "chromedriver to listen", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
     let profile = tempfile::tempdir().unwrap();
     let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| (*f).to_owned()).collect();
     args.push(format!("--user-data-dir={}", profile.path().display()));

@@ -27,6 +27,9 @@ fn start(program: &str, args: &[String]) -> Running {
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .env_remove("TURNOUT_TOKEN")
+        // script(1) runs its command as `$SHELL -c`: a user whose shell is
+        // nologin or false (CI service users) would run nothing.
+        .env("SHELL", "/bin/sh")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -200,11 +200,12 @@ async fn a_name_with_two_addresses_is_two_endpoints_and_both_get_traffic() {
     }
 }
 
-/// Requests without pause until dropped; counts those not answered 200.
+/// Requests without pause, from two clients, until dropped; counts those
+/// not answered 200, and each client's answered requests.
 struct Load {
     stop: Arc<AtomicBool>,
     failed: Arc<AtomicUsize>,
-    sent: Arc<AtomicUsize>,
+    sent: Arc<[AtomicUsize; 2]>,
 }
 
 impl Load {
@@ -214,7 +215,7 @@ impl Load {
             failed: Arc::default(),
             sent: Arc::default(),
         };
-        for _ in 0..2 {
+        for client in 0..2 {
             let proxy = Arc::clone(proxy);
             let (stop, failed, sent) = (
                 Arc::clone(&load.stop),
@@ -226,11 +227,32 @@ impl Load {
                     if proxy.get("shop.test", "/").await.status != 200 {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
-                    sent.fetch_add(1, Ordering::Relaxed);
+                    sent[client].fetch_add(1, Ordering::Relaxed);
                 }
             });
         }
         load
+    }
+
+    /// Requests answered so far, per client.
+    fn each(&self) -> [usize; 2] {
+        [0, 1].map(|c| self.sent[c].load(Ordering::Relaxed))
+    }
+
+    /// Requests answered so far, all clients.
+    fn sent(&self) -> usize {
+        self.each().iter().sum()
+    }
+
+    /// Waits until each client has had one more request answered than at
+    /// `at`: the one it had on its way then is over.
+    async fn each_past(&self, at: [usize; 2]) {
+        wait_until(
+            Duration::from_secs(10),
+            "each client's request on its way answered",
+            || async { self.each().iter().zip(at).all(|(now, then)| *now > then) },
+        )
+        .await;
     }
 }
 
@@ -266,11 +288,14 @@ async fn traffic_follows_a_changed_answer_with_no_failed_request() {
         format!("app.test:{port}/127.0.0.4"),
     ];
     assert_eq!(endpoints(&proxy, "blue").await, expected);
-    // .2 gets no new request once the table without it is in.
+    // .2 gets no new request once the table without it is in. A client's
+    // request routed just before may still be on its way to .2: each
+    // client's request in flight ends first.
+    load.each_past(load.each()).await;
     let before = hits(&ups[0]);
-    let sent = load.sent.load(Ordering::Relaxed);
+    let sent = load.sent();
     wait_until(Duration::from_secs(10), "more traffic", || async {
-        load.sent.load(Ordering::Relaxed) > sent + 50
+        load.sent() > sent + 50
     })
     .await;
     assert_eq!(hits(&ups[0]), before, "a vanished address got requests");
@@ -287,11 +312,16 @@ async fn traffic_follows_a_changed_answer_with_no_failed_request() {
     );
 }
 
-/// An upstream answering `ok` to everything that counts its open
-/// connections that carried a request other than a health probe (`/probe`).
-async fn counting_upstream(at: SocketAddr) -> Arc<AtomicUsize> {
+/// An upstream on 127.0.0.2 (a port of its own, bound before it is
+/// handed out) answering `ok` to everything that counts its open
+/// connections that carried a request other than a health probe
+/// (`/probe`); its port and the count.
+async fn counting_upstream() -> (u16, Arc<AtomicUsize>) {
     use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind(at).await.unwrap();
+    let listener = tokio::net::TcpListener::bind((loopback(2), 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
     let open: Arc<AtomicUsize> = Arc::default();
     let count = Arc::clone(&open);
     tokio::spawn(async move {
@@ -320,17 +350,13 @@ async fn counting_upstream(at: SocketAddr) -> Arc<AtomicUsize> {
             });
         }
     });
-    open
+    (port, open)
 }
 
 #[tokio::test]
 async fn a_vanished_address_has_its_idle_connections_closed() {
     let dns = DnsServer::start().await;
-    let port = {
-        let probe = std::net::TcpListener::bind((loopback(2), 0)).unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let open = counting_upstream(SocketAddr::from((loopback(2), port))).await;
+    let (port, open) = counting_upstream().await;
     dns.set("app.test", &[loopback(2)]);
     // Probes (on their own client) are not counted: only the proxy's
     // keep-alive connections that carried requests.
@@ -443,10 +469,15 @@ async fn an_unhealthy_address_is_ejected_while_the_other_serves() {
     assert_eq!(v["pools"]["blue"]["endpoints"][1]["healthy"], true);
 }
 
-/// An upstream that records the `Host` of each health probe.
-async fn probe_recorder(at: SocketAddr) -> Arc<Mutex<Vec<String>>> {
+/// An upstream on 127.0.0.2 (a port of its own, bound before it is
+/// handed out) that records the `Host` of each health probe; its port and
+/// the record.
+async fn probe_recorder() -> (u16, Arc<Mutex<Vec<String>>>) {
     use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind(at).await.unwrap();
+    let listener = tokio::net::TcpListener::bind((loopback(2), 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
     let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = Arc::clone(&hosts);
     tokio::spawn(async move {
@@ -472,17 +503,13 @@ async fn probe_recorder(at: SocketAddr) -> Arc<Mutex<Vec<String>>> {
             });
         }
     });
-    hosts
+    (port, hosts)
 }
 
 #[tokio::test]
 async fn probes_carry_the_name_as_host() {
     let dns = DnsServer::start().await;
-    let port = {
-        let probe = std::net::TcpListener::bind((loopback(2), 0)).unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let hosts = probe_recorder(SocketAddr::from((loopback(2), port))).await;
+    let (port, hosts) = probe_recorder().await;
     dns.set("app.test", &[loopback(2)]);
     let pools = format!("pools.blue = [\"app.test:{port}\"]\npools.green = []");
     let _proxy = spawn(&control(&dns, &pools, (1, 0))).await;

@@ -25,7 +25,9 @@ async fn a_failing_endpoint_is_ejected_while_its_sibling_serves_and_comes_back()
         .blue(&bad)
         .blue(&good)
         .extra(FAST_PROBES)
-        .extra(r#"outlier = { consecutive_errors = 5, ejection = "1s" }"#)
+        // Long enough for the checks and 20 requests below to fit in it on
+        // a loaded machine (after it, the still failing endpoint is back).
+        .extra(r#"outlier = { consecutive_errors = 5, ejection = "3s" }"#)
         .spawn()
         .await;
     bad.set_failing(true);

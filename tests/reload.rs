@@ -109,13 +109,22 @@ async fn an_invalid_edit_keeps_the_last_good_state_and_is_reported() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     let proxy = Setup::shop().pools(&b, &g).weights(100, 0).spawn().await;
     edit_file(&proxy.path, "blue = 100, green = 0", "blue = 0, green = 0");
+    // The edit is in place (truncate, then write): a reload that reads the
+    // file between the two fails on an empty file first, a failed reload of
+    // its own. The edit's own error is the one that stays.
+    let weights_error = "tenants.shop.weights: weights must not both be 0";
     wait_until(APPLIED, "the reload error", || async {
+        last_error(&proxy)
+            .await
+            .is_some_and(|e| e.contains(weights_error))
+    })
+    .await;
+    assert!(
         proxy
             .metric(r#"turnout_config_reloads_total{result="error"}"#)
             .await
-            == 1.0
-    })
-    .await;
+            >= 1.0
+    );
     // Still serving the old split.
     for _ in 0..20 {
         assert_eq!(proxy.get("shop.test", "/").await.text(), "blue");
@@ -123,8 +132,7 @@ async fn an_invalid_edit_keeps_the_last_good_state_and_is_reported() {
     let cfg = config_view(&proxy).await;
     let error = cfg["last_error"].as_str().unwrap();
     assert!(
-        error.contains("turnout.toml:")
-            && error.contains("tenants.shop.weights: weights must not both be 0"),
+        error.contains("turnout.toml:") && error.contains(weights_error),
         "{error}"
     );
     assert_eq!(cfg["generation"], 1);

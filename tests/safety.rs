@@ -237,7 +237,7 @@ async fn a_revert_held_in_memory_latches_until_a_new_intent() {
     let (b, g) = (spawn_upstream("blue").await, spawn_upstream("green").await);
     g.set_failing(true);
     let proxy = spawn_proxy(&guarded(&b, &g, r#"{ min_requests = 5 }"#)).await;
-    std::fs::create_dir(proxy.dir.path().join(".turnout.toml.lock")).unwrap();
+    block_write_through(proxy.dir.path()).await;
     wait_until(WAIT, "the revert", || async {
         proxy.get("shop.test", "/").await;
         proxy.weights("shop").await == (100, 0)

@@ -61,9 +61,14 @@ async fn failing_upstream(period: usize) -> Failing {
 }
 
 fn split(blue: &Upstream, green: &Failing, weights: (u32, u32)) -> String {
+    split_over(blue, green, weights, "30s")
+}
+
+/// `split` with an SLO window of `window` (the default is 30 s).
+fn split_over(blue: &Upstream, green: &Failing, weights: (u32, u32), window: &str) -> String {
     format!(
         "[tenants.shop]\nhosts = [\"shop.test\"]\nstable = \"blue\"\nweights = {{ blue = {}, green = {} }}\n\
-         pools.blue = [\"{}\"]\npools.green = [\"{}\"]\nslo = {{ max_error_rate = 0.05, min_requests = 20 }}\n",
+         pools.blue = [\"{}\"]\npools.green = [\"{}\"]\nslo = {{ max_error_rate = 0.05, min_requests = 20, window = \"{window}\" }}\n",
         weights.0, weights.1, blue.addr, green.addr
     )
 }
@@ -89,7 +94,10 @@ async fn drive(proxy: &TestProxy, green: &Failing, n: usize) -> (usize, bool) {
 async fn a_candidate_at_80_percent_of_its_limit_is_never_reverted() {
     let blue = spawn_upstream("blue").await;
     let green = failing_upstream(25).await; // 4 %: 80 % of 0.05
-    let proxy = spawn_proxy(&split(&blue, &green, (50, 50))).await;
+    // All 2 500 candidate requests must still be in the window when it is
+    // read: 5 000 requests take ~8 s on a loaded machine, and a slower one
+    // must not age the first out of a 30 s window.
+    let proxy = spawn_proxy(&split_over(&blue, &green, (50, 50), "10m")).await;
     let (served, reverted) = drive(&proxy, &green, 2500).await;
     assert!(!reverted, "reverted after {served} candidate requests");
     let v = view(&proxy).await;

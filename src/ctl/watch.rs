@@ -64,6 +64,21 @@ fn tenant_block(t: &Value) -> String {
     out
 }
 
+/// The `seq` of the last event kept (of `tenant`, when given); 0 when
+/// none is.
+async fn last_seq(admin: &AdminClient, tenant: Option<&str>) -> Result<u64, CtlError> {
+    let mut path = "/v1/events?limit=1".to_owned();
+    if let Some(t) = tenant {
+        path.push_str(&format!("&tenant={t}"));
+    }
+    let recent = admin.call(Method::GET, &path, None).await?;
+    Ok(recent
+        .as_array()
+        .and_then(|events| events.last())
+        .and_then(|e| e["seq"].as_u64())
+        .unwrap_or(0))
+}
+
 async fn tenants(admin: &AdminClient, tenant: Option<&str>) -> Result<Vec<Value>, CtlError> {
     let path = tenant.map_or_else(|| "/v1/tenants".to_owned(), |t| format!("/v1/tenants/{t}"));
     Ok(match admin.call(Method::GET, &path, None).await? {
@@ -97,10 +112,16 @@ pub(super) async fn status(
     tenant: Option<&str>,
     json: bool,
 ) -> Result<u8, CtlError> {
-    // The first read fails fast (a wrong URL, 401) before the screen changes.
+    // The first reads fail fast (a wrong URL, 401) before the screen
+    // changes. Events are followed from the last one recorded before the
+    // tenants are read: the stream alone sends only what is recorded once
+    // it is connected, and a change made between the read and that moment
+    // would be missed — its tenant shown as it was until the next event.
+    // (A change made between the two reads is shown twice, the same.)
+    let after = last_seq(admin, tenant).await?;
     let first = tenants(admin, tenant).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let follow = sse::follow(admin, tenant, None, move |update| {
+    let follow = sse::follow(admin, tenant, Some(after), move |update| {
         let _ = tx.send(update);
     });
     let mut follow = std::pin::pin!(follow);

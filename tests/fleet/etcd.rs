@@ -37,9 +37,14 @@ pub struct EtcdTls {
     pub client_ca: Option<std::path::PathBuf>,
 }
 
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// Three loopback ports free a moment ago, all different (held together
+/// while picked). etcd takes its ports on the command line, so they are
+/// free only until it binds them: see `Etcd::start_with`.
+fn free_ports() -> [SocketAddr; 3] {
+    let held: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap())
 }
 
 impl Etcd {
@@ -70,19 +75,25 @@ impl Etcd {
             );
         }
         let name = format!("t{}-{}", std::process::id(), fastrand::u32(..));
-        let client = free_port();
-        let mut etcd = Etcd {
-            client,
-            peer: free_port(),
-            health: if tls.is_some() { free_port() } else { client },
-            name,
-            dir: tempfile::tempdir().unwrap(),
-            tls,
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            child: None,
-        };
-        etcd.spawn().await;
-        etcd
+        // A port taken by another test between being picked and etcd
+        // binding it makes etcd exit: then it starts on other ports.
+        for _ in 0..5 {
+            let [client, peer, metrics] = free_ports();
+            let mut etcd = Etcd {
+                client,
+                peer,
+                health: if tls.is_some() { metrics } else { client },
+                name: name.clone(),
+                dir: tempfile::tempdir().unwrap(),
+                tls: tls.clone(),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                child: None,
+            };
+            if etcd.spawn().await {
+                return etcd;
+            }
+        }
+        panic!("etcd exited at start on five sets of free ports");
     }
 
     /// The `[store]` table of a control file on this etcd, under a prefix
@@ -109,7 +120,9 @@ impl Etcd {
         )
     }
 
-    async fn spawn(&mut self) {
+    /// Starts etcd and waits until it answers: true; false if it exited
+    /// first (it could not bind a port).
+    async fn spawn(&mut self) -> bool {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let client = format!("{scheme}://{}", self.client);
         let peer = format!("http://{}", self.peer);
@@ -144,7 +157,19 @@ impl Etcd {
             .spawn()
             .expect("etcd starts");
         self.child = Some(child);
-        self.wait_healthy().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.healthy().await {
+                return true;
+            }
+            let child = self.child.as_mut().expect("etcd was started");
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                return false;
+            }
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn wait_healthy(&self) {
@@ -202,7 +227,7 @@ impl Etcd {
     /// Starts etcd again on the same ports and data.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        assert!(self.spawn().await, "etcd exited at restart on its ports");
     }
 }
 

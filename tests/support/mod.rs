@@ -76,6 +76,27 @@ pub fn edit_file(path: &std::path::Path, from: &str, to: &str) {
     std::fs::write(path, text.replacen(from, to, 1)).unwrap();
 }
 
+/// Makes every write-through of the control file `turnout.toml` in `dir`
+/// fail: a directory where its write lock file (`.turnout.toml.lock`) must
+/// go. The proxy's start-up clean-up takes that lock too, beside readiness:
+/// the lock file it may have made (and may still hold: the open file keeps
+/// its lock once unlinked) is removed first, so this holds whether the
+/// clean-up ran before, runs during or runs after; one that runs after
+/// finds the directory and skips.
+pub async fn block_write_through(dir: &std::path::Path) {
+    let lock = dir.join(".turnout.toml.lock");
+    wait_until(
+        Duration::from_secs(5),
+        "the write lock file replaced by a directory",
+        || {
+            let _ = std::fs::remove_file(&lock);
+            let made = std::fs::create_dir(&lock).is_ok();
+            async move { made }
+        },
+    )
+    .await;
+}
+
 /// A loopback port that refuses connections: bound (so nothing else gets it
 /// while the test runs) but never listening. Keep the socket alive.
 pub fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {

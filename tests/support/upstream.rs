@@ -148,9 +148,9 @@ async fn upstream_answer(
         Response::new(full(body))
     } else if let Some(n) = path.strip_prefix("/big/") {
         let total: usize = n.parse().unwrap_or(0);
-        let chunks = (0..total).step_by(64 * 1024).map(move |start| {
-            let end = (start + 64 * 1024).min(total);
-            Ok::<_, Infallible>(Frame::data(Bytes::from(pattern(start, end))))
+        let chunks = (0..total).step_by(CHUNK).map(move |start| {
+            let end = (start + CHUNK).min(total);
+            Ok::<_, Infallible>(Frame::data(pattern_chunk(start, end)))
         });
         Response::new(StreamBody::new(futures_stream(chunks)).boxed())
     } else if path == "/hang" {
@@ -186,6 +186,22 @@ async fn upstream_answer(
 /// The byte at position i of a `/big/N` body.
 pub fn pattern(start: usize, end: usize) -> Vec<u8> {
     (start..end).map(|i| (i % 251) as u8).collect()
+}
+
+/// The size of a `/big/N` body's chunks.
+const CHUNK: usize = 64 * 1024;
+
+/// `pattern(start, end)` for a chunk (`end - start <= CHUNK`), without
+/// making it: a slice of one block made once. A client that stops reading
+/// has tens of megabytes of a body buffered on its way (socket buffers
+/// grow to `tcp_rmem`'s maximum); made byte by byte in a debug build, that
+/// was seconds of CPU, enough on a loaded machine to let the first of
+/// twenty stalled requests time out before the last was sent.
+fn pattern_chunk(start: usize, end: usize) -> Bytes {
+    static BLOCK: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let block = BLOCK.get_or_init(|| Bytes::from(pattern(0, CHUNK + 251)));
+    let from = start % 251;
+    block.slice(from..from + (end - start))
 }
 
 fn futures_stream<I: Iterator + Send + 'static>(
