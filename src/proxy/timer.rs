@@ -3,9 +3,10 @@
 //! A request waits for its upstream's answer until `request_timeout`
 //! (SPEC section 11). A fresh `tokio::time::timeout_at` per request puts an
 //! entry into tokio's timer wheel on its first poll and takes it out again
-//! when it drops, each under the wheel's lock: 1 270 of the ~34 600
-//! user-space instructions of a proxied keep-alive request
-//! (`benches/instructions.sh`, `benches/RESULTS.md`). An HTTP/1.1
+//! when it drops, each under the wheel's lock; with the copy of the
+//! exchange into its wrapper, about 1 100 of the ~34 300 user-space
+//! instructions of a proxied keep-alive request (`benches/instructions.sh`;
+//! `benches/RESULTS.md`, seventh session). An HTTP/1.1
 //! connection serves one request at a time, so its requests share one
 //! timer: each moves the timer's deadline later, which tokio does with one
 //! atomic compare-and-swap while the entry stays in the wheel
