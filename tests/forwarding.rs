@@ -230,30 +230,10 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     assert_eq!(up.traffic_connections(), 6);
 }
 
-/// Reads one response (head and a `Content-Length` body) from `client`:
-/// its status and body.
-async fn read_response(client: &mut tokio::net::TcpStream) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .expect("a length-framed answer");
-            if got.len() >= end + 4 + length {
-                let status = head[9..12].parse().unwrap();
-                let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).into_owned();
-                return (status, body);
-            }
-        }
-        let n = client.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+/// The status and body of the next response on `client`.
+async fn status_and_body(client: &mut tokio::net::TcpStream) -> (u16, String) {
+    let (head, body) = read_response(client).await;
+    (head[9..12].parse().unwrap(), body)
 }
 
 /// The requests of one HTTP/1.1 connection share their upstream timer
@@ -281,7 +261,7 @@ async fn each_request_on_a_connection_gets_its_own_timeout() {
             .await
             .unwrap();
         assert_eq!(
-            read_response(&mut client).await,
+            status_and_body(&mut client).await,
             (200, "blue".into()),
             "{round}"
         );
@@ -291,7 +271,7 @@ async fn each_request_on_a_connection_gets_its_own_timeout() {
             .write_all(b"GET /hang HTTP/1.1\r\nHost: slow.test\r\n\r\n")
             .await
             .unwrap();
-        assert_eq!(read_response(&mut client).await.0, 504, "{round}");
+        assert_eq!(status_and_body(&mut client).await.0, 504, "{round}");
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_millis(300),
@@ -307,7 +287,7 @@ async fn each_request_on_a_connection_gets_its_own_timeout() {
         .write_all(b"GET / HTTP/1.1\r\nHost: fast.test\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(read_response(&mut client).await, (200, "blue".into()));
+    assert_eq!(status_and_body(&mut client).await, (200, "blue".into()));
 }
 
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";

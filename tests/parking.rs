@@ -10,48 +10,12 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const PARKED: &str = r#"turnout_client_connections{state="parked"}"#;
 const OPEN: &str = r#"turnout_client_connections{state="open"}"#;
 const WAIT: Duration = Duration::from_secs(15);
-
-/// Reads one whole response (its head's `content-length` body) from `s`;
-/// returns the head and the body.
-async fn response(s: &mut TcpStream) -> (String, String) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_string();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().unwrap())
-                })
-                .expect("a content-length");
-            if got.len() >= end + 4 + length {
-                let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).to_string();
-                got.drain(..end + 4 + length);
-                assert!(got.is_empty(), "more bytes than one response");
-                return (head, body);
-            }
-        }
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before the response: {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-}
 
 async fn parked_count(proxy: &TestProxy) -> f64 {
     proxy.metric(PARKED).await
@@ -72,7 +36,7 @@ async fn an_idle_keep_alive_connection_parks_and_serves_its_next_requests() {
     s.write_all(b"GET /one HTTP/1.1\r\nHost: shop.test\r\n\r\n")
         .await
         .unwrap();
-    let (head, body) = response(&mut s).await;
+    let (head, body) = read_response(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, "blue");
     wait_parked(&proxy, 1.0).await;
@@ -85,7 +49,7 @@ async fn an_idle_keep_alive_connection_parks_and_serves_its_next_requests() {
     .await
     .unwrap();
     for status in ["201", "202"] {
-        let (head, body) = response(&mut s).await;
+        let (head, body) = read_response(&mut s).await;
         assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{head}");
         assert!(
             !head.to_ascii_lowercase().contains("connection: close"),
@@ -116,7 +80,7 @@ async fn a_head_begun_before_or_after_parking_loses_no_byte() {
     )
     .await
     .unwrap();
-    let (head, _) = response(&mut a).await;
+    let (head, _) = read_response(&mut a).await;
     assert!(head.starts_with("HTTP/1.1 201"), "{head}");
 
     // B: idle after one request, so it parks; A has idled longer and was
@@ -125,12 +89,12 @@ async fn a_head_begun_before_or_after_parking_loses_no_byte() {
     b.write_all(b"GET /b1 HTTP/1.1\r\nHost: shop.test\r\n\r\n")
         .await
         .unwrap();
-    response(&mut b).await;
+    read_response(&mut b).await;
     wait_parked(&proxy, 1.0).await;
 
     // A's held bytes were kept: the rest of its head completes it.
     a.write_all(b"st: shop.test\r\n\r\n").await.unwrap();
-    let (head, body) = response(&mut a).await;
+    let (head, body) = read_response(&mut a).await;
     assert!(head.starts_with("HTTP/1.1 202"), "{head}");
     assert_eq!(body, "blue");
 
@@ -140,7 +104,7 @@ async fn a_head_begun_before_or_after_parking_loses_no_byte() {
         .unwrap();
     wait_parked(&proxy, 0.0).await;
     b.write_all(b"st: shop.test\r\n\r\n").await.unwrap();
-    let (head, _) = response(&mut b).await;
+    let (head, _) = read_response(&mut b).await;
     assert!(head.starts_with("HTTP/1.1 203"), "{head}");
 }
 
@@ -161,7 +125,7 @@ async fn http2_connections_are_never_parked() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
         .await
         .unwrap();
-    response(&mut s).await;
+    read_response(&mut s).await;
     wait_parked(&proxy, 1.0).await;
     wait_until(WAIT, "both connections counted", || async {
         proxy.metric(OPEN).await == 2.0

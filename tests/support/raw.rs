@@ -183,3 +183,40 @@ fn response_complete(bytes: &[u8]) -> bool {
     });
     len.is_some_and(|n| bytes.len() >= head_end + 4 + n)
 }
+
+/// Reads one whole response (its head's `content-length` body) from `s`,
+/// a client's connection; returns the head and the body. Fails on a
+/// close, on more bytes than one response, or after 15 s without bytes.
+pub async fn read_response(s: &mut tokio::net::TcpStream) -> (String, String) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if got.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).to_string();
+                got.drain(..end + 4 + length);
+                assert!(got.is_empty(), "more bytes than one response");
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+            .await
+            .expect("no response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
