@@ -7,13 +7,31 @@
 //! the loaded key is part of the validated state the control task swaps in.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
+
+/// The system's trust store (`rustls-native-certs`), read once per process:
+/// reading it on every reload of a large file would be slow. The roots of
+/// `https://` upstreams and etcd endpoints that name no `ca`.
+pub fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    Arc::clone(ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if roots.is_empty() {
+            tracing::warn!(
+                "no system root certificates found: https:// upstreams without upstream_tls.ca and etcd endpoints without store.ca will not verify"
+            );
+        }
+        Arc::new(roots)
+    }))
+}
 
 /// The crypto provider turnout uses everywhere: *ring*, chosen for its
 /// handshake speed and its small, C-toolchain-light build (see README).

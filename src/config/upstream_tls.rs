@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::locate::KeyPath;
 use super::model::{CaBundle, TlsFiles};
-use super::tls::{TlsProblem, load, provider};
+use super::tls::{TlsProblem, load, provider, system_roots};
 use super::validate::{Problems, ca_bundle};
 
 /// The `upstream_tls` table as the file writes it. Absent keys inherit.
@@ -59,23 +59,6 @@ impl PartialEq for UpstreamTls {
             && self.identity == other.identity
             && self.server_name == other.server_name
     }
-}
-
-/// The process's system roots, read once (`rustls-native-certs`): reading
-/// the trust store on every reload of a large file would be slow.
-fn system_roots() -> Arc<RootCertStore> {
-    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-    Arc::clone(ROOTS.get_or_init(|| {
-        let found = rustls_native_certs::load_native_certs();
-        let mut roots = RootCertStore::empty();
-        let (added, _) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
-            tracing::warn!(
-                "no system root certificates found: https:// endpoints without upstream_tls.ca will not verify"
-            );
-        }
-        Arc::new(roots)
-    }))
 }
 
 /// The client configuration of an `https://` endpoint without any

@@ -8,14 +8,14 @@
 //! shown (`Debug`, `turnout check`, `GET /v1/config` name its variable).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
 
 use super::super::locate::KeyPath;
 use super::super::secrets::secret;
-use super::super::tls::{TlsProblem, load};
+use super::super::tls::{TlsProblem, load, system_roots};
 use super::super::validate::{EnvLookup, Problems, ca_bundle};
 use super::{RawStore, StoreConfig};
 
@@ -94,21 +94,6 @@ impl StoreTls {
         };
         Ok(TlsMaterial { roots, identity })
     }
-}
-
-/// The system's roots (`rustls-native-certs`), read once per process.
-fn system_roots() -> Arc<RootCertStore> {
-    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-    Arc::clone(ROOTS.get_or_init(|| {
-        let mut roots = RootCertStore::empty();
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        if roots.is_empty() {
-            tracing::warn!(
-                "no system root certificates found: https:// etcd endpoints without store.ca will not verify"
-            );
-        }
-        Arc::new(roots)
-    }))
 }
 
 /// The etcd user turnout authenticates as.
