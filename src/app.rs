@@ -206,7 +206,16 @@ pub async fn start(config_path: &Path, overrides: ListenOverrides) -> Result<Run
 
     admin.ready.store(true, Ordering::Relaxed);
     let https_shown = https_addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
-    tracing::info!(%http_addr, https_addr = %https_shown, %admin_addr, config = %config_path.display(), "turnout serving");
+    // How many threads serve traffic, and on which tokio scheduler
+    // (`TOKIO_WORKER_THREADS`, src/main.rs): an operator sizing a replica
+    // reads it here.
+    let runtime = tokio::runtime::Handle::current();
+    let scheduler = match runtime.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+        _ => "multi_thread",
+    };
+    let workers = runtime.metrics().num_workers();
+    tracing::info!(%http_addr, https_addr = %https_shown, %admin_addr, config = %config_path.display(), workers, scheduler, "turnout serving");
     Ok(Running {
         http_addr,
         https_addr,

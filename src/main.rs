@@ -188,14 +188,42 @@ impl<W: std::fmt::Write> std::fmt::Write for Escaping<'_, W> {
     }
 }
 
+/// Runs `fut` on tokio's runtime and turns its error into exit status 1.
+///
+/// `TOKIO_WORKER_THREADS` (tokio's own variable) sets how many threads serve
+/// traffic; unset, one per core; anything but a whole number ≥ 1 is refused
+/// with a message (tokio itself would panic). With `1`, turnout runs tokio's
+/// current-thread scheduler instead of the multi-thread one with one worker:
+/// one thread polls every connection, the I/O driver and the timers, with
+/// no work-stealing queues or cross-thread wake-ups — how an nginx worker
+/// or HAProxy with `nbthread 1` runs (benches/RESULTS.md, "a current-thread
+/// runtime"). File work still runs on the blocking pool in both cases.
 fn block_on<F>(fut: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = match std::env::var_os("TOKIO_WORKER_THREADS") {
+        None => None,
+        Some(n) => match n.to_str().and_then(|n| n.trim().parse::<usize>().ok()) {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                eprintln!(
+                    "turnout: TOKIO_WORKER_THREADS={n:?} is not a number of threads (1 or more)"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("turnout: cannot start the runtime: {e}");
