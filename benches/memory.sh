@@ -10,13 +10,17 @@
 #
 # Needs nginx and python3 (benches/load.sh installs the peers). Both proxies
 # run one worker; the upstreams are two `turnout upstream` processes.
-# Prints RSS (VmRSS) after start-up and with the idle connections open, and
-# the peak (VmHWM), in MiB.
+# Prints RSS (VmRSS) after start-up, with the idle connections open (for
+# turnout's HTTP/1.1: as soon as all are parked), the same SETTLE seconds
+# later (default 15; the allocator returns freed pages a second or more
+# after they are freed, at its next page-level free — see benches/RESULTS.md,
+# "Idle client connections"), and the peak (VmHWM), in MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tenants=${1:-10000}
 idle=${2:-1000}
 proto=${3:-h1}
+settle=${SETTLE:-15}
 case "$proto" in h1) h2flag="" ;; h2) h2flag=" http2" ;; *) echo "PROTO is h1 or h2" >&2; exit 64 ;; esac
 bin=${TURNOUT_BIN:-$PWD/target/release/turnout}
 [ -x "$bin" ] || cargo build --release --locked
@@ -137,15 +141,17 @@ measure() {
     done
     echo "turnout: ${parked:-0} of $idle idle connections parked" >&2
   fi
-  local open
+  local open with
+  with=$(rss "$pid" VmRSS)
+  sleep "$settle"
   open=$(ss -Htn state established "( sport = :$listen )" | wc -l)
-  printf '| %s | %s | %s | %s | %s |\n' "$name" "$start" "$(rss "$pid" VmRSS)" "$(rss "$pid" VmHWM)" "$open"
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$start" "$with" "$(rss "$pid" VmRSS)" "$(rss "$pid" VmHWM)" "$open"
   kill "$holder" "$pid"; wait "$holder" "$pid" 2>/dev/null || true
 }
 
 echo "$tenants tenants, $idle idle $proto client connections (MiB)"
-echo "| proxy | RSS after start | RSS with idle connections | peak RSS | client connections open |"
-echo "|---|---|---|---|---|"
+echo "| proxy | RSS after start | RSS with idle connections | the same ${settle} s later | peak RSS | client connections open |"
+echo "|---|---|---|---|---|---|"
 TOKIO_WORKER_THREADS=1 TURNOUT_LOG=warn "$bin" run --config "$work/turnout.toml" \
   >"$work/turnout.log" 2>&1 & tp=$!
 measure turnout "$tp"
