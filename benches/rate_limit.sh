@@ -3,7 +3,8 @@
 # section 16, issue 19), with the release build:
 #
 #   benches/rate_limit.sh cost [N]        user-space instructions per request
-#                                         (callgrind): a proxied request, a
+#                                         (callgrind): a proxied request, one
+#                                         under limits that pass, a
 #                                         429 from rate_limit, a 429 from
 #                                         client_rate_limit; and nginx's
 #                                         proxied request against its own
@@ -60,8 +61,10 @@ taskset -c 0 nginx -p "$work/up" -c "$work/up/nginx.conf" -e "$work/up/error.log
 pids+=($!)
 
 # turnout: tenant a-open (no limit), a-limited (rate_limit of 1000 req/s:
-# the flood's limit), a-shut (rate_limit refusing all but the first: the
-# cost of a 429), a-clients (client_rate_limit, likewise), b (no limit),
+# the flood's limit), a-roomy (rate_limit and client_rate_limit that never
+# refuse: the cost of the checks on a proxied request), a-shut (rate_limit
+# refusing all but the first: the cost of a 429), a-clients
+# (client_rate_limit, likewise), b (no limit),
 # all on the one upstream.
 cat >"$work/turnout.toml" <<EOF
 [listen]
@@ -89,6 +92,15 @@ weights = { blue = 1, green = 0 }
 pools.blue = ["127.0.0.1:$upstream"]
 pools.green = []
 rate_limit = { rps = 1000, burst = 1000 }
+
+[tenants.a-roomy]
+hosts = ["a-roomy.test"]
+stable = "blue"
+weights = { blue = 1, green = 0 }
+pools.blue = ["127.0.0.1:$upstream"]
+pools.green = []
+rate_limit = { rps = 100000, burst = 100000 }
+client_rate_limit = { rps = 100000, burst = 100000 }
 
 [tenants.a-shut]
 hosts = ["a-shut.test"]
@@ -210,6 +222,7 @@ PY
   echo "| proxy | request | user-space instructions per request |"
   echo "|---|---|---|"
   echo "| turnout | proxied (no limit) | $(per_request turnout a-open.test) |"
+  echo "| turnout | proxied, under rate_limit and client_rate_limit that pass | $(per_request turnout a-roomy.test) |"
   echo "| turnout | 429, rate_limit | $(per_request turnout a-shut.test) |"
   echo "| turnout | 429, client_rate_limit | $(per_request turnout a-clients.test) |"
   echo "| nginx | proxied | $(per_request nginx a-open.test) |"
