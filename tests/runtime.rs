@@ -12,9 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -105,26 +102,20 @@ async fn one_worker_thread_serves_while_it_reloads_and_drains() {
     // The drain: a request in flight when SIGTERM arrives still finishes.
     g.set_delay(Duration::from_secs(2));
     let hits = g.hits.load(Ordering::Relaxed);
-    let url = format!("http://{}/", proc.http_addr);
     let slow = tokio::spawn({
-        let c = c.clone();
-        async move {
-            let req = Request::get(url)
-                .header("host", "shop.test")
-                .body(Full::<Bytes>::default())
-                .unwrap();
-            let resp = c.request(req).await.unwrap();
-            let status = resp.status();
-            (status, resp.into_body().collect().await.unwrap().to_bytes())
-        }
+        let (c, addr) = (c.clone(), proc.http_addr);
+        async move { send_with(&c, get_request(addr, "shop.test", "/")).await }
     });
     wait_until(WAIT, "the request in flight", || async {
         g.hits.load(Ordering::Relaxed) > hits
     })
     .await;
     proc.signal("TERM");
-    let (status, body) = slow.await.unwrap();
-    assert_eq!((status.as_u16(), &body[..]), (200, &b"green"[..]));
+    let reply = slow.await.unwrap();
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "green".to_owned())
+    );
     let (exit, log) = proc.exit(WAIT).await;
     assert!(exit.success(), "{exit:?}\n{log}");
 }
