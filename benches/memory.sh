@@ -39,7 +39,9 @@ python3 - "$work" "$tenants" "$blue" "$green" "$listen" "$admin" "$h2flag" <<'PY
 import sys
 work, n, blue, green, listen, admin, h2flag = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
 with open(f"{work}/turnout.toml", "w") as f:
-    f.write(f'[listen]\nhttp = "127.0.0.1:{listen}"\nadmin = "127.0.0.1:{admin}"\n\n'
+    # idle_timeout as nginx's keepalive_timeout below: no idle connection
+    # is closed before the last reading.
+    f.write(f'[listen]\nhttp = "127.0.0.1:{listen}"\nadmin = "127.0.0.1:{admin}"\nidle_timeout = "300s"\n\n'
             '[defaults.health]\npath = "/"\n\n')
     for i in range(n):
         f.write(f'[tenants.t{i}]\nhosts = ["t{i}.test"]\nstable = "blue"\n'
@@ -120,7 +122,7 @@ measure() {
     sleep 0.1
   done
   sleep 1
-  local start
+  local start parked
   start=$(rss "$pid" VmRSS)
   python3 "$work/hold.py" "$listen" "$idle" "$tenants" "$proto" >"$work/hold.out" 2>&1 &
   local holder=$!
@@ -145,6 +147,7 @@ measure() {
   with=$(rss "$pid" VmRSS)
   sleep "$settle"
   open=$(ss -Htn state established "( sport = :$listen )" | wc -l)
+  [ "$open" = "$idle" ] || echo "$name: only $open of $idle client connections still open" >&2
   printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$start" "$with" "$(rss "$pid" VmRSS)" "$(rss "$pid" VmHWM)" "$open"
   kill "$holder" "$pid"; wait "$holder" "$pid" 2>/dev/null || true
 }

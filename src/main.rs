@@ -188,17 +188,24 @@ impl<W: std::fmt::Write> std::fmt::Write for Escaping<'_, W> {
     }
 }
 
+/// The most worker threads `TOKIO_WORKER_THREADS` may ask for: far above
+/// any core count a proxy runs on (HAProxy's `nbthread` stops at its
+/// compile-time `MAX_THREADS`, 64 by default), and low enough that a typo
+/// cannot start millions of threads or overflow tokio's allocation.
+const MAX_WORKER_THREADS: usize = 1024;
+
 /// Runs `fut` on tokio's runtime and turns its error into exit status 1.
 ///
 /// `TOKIO_WORKER_THREADS` (tokio's own variable) sets how many threads serve
-/// traffic; unset, one per core; anything but a whole number ≥ 1 is refused
-/// with a message (tokio itself would panic). With `1`, turnout runs tokio's
+/// traffic; unset, one per core; anything but a whole number from 1 to
+/// [`MAX_WORKER_THREADS`] is refused with a message (tokio itself would
+/// panic, or start as many threads as asked). With `1`, turnout runs tokio's
 /// current-thread scheduler instead of the multi-thread one with one worker:
 /// one thread polls every connection, the I/O driver and the timers, with
 /// no work-stealing queues or cross-thread wake-ups — how an nginx worker
-/// or HAProxy with `nbthread 1` runs; at a fixed rate it spends 11 % less
-/// CPU per request (benches/RESULTS.md, "Issue 20, eighth session"). File
-/// work still runs on the blocking pool in both cases.
+/// or HAProxy with `nbthread 1` runs; at a fixed rate its p99 is a sixth
+/// lower (benches/RESULTS.md, "Issue 20, eighth session"). File work
+/// still runs on the blocking pool in both cases.
 fn block_on<F>(fut: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
@@ -206,10 +213,10 @@ where
     let workers = match std::env::var_os("TOKIO_WORKER_THREADS") {
         None => None,
         Some(n) => match n.to_str().and_then(|n| n.trim().parse::<usize>().ok()) {
-            Some(n) if n > 0 => Some(n),
+            Some(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Some(n),
             _ => {
                 eprintln!(
-                    "turnout: TOKIO_WORKER_THREADS={n:?} is not a number of threads (1 or more)"
+                    "turnout: TOKIO_WORKER_THREADS={n:?} is not a number of threads (1 to {MAX_WORKER_THREADS})"
                 );
                 return ExitCode::FAILURE;
             }

@@ -2,8 +2,12 @@
 //! (src/main.rs): with `1`, one thread does everything (tokio's
 //! current-thread scheduler), so everything the process awaits besides
 //! traffic — signals, the control file's reloads, the drain — must share
-//! that thread without stalling it. A count that is not a number is
-//! refused with a message, where tokio itself would panic.
+//! that thread without stalling it (so does
+//! `reload::requests_flow_while_a_write_through_waits_for_the_lock`, which
+//! runs on one thread and keeps requests flowing while a write-through
+//! waits for the file's lock). A count that is not a number from 1 to 1024
+//! is refused with a message, where tokio itself would panic or start as
+//! many threads as asked.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod support;
@@ -136,13 +140,17 @@ async fn a_worker_count_that_is_not_a_number_is_refused_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("turnout.toml");
     std::fs::write(&path, control_file("", "")).unwrap();
-    for bad in ["0", "two", "-1", ""] {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
+    for bad in ["0", "two", "-1", "", "1025", "18446744073709551615"] {
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnout"))
             .args(["run", "--config"])
             .arg(&path)
             .env("TOKIO_WORKER_THREADS", bad)
-            .output()
+            .kill_on_drop(true)
+            .output();
+        // Accepted by mistake, it would serve until killed.
+        let out = tokio::time::timeout(WAIT, run)
             .await
+            .unwrap_or_else(|_| panic!("{bad:?} was not refused"))
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{bad:?}: {stderr}");
