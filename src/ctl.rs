@@ -349,11 +349,7 @@ async fn execute(admin: &AdminClient, command: CtlCommand, json: bool) -> Result
             limit,
             follow: false,
         } => {
-            let mut path = format!("/v1/events?limit={limit}");
-            if let Some(t) = tenant {
-                path.push_str(&format!("&tenant={t}"));
-            }
-            let events = admin.call(Method::GET, &path, None).await?;
+            let events = watch::recent_events(admin, tenant.as_deref(), limit).await?;
             if json {
                 print_json(&events);
             } else {

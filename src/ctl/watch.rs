@@ -64,14 +64,24 @@ fn tenant_block(t: &Value) -> String {
     out
 }
 
-/// The `seq` of the last event kept (of `tenant`, when given); 0 when
-/// none is.
-async fn last_seq(admin: &AdminClient, tenant: Option<&str>) -> Result<u64, CtlError> {
-    let mut path = "/v1/events?limit=1".to_owned();
+/// `GET /v1/events`: the last `limit` events kept (of `tenant`, when
+/// given), oldest first, as the admin API sends them.
+pub(super) async fn recent_events(
+    admin: &AdminClient,
+    tenant: Option<&str>,
+    limit: usize,
+) -> Result<Value, CtlError> {
+    let mut path = format!("/v1/events?limit={limit}");
     if let Some(t) = tenant {
         path.push_str(&format!("&tenant={t}"));
     }
-    let recent = admin.call(Method::GET, &path, None).await?;
+    admin.call(Method::GET, &path, None).await
+}
+
+/// The `seq` of the last event kept (of `tenant`, when given); 0 when
+/// none is.
+async fn last_seq(admin: &AdminClient, tenant: Option<&str>) -> Result<u64, CtlError> {
+    let recent = recent_events(admin, tenant, 1).await?;
     Ok(recent
         .as_array()
         .and_then(|events| events.last())
@@ -217,11 +227,7 @@ pub(super) async fn events(
     limit: usize,
     json: bool,
 ) -> Result<u8, CtlError> {
-    let mut path = format!("/v1/events?limit={limit}");
-    if let Some(t) = tenant {
-        path.push_str(&format!("&tenant={t}"));
-    }
-    let recent = admin.call(Method::GET, &path, None).await?;
+    let recent = recent_events(admin, tenant, limit).await?;
     let print = |e: &Value| {
         if json {
             println!("{e}");

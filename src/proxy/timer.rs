@@ -74,7 +74,9 @@ impl<'a> Deadline<'a> {
         let at = self.at;
         let sleep = match &mut self.sleep {
             Some(sleep) => {
-                // Later than the timer's last deadline: an atomic store.
+                // Later than the timer's last deadline, tokio extends its
+                // entry in place (one compare-and-swap); earlier, it moves
+                // the entry in the wheel.
                 if sleep.deadline() != at {
                     sleep.as_mut().reset(at);
                 }

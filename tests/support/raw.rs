@@ -176,12 +176,18 @@ fn response_complete(bytes: &[u8]) -> bool {
     let Some(head_end) = text.find("\r\n\r\n") else {
         return false;
     };
-    let len = text[..head_end].lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .strip_prefix("content-length:")
-            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-    });
+    let len = declared_length(&text[..head_end]).map(|v| v.parse::<usize>().unwrap_or(0));
     len.is_some_and(|n| bytes.len() >= head_end + 4 + n)
+}
+
+/// The value of a response head's `Content-Length` field (name in any
+/// case), trimmed; `None` without one.
+fn declared_length(head: &str) -> Option<&str> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then_some(value.trim())
+    })
 }
 
 /// Reads one whole response (its head's `content-length` body) from `s`,
@@ -193,14 +199,10 @@ pub async fn read_response(s: &mut tokio::net::TcpStream) -> (String, String) {
     loop {
         if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&got[..end]).to_string();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().unwrap())
-                })
-                .expect("a content-length");
+            let length: usize = declared_length(&head)
+                .expect("a content-length")
+                .parse()
+                .unwrap();
             if got.len() >= end + 4 + length {
                 let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).to_string();
                 got.drain(..end + 4 + length);
